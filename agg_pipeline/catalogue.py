@@ -1,0 +1,176 @@
+"""The series catalogue: what the raw source is and which fields it carries.
+
+Config is data: the raw table, the column (or tag) that identifies a device, and each field
+with its unit, physical bounds and optional default optimal range live in one YAML file,
+validated here. A bad catalogue fails at load with a message naming the offending key, e.g.
+``catalogue 'farm.yaml': fields.ph.max: must be greater than min (14.0 <= 20.0)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SHIPPED = ("hydroponics", "water_quality", "oil_well")
+
+# SQL identifiers from config are validated here and quoted again where they are used.
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
+Identifier = Annotated[str, Field(pattern=rf"^{_IDENT}$")]
+QualifiedName = Annotated[str, Field(pattern=rf"^({_IDENT}\.)?{_IDENT}$")]
+# Field and device names travel as bound values, but are also used in Flux strings and
+# metadata; keep them boring.
+FieldName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,62}$")]
+
+
+class CatalogueError(ValueError):
+    """The catalogue cannot be used; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Strict):
+    """A closed range ``[min, max]`` of finite values."""
+
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not (math.isfinite(self.min) and math.isfinite(self.max)):
+            raise ValueError("min and max must be finite numbers")
+        if self.max <= self.min:
+            raise ValueError(f"max must be greater than min ({self.max} <= {self.min})")
+        return self
+
+
+class FieldSpec(_Strict):
+    """One measured quantity."""
+
+    sensor_type: Identifier = Field(description="iot.sensor_types.name, e.g. PH_SENSOR")
+    unit: str = Field(min_length=1, max_length=32)
+    min: float = Field(description="Lowest physically possible value; below is rejected.")
+    max: float = Field(description="Highest physically possible value; above is rejected.")
+    description: str = ""
+    optimal: Range | None = Field(
+        default=None,
+        description="Default optimal range, used for conditions when no active crop batch "
+        "defines one for this field.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> FieldSpec:
+        if not (math.isfinite(self.min) and math.isfinite(self.max)):
+            raise ValueError("min and max must be finite numbers")
+        if self.max <= self.min:
+            raise ValueError(f"max must be greater than min ({self.max} <= {self.min})")
+        if self.optimal and not (self.min <= self.optimal.min and self.optimal.max <= self.max):
+            raise ValueError("optimal range must lie within [min, max]")
+        return self
+
+
+class PostgresSource(_Strict):
+    """Raw readings in a long PostgreSQL table: one row per (time, device, field, value)."""
+
+    kind: Literal["postgres"] = "postgres"
+    table: QualifiedName = "raw.readings"
+    time_column: Identifier = "time"
+    device_column: Identifier = Field(
+        default="device", description="The column that identifies a device (the old sensor_tag)."
+    )
+    field_column: Identifier = "field"
+    value_column: Identifier = "value"
+
+    @property
+    def schema_and_table(self) -> tuple[str, str]:
+        schema, _, table = self.table.rpartition(".")
+        return (schema or "public", table)
+
+
+class Catalogue(_Strict):
+    """A validated series catalogue."""
+
+    name: Identifier
+    description: str = ""
+    source: PostgresSource = PostgresSource()
+    sample_interval_seconds: float = Field(
+        gt=0, description="Expected interval between two readings of one sensor (coverage)."
+    )
+    fields: dict[FieldName, FieldSpec] = Field(min_length=1)
+
+    @field_validator("fields")
+    @classmethod
+    def _unique_sensor_types(cls, fields: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
+        seen: dict[str, str] = {}
+        for name, spec in fields.items():
+            if spec.sensor_type in seen:
+                raise ValueError(
+                    f"sensor_type {spec.sensor_type!r} used by both {seen[spec.sensor_type]!r} "
+                    f"and {name!r}"
+                )
+            seen[spec.sensor_type] = name
+        return fields
+
+    @property
+    def field_names(self) -> list[str]:
+        return list(self.fields)
+
+    def bounds_arrays(self) -> dict[str, list]:
+        """Field names and physical bounds as parallel lists, for binding into SQL."""
+        return {
+            "fields": list(self.fields),
+            "lo": [f.min for f in self.fields.values()],
+            "hi": [f.max for f in self.fields.values()],
+        }
+
+
+def _format_location(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_catalogue(text: str, origin: str) -> Catalogue:
+    """Parse and validate catalogue YAML; ``origin`` names it in error messages."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CatalogueError(f"catalogue {origin!r}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise CatalogueError(f"catalogue {origin!r}: expected a mapping at the top level")
+    try:
+        return Catalogue.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = re.sub(r"^Value error, ", "", err["msg"])
+            problems.append(f"{_format_location(err['loc'])}: {msg}")
+        raise CatalogueError(f"catalogue {origin!r}: " + "; ".join(problems)) from None
+
+
+def load_catalogue(name_or_path: str) -> Catalogue:
+    """Load a shipped catalogue by name, or a YAML file by path."""
+    if name_or_path in SHIPPED:
+        text = resources.files("agg_pipeline.catalogues").joinpath(f"{name_or_path}.yaml")
+        return parse_catalogue(text.read_text(encoding="utf-8"), f"{name_or_path}.yaml")
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        raise CatalogueError(
+            f"catalogue {name_or_path!r}: neither a shipped catalogue "
+            f"({', '.join(SHIPPED)}) nor an existing file (AGG_PIPELINE_CATALOGUE)"
+        )
+    return parse_catalogue(path.read_text(encoding="utf-8"), str(path))
+
+
+@functools.cache
+def get_catalogue() -> Catalogue:
+    """The catalogue chosen by settings (AGG_PIPELINE_CATALOGUE), loaded once."""
+    from agg_pipeline.settings import get_settings
+
+    return load_catalogue(get_settings().catalogue)

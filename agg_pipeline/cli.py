@@ -1,0 +1,205 @@
+"""``agg-pipeline``: set-up and operations commands around the Dagster project.
+
+    agg-pipeline db start|stop|url [--dagster]   the local embedded PostgreSQL
+    agg-pipeline migrate                          apply sql/ (safe to repeat)
+    agg-pipeline seed --days N [...]              simulated readings into raw.readings
+    agg-pipeline dev [--port 3000]                all of the above, then `dagster dev`
+
+Every command honours DATABASE_URL (the warehouse) and, for `dev`, DAGSTER_PG_URL (the
+Dagster instance storage); unset, both live on the local embedded server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from agg_pipeline import localdb, migrate, simulator
+from agg_pipeline.catalogue import CatalogueError, get_catalogue
+from agg_pipeline.resources.warehouse import (
+    WarehouseUnavailable,
+    check_reachable,
+    engine_for,
+    masked,
+    resolve_url,
+)
+from agg_pipeline.settings import SettingsError, get_settings, project_root
+
+
+def _warehouse_engine() -> sa.Engine:
+    engine = engine_for(resolve_url(get_settings().database_url))
+    check_reachable(engine)
+    return engine
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    home = get_settings().home
+    if args.action == "start":
+        socket_dir = localdb.start(home)
+        print(f"local PostgreSQL running, socket in {socket_dir}")
+        print(localdb.url_for(socket_dir, localdb.WAREHOUSE_DB))
+    elif args.action == "stop":
+        print("stopped" if localdb.stop(home) else "not running")
+    else:  # url
+        database = localdb.DAGSTER_DB if args.dagster else localdb.WAREHOUSE_DB
+        print(localdb.local_url(home, database))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    engine = _warehouse_engine()
+    applied = migrate.migrate(engine)
+    where = masked(engine.url.render_as_string(hide_password=False))
+    print(f"{len(applied)} migration(s) applied to {where}" + (": " if applied else ""))
+    for name in applied:
+        print(f"  {name}")
+    return 0
+
+
+def _progress(total: int, until: datetime) -> None:
+    print(f"\r  {total:>12,} rows, up to {until:%Y-%m-%d %H:%M} UTC", end="", flush=True)
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    engine = _warehouse_engine()
+    catalogue = get_catalogue()
+    if args.if_empty:
+        table = catalogue.source.table
+        with engine.connect() as conn:
+            # `table` is a validated identifier from the catalogue.
+            has_rows = conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {table})")).scalar()
+        if has_rows:
+            print(f"{table} already has readings: not seeding (drop --if-empty to add more)")
+            return 0
+    start = (
+        datetime.combine(args.start, datetime.min.time(), tzinfo=UTC)
+        if args.start
+        else simulator.default_start(args.days)
+    )
+    fields = tuple(args.fields.split(",")) if args.fields else None
+    spec = simulator.SimulationSpec(
+        start=start, days=args.days, devices=args.devices, hz=args.hz, seed=args.seed, fields=fields
+    )
+    print(
+        f"seeding {catalogue.name}: {args.devices} devices x "
+        f"{len(fields or catalogue.fields)} fields at {args.hz:g} Hz, "
+        f"{start:%Y-%m-%d %H:%M} UTC + {args.days:g} day(s)"
+    )
+    total = simulator.write(engine, catalogue, spec, progress=_progress)
+    print(f"\nwrote {total:,} readings")
+    return 0
+
+
+def _dagster_home(home: Path) -> Path:
+    """A DAGSTER_HOME whose dagster.yaml is the project's (linked, so edits apply)."""
+    dagster_home = home / "dagster_home"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    root = project_root()
+    target = dagster_home / "dagster.yaml"
+    if root and (root / "dagster.yaml").is_file():
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        target.symlink_to(root / "dagster.yaml")
+    return dagster_home
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    root = project_root()
+    if root is None:
+        print("`agg-pipeline dev` runs from a source checkout (pip install -e .)", file=sys.stderr)
+        return 2
+    warehouse_url = settings.database_url or localdb.local_url(settings.home, localdb.WAREHOUSE_DB)
+    dagster_url = os.environ.get("DAGSTER_PG_URL") or localdb.local_url(
+        settings.home, localdb.DAGSTER_DB
+    )
+    os.environ["DATABASE_URL"] = warehouse_url
+    os.environ["DAGSTER_PG_URL"] = dagster_url
+    os.environ.setdefault("DAGSTER_HOME", str(_dagster_home(settings.home)))
+
+    cmd_migrate(args)
+    if not args.no_seed:
+        seed_args = argparse.Namespace(
+            days=args.seed_days,
+            start=None,
+            devices=args.seed_devices,
+            hz=args.seed_hz,
+            seed=42,
+            fields=None,
+            if_empty=True,
+        )
+        cmd_seed(seed_args)
+    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
+    argv = [
+        dagster,
+        "dev",
+        "-w",
+        str(root / "workspace.yaml"),
+        "-h",
+        args.host,
+        "-p",
+        str(args.port),
+    ]
+    print(
+        f"starting Dagster at http://{args.host}:{args.port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})"
+    )
+    sys.stdout.flush()
+    os.chdir(root)
+    os.execv(dagster, argv)
+    return 0  # not reached
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agg-pipeline", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="the local embedded PostgreSQL server")
+    db.add_argument("action", choices=["start", "stop", "url"])
+    db.add_argument("--dagster", action="store_true", help="url: the Dagster storage database")
+    db.set_defaults(func=cmd_db)
+
+    mig = sub.add_parser("migrate", help="apply sql/ to the warehouse (safe to repeat)")
+    mig.set_defaults(func=cmd_migrate)
+
+    seed = sub.add_parser("seed", help="write simulated readings into the raw table")
+    seed.add_argument("--days", type=float, default=3.0, help="how many days (default 3)")
+    seed.add_argument(
+        "--start", type=date.fromisoformat, help="first day, UTC (default: DAYS before now)"
+    )
+    seed.add_argument("--devices", type=int, default=4, help="how many devices (default 4)")
+    seed.add_argument(
+        "--hz", type=float, default=0.1, help="readings per second per sensor (default 0.1)"
+    )
+    seed.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    seed.add_argument("--fields", help="comma-separated subset of the catalogue's fields")
+    seed.add_argument("--if-empty", action="store_true", help="only if the table is empty")
+    seed.set_defaults(func=cmd_seed)
+
+    dev = sub.add_parser("dev", help="local database, schema, demo data, then `dagster dev`")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("--no-seed", action="store_true", help="do not load demo data")
+    dev.add_argument("--seed-days", type=float, default=3.0)
+    dev.add_argument("--seed-devices", type=int, default=4)
+    dev.add_argument("--seed-hz", type=float, default=0.1)
+    dev.set_defaults(func=cmd_dev)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SettingsError, CatalogueError, WarehouseUnavailable, migrate.MigrationError) as exc:
+        print(f"agg-pipeline: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

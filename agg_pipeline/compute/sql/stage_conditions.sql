@@ -1,0 +1,62 @@
+-- Condition shares per (device, field, local day) into the temp table stage_conditions.
+-- :cond_* are parallel arrays (day, field, optimal min/max, critical below/above): the
+-- ranges in force on each day. Readings are validated and de-duplicated as in
+-- stage_partials_1m.sql, then sorted by time within their group:
+--   by count:      share of readings in the optimal band / beyond the critical bounds;
+--   time-weighted: a reading holds until the next reading, at most :max_gap_seconds and
+--                  never past the end of its local day.
+CREATE TEMP TABLE stage_conditions ON COMMIT DROP AS
+WITH catalogue AS (
+    SELECT *
+    FROM unnest(CAST(:fields AS text[]), CAST(:lo AS float8[]), CAST(:hi AS float8[]))
+         AS c (field, lo, hi)
+),
+ranges AS (
+    SELECT *
+    FROM unnest(CAST(:cond_day AS date[]), CAST(:cond_field AS text[]),
+                CAST(:cond_opt_min AS float8[]), CAST(:cond_opt_max AS float8[]),
+                CAST(:cond_crit_below AS float8[]), CAST(:cond_crit_above AS float8[]))
+         AS k (day, field, opt_min, opt_max, crit_below, crit_above)
+),
+groups AS (
+    SELECT r.{device}::text AS device,
+           r.{field}::text AS field,
+           (r.{time} AT TIME ZONE :tz)::date AS day,
+           array_agg(r.{time}) AS ts,
+           array_agg(r.{value}) AS vs
+    FROM {raw_table} AS r
+    WHERE r.{time} >= :start AND r.{time} < :end
+      AND r.{field} = ANY (CAST(:cond_field AS text[]))
+    GROUP BY 1, 2, 3
+)
+SELECT g.device, g.field, g.day,
+       k.opt_min, k.opt_max, k.crit_below, k.crit_above,
+       s.*
+FROM groups AS g
+JOIN catalogue AS c ON c.field = g.field
+JOIN ranges AS k ON k.day = g.day AND k.field = g.field
+CROSS JOIN LATERAL (
+    SELECT count(*) AS reading_count,
+           count(*) FILTER (WHERE z.optimal) AS optimal_count,
+           count(*) FILTER (WHERE z.critical) AS critical_count,
+           coalesce(sum(z.held), 0) AS covered_seconds,
+           coalesce(sum(z.held) FILTER (WHERE z.optimal), 0) AS optimal_seconds,
+           coalesce(sum(z.held) FILTER (WHERE z.critical), 0) AS critical_seconds
+    FROM (
+        SELECT d.v >= k.opt_min AND d.v <= k.opt_max AS optimal,
+               d.v < k.crit_below OR d.v > k.crit_above AS critical,
+               extract(epoch FROM least(
+                   lead(d.t) OVER (ORDER BY d.t),
+                   d.t + make_interval(secs => :max_gap_seconds),
+                   ((g.day + 1)::timestamp AT TIME ZONE :tz)
+               ) - d.t) AS held
+        FROM (
+            SELECT x.t, avg(x.v) AS v
+            FROM unnest(g.ts, g.vs) AS x (t, v)
+            WHERE x.t <= :latest_allowed
+              AND x.v >= c.lo AND x.v <= c.hi
+            GROUP BY x.t
+        ) AS d
+    ) AS z
+) AS s
+WHERE s.reading_count > 0

@@ -1,0 +1,84 @@
+"""SQL statement text, loaded from ``compute/sql/*.sql`` and rendered with identifiers.
+
+Values are always bound parameters (``:name``). The only text substituted into SQL are
+identifiers from the validated catalogue, quoted here, and fixed fragments written in this
+package (bucket expressions, sub-selects) - never user-supplied values.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def quote_ident(name: str) -> str:
+    """Quote a validated SQL identifier (``schema.table`` allowed)."""
+    parts = name.split(".")
+    if not 1 <= len(parts) <= 2 or not all(_IDENT.match(p) for p in parts):
+        raise ValueError(f"not a valid SQL identifier: {name!r}")
+    return ".".join('"' + p + '"' for p in parts)
+
+
+_COMMENT = re.compile(r"--[^\n]*")
+
+
+@functools.cache
+def load(name: str) -> str:
+    """The text of ``compute/sql/<name>.sql``, without ``--`` comments.
+
+    Comments are stripped so that prose such as ``:start`` in them is never taken for a bind
+    parameter (our SQL files keep ``--`` out of string literals).
+    """
+    path = resources.files("agg_pipeline.compute").joinpath("sql", f"{name}.sql")
+    return _COMMENT.sub("", path.read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class RawColumns:
+    """Quoted names of the raw readings table and its columns."""
+
+    raw_table: str
+    time: str
+    device: str
+    field: str
+    value: str
+
+    @classmethod
+    def of(cls, table: str, time: str, device: str, field: str, value: str) -> RawColumns:
+        return cls(
+            raw_table=quote_ident(table),
+            time=quote_ident(time),
+            device=quote_ident(device),
+            field=quote_ident(field),
+            value=quote_ident(value),
+        )
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "raw_table": self.raw_table,
+            "time": self.time,
+            "device": self.device,
+            "field": self.field,
+            "value": self.value,
+        }
+
+
+def render(name: str, **fragments: str) -> str:
+    """``load(name)`` with ``{placeholders}`` filled from ``fragments``."""
+    return load(name).format(**fragments)
+
+
+# Bucket expressions over a reading time column ``r.<time>``; ``:origin`` / ``:tz`` bound.
+def bucket_expression(grain: str, time_column: str) -> str:
+    col = f"r.{time_column}"
+    if grain == "hour":
+        return f"date_bin('1 hour', {col}, :origin)"
+    if grain == "day":
+        return f"({col} AT TIME ZONE :tz)::date"
+    if grain == "week":
+        return f"date_trunc('week', {col} AT TIME ZONE :tz)::date"
+    raise ValueError(f"unknown grain {grain!r}")

@@ -1,0 +1,167 @@
+"""The PostgreSQL warehouse as a Dagster resource.
+
+Holds the one SQLAlchemy engine per process, checks the database is reachable before a run
+writes anything, and provides the one way partitions are written: a transaction that first
+takes advisory locks on the (table, local day)s it touches, so two runs rewriting the same
+window serialize and the later one computes from what the earlier one committed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date
+
+import dagster as dg
+import sqlalchemy as sa
+from pydantic import Field
+
+from agg_pipeline import localdb
+from agg_pipeline.catalogue import Catalogue
+from agg_pipeline.settings import get_settings, normalize_database_url
+
+log = logging.getLogger(__name__)
+
+_EPOCH = date(2000, 1, 1)
+
+
+class WarehouseUnavailable(RuntimeError):
+    """The warehouse cannot be reached; raised before any write."""
+
+
+def masked(url: str) -> str:
+    """A URL safe to print: the password, if any, hidden."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparseable database URL>"
+
+
+@functools.cache
+def engine_for(url: str) -> sa.Engine:
+    """One pooled engine per URL per process."""
+    return sa.create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=4,
+        max_overflow=4,
+        connect_args={"connect_timeout": 10, "application_name": "agg_pipeline"},
+    )
+
+
+def resolve_url(database_url: str | None) -> str:
+    """``database_url`` if given (DATABASE_URL), else the local embedded server."""
+    if database_url:
+        return normalize_database_url(database_url)
+    return localdb.local_url(get_settings().home, localdb.WAREHOUSE_DB)
+
+
+def check_reachable(engine: sa.Engine) -> None:
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise WarehouseUnavailable(
+            f"cannot reach the warehouse at {masked(engine.url.render_as_string(False))}: {reason}"
+        ) from None
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """PostgreSQL warehouse: the bi/iot/crop tables and, for the postgres source, raw readings.
+
+    ``database_url`` comes from the ``DATABASE_URL`` env var (an ``EnvVar``, so it is never
+    shown in run config or logs); unset means the local embedded PostgreSQL.
+    """
+
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL (postgresql+psycopg2://...). Unset: local embedded server.",
+    )
+    work_mem: str = Field(
+        default="256MB", description="work_mem for the aggregation statements (SET LOCAL)."
+    )
+
+    def get_engine(self) -> sa.Engine:
+        return engine_for(resolve_url(self.database_url))
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Fail fast, with a readable message, before any asset starts writing.
+        check_reachable(self.get_engine())
+
+    @contextmanager
+    def locked_transaction(self, table: str, days: Sequence[date]) -> Iterator[sa.Connection]:
+        """A transaction holding advisory locks on ``(table, day)`` for each local day.
+
+        Locks are taken in ascending order (no deadlocks between runs) and released at
+        commit or rollback. Everything inside is atomic: a failure leaves the old rows.
+        """
+        with self.get_engine().begin() as conn:
+            conn.execute(sa.text("SELECT set_config('work_mem', :v, true)"), {"v": self.work_mem})
+            for day in sorted(set(days)):
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(hashtext(:t), :d)"),
+                    {"t": table, "d": (day - _EPOCH).days},
+                )
+            yield conn
+
+    def register_sensors(self, catalogue: Catalogue, pairs: Sequence[tuple[str, str]]) -> int:
+        """Register (device, field) pairs seen for the first time; return how many were new.
+
+        Runs in its own short transaction, in a fixed order, so concurrent runs that meet
+        the same new sensor never deadlock and never wait on each other's long work.
+        """
+        known = [(d, f) for d, f in sorted(set(pairs)) if f in catalogue.fields]
+        if not known:
+            return 0
+        types = [
+            (spec.sensor_type, spec.unit, spec.description or name)
+            for name, spec in catalogue.fields.items()
+        ]
+        with self.get_engine().begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO iot.sensor_types (name, unit, description) "
+                    "SELECT * FROM unnest(CAST(:n AS text[]), CAST(:u AS text[]), "
+                    "CAST(:d AS text[])) ORDER BY 1 "
+                    "ON CONFLICT (name) DO UPDATE SET unit = EXCLUDED.unit, "
+                    "description = EXCLUDED.description "
+                    "WHERE (iot.sensor_types.unit, iot.sensor_types.description) "
+                    "IS DISTINCT FROM (EXCLUDED.unit, EXCLUDED.description)"
+                ),
+                {
+                    "n": [t[0] for t in types],
+                    "u": [t[1] for t in types],
+                    "d": [t[2] for t in types],
+                },
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO iot.devices (device_code) "
+                    "SELECT DISTINCT unnest(CAST(:d AS text[])) ORDER BY 1 "
+                    "ON CONFLICT (device_code) DO NOTHING"
+                ),
+                {"d": [d for d, _ in known]},
+            )
+            created = conn.execute(
+                sa.text(
+                    "INSERT INTO iot.sensors (device_id, sensor_type_id, field, sensor_code) "
+                    "SELECT dv.id, st.id, p.field, p.device || ':' || p.field "
+                    "FROM unnest(CAST(:d AS text[]), CAST(:f AS text[])) AS p (device, field) "
+                    "JOIN iot.devices AS dv ON dv.device_code = p.device "
+                    "JOIN unnest(CAST(:tf AS text[]), CAST(:tn AS text[])) AS m (field, type_name) "
+                    "  ON m.field = p.field "
+                    "JOIN iot.sensor_types AS st ON st.name = m.type_name "
+                    "ORDER BY dv.id, p.field "
+                    "ON CONFLICT (device_id, field) DO NOTHING RETURNING id"
+                ),
+                {
+                    "d": [d for d, _ in known],
+                    "f": [f for _, f in known],
+                    "tf": list(catalogue.fields),
+                    "tn": [s.sensor_type for s in catalogue.fields.values()],
+                },
+            ).all()
+        return len(created)

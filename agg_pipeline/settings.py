@@ -1,0 +1,173 @@
+"""Typed settings from the environment, validated once at load.
+
+Every knob of agg_pipeline is an environment variable (prefix ``AGG_PIPELINE_``, plus the
+conventional ``DATABASE_URL``). A bad value fails when the definitions load, with a message
+that names the variable, never later in the middle of a write.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from datetime import date
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "AGG_PIPELINE_"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class SettingsError(ValueError):
+    """A setting from the environment is invalid; the message names the variable."""
+
+
+def project_root() -> Path | None:
+    """The source checkout this package runs from (editable install), if any."""
+    candidate = PACKAGE_DIR.parent
+    return candidate if (candidate / "pyproject.toml").is_file() else None
+
+
+def _default_home() -> Path:
+    root = project_root()
+    return (root / ".local") if root else Path.home() / ".agg_pipeline"
+
+
+def normalize_database_url(url: str) -> str:
+    """Name the psycopg2 driver: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg v3,
+    which agg_pipeline does not ship."""
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg2://" + url.split("://", 1)[1]
+    if not url.startswith("postgresql+psycopg2://"):
+        raise ValueError("expected a postgresql+psycopg2:// (or postgresql://) URL")
+    return url
+
+
+class Settings(BaseSettings):
+    """All settings. Env var = ``AGG_PIPELINE_`` + upper-cased field name, unless aliased."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # --- where things live -------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None,
+        validation_alias="DATABASE_URL",
+        repr=False,  # it may carry a password
+        description="SQLAlchemy URL of the warehouse. Unset: the local embedded PostgreSQL.",
+    )
+    home: Path = Field(
+        default_factory=_default_home,
+        description="Local state: embedded PostgreSQL data, Dagster home for `make dev`.",
+    )
+    catalogue: str = Field(
+        default="hydroponics",
+        description="Series catalogue: a shipped name (hydroponics, water_quality, oil_well) "
+        "or a path to a YAML file.",
+    )
+
+    # --- partitions --------------------------------------------------------------------
+    start_date: date = Field(
+        default=date(2025, 1, 1), description="First partition (any earlier data is ignored)."
+    )
+    timezone: str = Field(
+        default="UTC",
+        description="IANA zone of partition boundaries: days and weeks are local (23 h / 25 h "
+        "on DST days).",
+    )
+
+    # --- data quality ------------------------------------------------------------------
+    future_tolerance_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="Readings stamped further than this in the future (vs the database clock) "
+        "are not used, and counted as `future`.",
+    )
+    max_gap_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Time-weighted conditions: a reading holds until the next one, at most this "
+        "long.",
+    )
+    critical_margin_pct: float = Field(
+        default=20.0,
+        ge=0,
+        description="A value is critical when it lies more than this percentage beyond an optimal "
+        "bound (|bound| * pct / 100).",
+    )
+
+    # --- execution -----------------------------------------------------------------------
+    work_mem: str = Field(
+        default="256MB",
+        description="PostgreSQL work_mem for the aggregation statements (SET LOCAL).",
+    )
+    median_max_readings: int = Field(
+        default=100_000_000,
+        ge=0,
+        description="Exact medians hold a chunk's readings in memory (~16 bytes each); above "
+        "this many readings in one chunk the median is skipped (NULL) and the run says so.",
+    )
+    chunk_days: int = Field(
+        default=1,
+        ge=1,
+        le=31,
+        description="A multi-partition run writes its window in chunks of this many days, one "
+        "transaction each, so a long backfill never holds a table lock for long.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("work_mem")
+    @classmethod
+    def _memory_size(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+(kB|MB|GB)", value):
+            raise ValueError(f"expected a PostgreSQL size such as 256MB, got {value!r}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _driver_named(cls, value: str | None) -> str | None:
+        return normalize_database_url(value) if value else None
+
+    @model_validator(mode="after")
+    def _start_is_past(self) -> Settings:
+        if self.start_date.year < 1970:
+            raise ValueError("start_date must be 1970 or later")
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def env_name(field: str) -> str:
+    """The environment variable behind a settings field."""
+    info = Settings.model_fields[field]
+    return str(info.validation_alias) if info.validation_alias else ENV_PREFIX + field.upper()
+
+
+def load_settings() -> Settings:
+    """Build settings from the process environment; errors name the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            var = env_name(field) if field in Settings.model_fields else field
+            problems.append(f"{var}: {err['msg']}")
+        raise SettingsError("invalid setting(s): " + "; ".join(problems)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return load_settings()

@@ -1,0 +1,589 @@
+"""How each level of the hierarchy is written into the warehouse.
+
+Every write follows one pattern, per chunk of the run's window (``chunk_days`` local days):
+
+1. open a transaction holding advisory locks on (target table, local day) for the chunk;
+2. stage the new rows in a temp table (from the raw source, or merged from the level below);
+3. delete the target's rows inside the chunk, insert the staged rows; commit.
+
+So a partition write is atomic (a failure leaves the old rows), idempotent (re-running
+replaces, never appends), and two runs of the same window serialize: the second computes
+from what the first committed. When the source has no rows at all for a chunk but the target
+does (raw readings or 1-minute windows already removed by retention), the existing rows are
+kept and the report says so, instead of wiping history.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from agg_pipeline.catalogue import Catalogue
+from agg_pipeline.compute import conditions as cond
+from agg_pipeline.compute import statements
+from agg_pipeline.compute.windows import Window
+from agg_pipeline.resources.sources import ReadingsSource, StageContext
+from agg_pipeline.resources.warehouse import WarehouseResource
+from agg_pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REJECT_REASONS = ("unknown_field", "future", "null", "nan", "inf", "out_of_bounds", "duplicate")
+PREVIEW_ROWS = 8
+
+
+@dataclass
+class WriteReport:
+    """What one asset run wrote: the facts that go into materialization metadata."""
+
+    table: str
+    window: Window
+    rows_written: int = 0
+    rows_deleted: int = 0
+    sensors: set[int] = field(default_factory=set)
+    raw_rows_read: int | None = None
+    rejected: Counter = field(default_factory=Counter)
+    unknown_fields: Counter = field(default_factory=Counter)
+    new_sensors: int = 0
+    median_status: Counter = field(default_factory=Counter)
+    first_reading_at: datetime | None = None
+    last_reading_at: datetime | None = None
+    chunks: int = 0
+    kept_chunks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    preview: list[dict] = field(default_factory=list)
+
+    def saw_readings(self, first: datetime | None, last: datetime | None) -> None:
+        if first and (self.first_reading_at is None or first < self.first_reading_at):
+            self.first_reading_at = first
+        if last and (self.last_reading_at is None or last > self.last_reading_at):
+            self.last_reading_at = last
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    warehouse: WarehouseResource
+    source: ReadingsSource
+    catalogue: Catalogue
+    settings: Settings
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return self.settings.zone
+
+    def stage_context(self, conn: sa.Connection) -> StageContext:
+        now = conn.execute(sa.text("SELECT now()")).scalar_one()
+        return StageContext(
+            timezone=self.settings.timezone,
+            latest_allowed=now + timedelta(seconds=self.settings.future_tolerance_seconds),
+            max_gap_seconds=self.settings.max_gap_seconds,
+        )
+
+
+def _local_dates(window: Window, zone: ZoneInfo) -> tuple[date, date]:
+    """First local date in the window and the first local date after it (half-open)."""
+    return window.start.astimezone(zone).date(), window.end.astimezone(zone).date()
+
+
+def _count(conn: sa.Connection, sql: str, params: dict) -> int:
+    return int(conn.execute(sa.text(sql), params).scalar_one() or 0)
+
+
+# --------------------------------------------------------------------------------------
+# 1-minute windows, from raw readings
+# --------------------------------------------------------------------------------------
+
+_INSERT_1M = """
+INSERT INTO bi.readings_1m (sensor_id, window_start, sample_count, mean_value, min_value,
+                            max_value, m2, first_reading_at, last_reading_at)
+SELECT s.id, st.window_start, st.sample_count, st.mean_value, st.min_value, st.max_value,
+       st.m2, st.first_reading_at, st.last_reading_at
+FROM stage_1m AS st
+JOIN iot.devices AS dv ON dv.device_code = st.device
+JOIN iot.sensors AS s ON s.device_id = dv.id AND s.field = st.field
+WHERE st.kind = 'minute'
+"""
+
+
+def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
+    """Replace ``bi.readings_1m`` inside ``window`` with partials of the raw readings."""
+    report = WriteReport("bi.readings_1m", window, raw_rows_read=0)
+    for chunk in window.chunks(ctx.zone, ctx.settings.chunk_days):
+        report.chunks += 1
+        with ctx.warehouse.locked_transaction(report.table, chunk.local_days(ctx.zone)) as conn:
+            ctx.source.stage_partials_1m(conn, chunk, ctx.stage_context(conn))
+            summary = (
+                conn.execute(
+                    sa.text(
+                        "SELECT field, known, sum(raw_rows) AS raw_rows, "
+                        + ", ".join(f'sum("{r}") AS "{r}"' for r in REJECT_REASONS)
+                        + ", min(first_reading_at) AS first_at, max(last_reading_at) AS last_at "
+                        "FROM stage_1m GROUP BY 1, 2"
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            raw_rows = 0
+            for row in summary:
+                raw_rows += int(row["raw_rows"])
+                for reason in REJECT_REASONS:
+                    report.rejected[reason] += int(row[reason] or 0)
+                if not row["known"]:
+                    report.unknown_fields[row["field"]] += int(row["raw_rows"])
+                report.saw_readings(row["first_at"], row["last_at"])
+            report.raw_rows_read += raw_rows
+
+            if raw_rows == 0 and _has_rows(conn, report.table, "window_start", chunk):
+                report.kept_chunks.append(str(chunk))
+                continue
+
+            pairs = conn.execute(
+                sa.text("SELECT DISTINCT device, field FROM stage_1m WHERE kind = 'minute'")
+            ).all()
+            report.new_sensors += ctx.warehouse.register_sensors(
+                ctx.catalogue, [(p[0], p[1]) for p in pairs]
+            )
+            report.rows_deleted += conn.execute(
+                sa.text(
+                    "DELETE FROM bi.readings_1m WHERE window_start >= :s AND window_start < :e"
+                ),
+                {"s": chunk.start, "e": chunk.end},
+            ).rowcount
+            report.rows_written += conn.execute(sa.text(_INSERT_1M)).rowcount
+            report.sensors.update(
+                r[0]
+                for r in conn.execute(
+                    sa.text(
+                        "SELECT DISTINCT sensor_id FROM bi.readings_1m "
+                        "WHERE window_start >= :s AND window_start < :e"
+                    ),
+                    {"s": chunk.start, "e": chunk.end},
+                )
+            )
+            report.preview = _preview(conn, report.table, "window_start", chunk, ctx.zone)
+    _note_kept(report)
+    return report
+
+
+def _has_rows(
+    conn: sa.Connection, table: str, key: str, chunk: Window, zone: ZoneInfo | None = None
+) -> bool:
+    lo, hi = (chunk.start, chunk.end) if zone is None else _local_dates(chunk, zone)
+    sql = (
+        f"SELECT EXISTS (SELECT 1 FROM {statements.quote_ident(table)} "
+        f"WHERE {statements.quote_ident(key)} >= :lo AND {statements.quote_ident(key)} < :hi)"
+    )
+    return bool(conn.execute(sa.text(sql), {"lo": lo, "hi": hi}).scalar_one())
+
+
+def _note_kept(report: WriteReport) -> None:
+    if report.kept_chunks:
+        report.notes.append(
+            f"{len(report.kept_chunks)} chunk(s) had no source rows (removed by retention?): "
+            f"existing rows kept: {', '.join(report.kept_chunks[:3])}"
+            + (" ..." if len(report.kept_chunks) > 3 else "")
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Merged levels: 5m from 1m; hourly from 1m; daily from hourly; weekly from daily
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Level:
+    """A level built by merging the partials of the level below."""
+
+    table: str
+    key: str  # bucket column of the target
+    key_is_date: bool  # metric_date / week_start are local dates
+    source_table: str
+    parts_sql: str  # (sensor_id, bucket, n, mean, mn, mx, m2, first_at, last_at)
+    median_grain: str | None  # 'hour' | 'day' | 'week' for rollups, None for 5m
+    with_conditions: bool = False
+
+
+def _parts_from_1m(interval: str) -> str:
+    return (
+        f"SELECT sensor_id, date_bin('{interval}', window_start, :origin) AS bucket, "
+        "sample_count AS n, mean_value AS mean, min_value AS mn, max_value AS mx, m2, "
+        "first_reading_at AS first_at, last_reading_at AS last_at "
+        "FROM bi.readings_1m WHERE window_start >= :start AND window_start < :end"
+    )
+
+
+LEVEL_5M = Level(
+    table="bi.readings_5m",
+    key="window_start",
+    key_is_date=False,
+    source_table="bi.readings_1m",
+    parts_sql=_parts_from_1m("5 minutes"),
+    median_grain=None,
+)
+LEVEL_HOURLY = Level(
+    table="bi.hourly_sensor_agg",
+    key="hour_start",
+    key_is_date=False,
+    source_table="bi.readings_1m",
+    parts_sql=_parts_from_1m("1 hour"),
+    median_grain="hour",
+)
+LEVEL_DAILY = Level(
+    table="bi.daily_sensor_agg",
+    key="metric_date",
+    key_is_date=True,
+    source_table="bi.hourly_sensor_agg",
+    parts_sql=(
+        "SELECT sensor_id, (hour_start AT TIME ZONE :tz)::date AS bucket, sample_count AS n, "
+        "avg_value AS mean, min_value AS mn, max_value AS mx, m2, "
+        "first_reading_at AS first_at, last_reading_at AS last_at "
+        "FROM bi.hourly_sensor_agg WHERE hour_start >= :start AND hour_start < :end"
+    ),
+    median_grain="day",
+    with_conditions=True,
+)
+LEVEL_WEEKLY = Level(
+    table="bi.weekly_sensor_agg",
+    key="week_start",
+    key_is_date=True,
+    source_table="bi.daily_sensor_agg",
+    parts_sql=(
+        "SELECT sensor_id, date_trunc('week', metric_date)::date AS bucket, sample_count AS n, "
+        "avg_value AS mean, min_value AS mn, max_value AS mx, m2, "
+        "first_reading_at AS first_at, last_reading_at AS last_at "
+        "FROM bi.daily_sensor_agg WHERE metric_date >= :start_date AND metric_date < :end_date"
+    ),
+    median_grain="week",
+)
+
+# Median bookkeeping: 'exact' computed now; 'skipped' too many readings (setting);
+# 'kept' raw gone, previous exact median kept; 'absent' raw gone and none known;
+# 'inconsistent' raw rows changed since the partials (late data not yet merged): NULL
+# until the level below catches up and this level re-runs.
+_STAGE_ROLLUP = """
+CREATE TEMP TABLE stage_rollup ON COMMIT DROP AS
+WITH merged AS ({merged})
+SELECT m.sensor_id, m.bucket, m.n, m.mean, m.mn, m.mx, m.m2, m.first_at, m.last_at,
+       CASE WHEN m.n > 1 THEN sqrt(m.m2 / (m.n - 1)) END AS stddev,
+       CASE WHEN NOT :medians_computed THEN NULL
+            WHEN md.n IS NULL THEN old.median_value
+            WHEN md.n = m.n THEN md.median END AS median,
+       CASE WHEN NOT :medians_computed THEN 'skipped'
+            WHEN md.n IS NULL AND old.median_value IS NOT NULL THEN 'kept'
+            WHEN md.n IS NULL THEN 'absent'
+            WHEN md.n = m.n THEN 'exact'
+            ELSE 'inconsistent' END AS median_status
+FROM merged AS m
+JOIN iot.sensors AS s ON s.id = m.sensor_id
+JOIN iot.devices AS dv ON dv.id = s.device_id
+LEFT JOIN stage_medians AS md
+       ON md.device = dv.device_code AND md.field = s.field AND md.bucket = m.bucket
+LEFT JOIN {target} AS old ON old.sensor_id = m.sensor_id AND old.{key} = m.bucket
+"""
+
+_STAGE_MERGE = "CREATE TEMP TABLE stage_merge ON COMMIT DROP AS {merged}"
+
+_EMPTY_MEDIANS = (
+    "CREATE TEMP TABLE stage_medians ON COMMIT DROP AS SELECT NULL::text AS device, "
+    "NULL::text AS field, NULL::{bucket_type} AS bucket, NULL::bigint AS n, "
+    "NULL::float8 AS median WHERE false"
+)
+
+
+def write_merged_level(ctx: WriteContext, level: Level, window: Window) -> WriteReport:
+    """Replace ``level.table`` inside ``window`` by merging the level below (and medians)."""
+    report = WriteReport(level.table, window)
+    target, key = statements.quote_ident(level.table), statements.quote_ident(level.key)
+    # Weekly buckets must be whole: chunk by whole weeks (weekly windows start on Mondays).
+    chunk_days = (
+        7 * max(1, ctx.settings.chunk_days // 7)
+        if level.median_grain == "week"
+        else (ctx.settings.chunk_days)
+    )
+    merged_sql = statements.render("merge_partials", parts=level.parts_sql)
+    for chunk in window.chunks(ctx.zone, chunk_days):
+        report.chunks += 1
+        start_date, end_date = _local_dates(chunk, ctx.zone)
+        params = {
+            "start": chunk.start,
+            "end": chunk.end,
+            "origin": chunk.start,
+            "tz": ctx.settings.timezone,
+            "start_date": start_date,
+            "end_date": end_date,
+        }
+        lo, hi = (start_date, end_date) if level.key_is_date else (chunk.start, chunk.end)
+        with ctx.warehouse.locked_transaction(level.table, chunk.local_days(ctx.zone)) as conn:
+            source_rows, readings = conn.execute(
+                sa.text(f"SELECT count(*), coalesce(sum(n), 0) FROM ({level.parts_sql}) AS p"),
+                params,
+            ).one()
+            if source_rows == 0 and _has_rows(
+                conn, level.table, level.key, chunk, ctx.zone if level.key_is_date else None
+            ):
+                report.kept_chunks.append(str(chunk))
+                continue
+
+            if level.median_grain is None:
+                conn.execute(sa.text(_STAGE_MERGE.format(merged=merged_sql)), params)
+                staged = "stage_merge"
+            else:
+                # Exact medians hold the chunk's raw values in memory (~16 bytes each); the
+                # partials say how many there are before we start. Above the limit: skip.
+                medians_computed = 0 < readings <= ctx.settings.median_max_readings
+                if medians_computed:
+                    ctx.source.stage_medians(
+                        conn, chunk, level.median_grain, ctx.stage_context(conn)
+                    )
+                else:
+                    if readings:
+                        report.notes.append(
+                            f"median skipped for {chunk}: {readings} readings exceed "
+                            "AGG_PIPELINE_MEDIAN_MAX_READINGS"
+                        )
+                    bucket_type = "date" if level.key_is_date else "timestamptz"
+                    conn.execute(sa.text(_EMPTY_MEDIANS.format(bucket_type=bucket_type)))
+                conn.execute(
+                    sa.text(_STAGE_ROLLUP.format(merged=merged_sql, target=target, key=key)),
+                    {**params, "medians_computed": medians_computed},
+                )
+                staged = "stage_rollup"
+                for status, n in conn.execute(
+                    sa.text("SELECT median_status, count(*) FROM stage_rollup GROUP BY 1")
+                ):
+                    report.median_status[status] += n
+
+            report.rows_deleted += conn.execute(
+                sa.text(f"DELETE FROM {target} WHERE {key} >= :lo AND {key} < :hi"),
+                {"lo": lo, "hi": hi},
+            ).rowcount
+            report.rows_written += conn.execute(
+                sa.text(_insert_merged(level, target, key, staged)), params
+            ).rowcount
+            for sensor_id, first, last in conn.execute(
+                sa.text(f"SELECT sensor_id, min(first_at), max(last_at) FROM {staged} GROUP BY 1")
+            ):
+                report.sensors.add(sensor_id)
+                report.saw_readings(first, last)
+            report.preview = _preview(
+                conn, level.table, level.key, chunk, ctx.zone if level.key_is_date else None
+            )
+    _note_kept(report)
+    if report.median_status.get("inconsistent"):
+        report.notes.append(
+            f"{report.median_status['inconsistent']} median(s) left NULL: raw readings changed "
+            "since the level below was built (late data); they fill in when it re-runs"
+        )
+    if report.median_status.get("absent") or report.median_status.get("kept"):
+        report.notes.append(
+            "raw readings no longer retained for part of the window: "
+            f"{report.median_status.get('kept', 0)} earlier median(s) kept, "
+            f"{report.median_status.get('absent', 0)} absent"
+        )
+    return report
+
+
+def _insert_merged(level: Level, target: str, key: str, staged: str) -> str:
+    if level.median_grain is None:
+        return (
+            f"INSERT INTO {target} (sensor_id, {key}, sample_count, mean_value, min_value, "
+            "max_value, m2, first_reading_at, last_reading_at) "
+            f"SELECT sensor_id, bucket, n, mean, mn, mx, m2, first_at, last_at FROM {staged}"
+        )
+    columns = (
+        f"sensor_id, {key}, avg_value, min_value, max_value, sample_count, stddev_value, "
+        "median_value, m2, first_reading_at, last_reading_at"
+    )
+    select = (
+        "SELECT r.sensor_id, r.bucket, r.mean, r.mn, r.mx, r.n, r.stddev, r.median, r.m2, "
+        "r.first_at, r.last_at"
+    )
+    if level.with_conditions:
+        # Keep the condition columns in step with bi.daily_sensor_conditions, whichever of
+        # rollup_daily / conditions_daily ran last.
+        return (
+            f"INSERT INTO {target} ({columns}, time_in_optimal_pct, time_in_critical_pct) "
+            f"{select}, c.time_in_optimal_pct, c.time_in_critical_pct FROM {staged} AS r "
+            "LEFT JOIN bi.daily_sensor_conditions AS c "
+            "ON c.sensor_id = r.sensor_id AND c.metric_date = r.bucket"
+        )
+    return f"INSERT INTO {target} ({columns}) {select} FROM {staged} AS r"
+
+
+def _preview(
+    conn: sa.Connection, table: str, key: str, chunk: Window, zone: ZoneInfo | None
+) -> list[dict]:
+    """The last few rows written in the chunk, readable (device and field, not ids)."""
+    lo, hi = (chunk.start, chunk.end) if zone is None else _local_dates(chunk, zone)
+    t, k = statements.quote_ident(table), statements.quote_ident(key)
+    mean_col = "mean_value" if table.startswith("bi.readings_") else "avg_value"
+    rows = conn.execute(
+        sa.text(
+            f"SELECT dv.device_code AS device, s.field, t.{k} AS bucket, t.sample_count AS n, "
+            f"t.{mean_col} AS mean, t.min_value AS min, t.max_value AS max "
+            f"FROM {t} AS t JOIN iot.sensors AS s ON s.id = t.sensor_id "
+            "JOIN iot.devices AS dv ON dv.id = s.device_id "
+            f"WHERE t.{k} >= :lo AND t.{k} < :hi "
+            f"ORDER BY t.{k} DESC, dv.device_code, s.field LIMIT {PREVIEW_ROWS}"
+        ),
+        {"lo": lo, "hi": hi},
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+# --------------------------------------------------------------------------------------
+# Daily conditions, from raw readings and the crop ranges in force each day
+# --------------------------------------------------------------------------------------
+
+_RANGES_SQL = """
+SELECT d.day, g.field, min(g.optimal_min) AS optimal_min, max(g.optimal_max) AS optimal_max
+FROM unnest(CAST(:days AS date[])) AS d (day)
+JOIN crop.batches AS b ON b.started_on <= d.day AND coalesce(b.ended_on, d.day) >= d.day
+JOIN crop.growth_stage_definitions AS g
+  ON g.crop_name = b.crop_name AND g.stage_name = b.stage_name
+GROUP BY d.day, g.field
+"""
+
+_INSERT_CONDITIONS = """
+INSERT INTO bi.daily_sensor_conditions (
+    sensor_id, metric_date, optimal_min, optimal_max, critical_below, critical_above,
+    reading_count, optimal_pct_by_count, critical_pct_by_count, covered_seconds,
+    time_in_optimal_pct, time_in_critical_pct, expected_readings, coverage_pct)
+SELECT s.id, st.day, st.opt_min, st.opt_max, st.crit_below, st.crit_above,
+       st.reading_count,
+       100.0 * st.optimal_count / st.reading_count,
+       100.0 * st.critical_count / st.reading_count,
+       st.covered_seconds,
+       CASE WHEN st.covered_seconds > 0 THEN 100.0 * st.optimal_seconds / st.covered_seconds END,
+       CASE WHEN st.covered_seconds > 0 THEN 100.0 * st.critical_seconds / st.covered_seconds END,
+       e.expected,
+       100.0 * st.reading_count / e.expected
+FROM stage_conditions AS st
+JOIN iot.devices AS dv ON dv.device_code = st.device
+JOIN iot.sensors AS s ON s.device_id = dv.id AND s.field = st.field
+JOIN (
+    SELECT day, extract(epoch FROM ((day + 1)::timestamp AT TIME ZONE :tz)
+                                 - (day::timestamp AT TIME ZONE :tz)) / :interval AS expected
+    FROM unnest(CAST(:days AS date[])) AS x (day)
+) AS e ON e.day = st.day
+"""
+
+_SYNC_DAILY = """
+UPDATE bi.daily_sensor_agg AS a
+SET time_in_optimal_pct = c.time_in_optimal_pct,
+    time_in_critical_pct = c.time_in_critical_pct
+FROM (
+    SELECT a2.sensor_id, a2.metric_date, c2.time_in_optimal_pct, c2.time_in_critical_pct
+    FROM bi.daily_sensor_agg AS a2
+    LEFT JOIN bi.daily_sensor_conditions AS c2
+      ON c2.sensor_id = a2.sensor_id AND c2.metric_date = a2.metric_date
+    WHERE a2.metric_date >= :lo AND a2.metric_date < :hi
+) AS c
+WHERE a.sensor_id = c.sensor_id AND a.metric_date = c.metric_date
+  AND (a.time_in_optimal_pct, a.time_in_critical_pct)
+      IS DISTINCT FROM (c.time_in_optimal_pct, c.time_in_critical_pct)
+"""
+
+
+def condition_bands(
+    conn: sa.Connection, catalogue: Catalogue, days: list[date], margin_pct: float
+) -> dict[tuple[date, str], cond.ConditionBand]:
+    """The band of every (day, field) that has an optimal range that day."""
+    from_batches: dict[tuple[date, str], tuple[float, float]] = {
+        (r.day, r.field): (r.optimal_min, r.optimal_max)
+        for r in conn.execute(sa.text(_RANGES_SQL), {"days": days})
+        if r.field in catalogue.fields
+    }
+    bands = {}
+    for day in days:
+        for name, spec in catalogue.fields.items():
+            rng = from_batches.get((day, name)) or (
+                (spec.optimal.min, spec.optimal.max) if spec.optimal else None
+            )
+            if rng:
+                bands[(day, name)] = cond.band(rng[0], rng[1], margin_pct)
+    return bands
+
+
+def write_conditions_daily(ctx: WriteContext, window: Window) -> WriteReport:
+    """Replace ``bi.daily_sensor_conditions`` inside ``window``; mirror into daily rollups."""
+    report = WriteReport("bi.daily_sensor_conditions", window, raw_rows_read=None)
+    for chunk in window.chunks(ctx.zone, ctx.settings.chunk_days):
+        report.chunks += 1
+        lo, hi = _local_dates(chunk, ctx.zone)
+        days = [lo + timedelta(days=i) for i in range((hi - lo).days)]
+        with ctx.warehouse.locked_transaction(report.table, days) as conn:
+            bands = condition_bands(conn, ctx.catalogue, days, ctx.settings.critical_margin_pct)
+            if not bands:
+                report.notes.append(f"no optimal ranges in force for {lo}..{hi}: nothing to do")
+            ctx.source.stage_conditions(conn, chunk, bands, ctx.stage_context(conn))
+            staged = _count(conn, "SELECT count(*) FROM stage_conditions", {})
+            if staged == 0 and _has_rows(conn, report.table, "metric_date", chunk, ctx.zone):
+                report.kept_chunks.append(str(chunk))
+                continue
+            pairs = conn.execute(sa.text("SELECT DISTINCT device, field FROM stage_conditions"))
+            report.new_sensors += ctx.warehouse.register_sensors(
+                ctx.catalogue, [(p[0], p[1]) for p in pairs]
+            )
+            report.rows_deleted += conn.execute(
+                sa.text(
+                    "DELETE FROM bi.daily_sensor_conditions "
+                    "WHERE metric_date >= :lo AND metric_date < :hi"
+                ),
+                {"lo": lo, "hi": hi},
+            ).rowcount
+            report.rows_written += conn.execute(
+                sa.text(_INSERT_CONDITIONS),
+                {
+                    "days": days,
+                    "tz": ctx.settings.timezone,
+                    "interval": ctx.catalogue.sample_interval_seconds,
+                },
+            ).rowcount
+            conn.execute(sa.text(_SYNC_DAILY), {"lo": lo, "hi": hi})
+            report.sensors.update(
+                r[0]
+                for r in conn.execute(
+                    sa.text(
+                        "SELECT sensor_id FROM bi.daily_sensor_conditions "
+                        "WHERE metric_date >= :lo AND metric_date < :hi"
+                    ),
+                    {"lo": lo, "hi": hi},
+                )
+            )
+            report.preview = [
+                dict(r)
+                for r in conn.execute(
+                    sa.text(
+                        "SELECT dv.device_code AS device, s.field, c.metric_date, "
+                        "round(c.time_in_optimal_pct::numeric, 2) AS optimal_pct, "
+                        "round(c.time_in_critical_pct::numeric, 2) AS critical_pct, "
+                        "round(c.coverage_pct::numeric, 1) AS coverage_pct "
+                        "FROM bi.daily_sensor_conditions AS c "
+                        "JOIN iot.sensors AS s ON s.id = c.sensor_id "
+                        "JOIN iot.devices AS dv ON dv.id = s.device_id "
+                        "WHERE c.metric_date >= :lo AND c.metric_date < :hi "
+                        f"ORDER BY c.metric_date DESC, dv.device_code, s.field LIMIT {PREVIEW_ROWS}"
+                    ),
+                    {"lo": lo, "hi": hi},
+                ).mappings()
+            ]
+            report.notes.extend(
+                sorted(
+                    {
+                        f"{f}: optimal {b.optimal_min:g}..{b.optimal_max:g}, critical below "
+                        f"{b.critical_below:g} / above {b.critical_above:g}"
+                        for (_, f), b in bands.items()
+                    }
+                )
+                if report.chunks == 1
+                else []
+            )
+    _note_kept(report)
+    return report
