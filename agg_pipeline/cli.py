@@ -146,9 +146,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         "-p",
         str(args.port),
     ]
-    print(
-        f"starting Dagster at http://{args.host}:{args.port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})"
-    )
+    home = os.environ["DAGSTER_HOME"]
+    print(f"starting Dagster at http://{args.host}:{args.port} (DAGSTER_HOME={home})")
     sys.stdout.flush()
     os.chdir(root)
     os.execv(dagster, argv)

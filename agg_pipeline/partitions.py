@@ -2,8 +2,8 @@
 
 Hourly partitions include the hour in progress (``end_offset=1``): the 1m/5m downsamples
 keep it current, and all hourly assets share one definition so a backfill runs 1m, 5m and
-hourly rollups of the same hours in one run. Days and weeks are local days in the configured zone, so a daily
-partition is 23 h or 25 h on DST days; weeks start on Monday.
+hourly rollups of the same hours in one run. Days and weeks are local days in the
+configured zone, so a daily partition is 23 h or 25 h on DST days; weeks start on Monday.
 """
 
 from __future__ import annotations

@@ -38,9 +38,12 @@ def run_hours(url: str, first: str, last: str, assets=HOURLY_ASSETS) -> dg.Execu
     )
 
 
-def run_partition(url: str, assets, key: str) -> dg.ExecuteInProcessResult:
+def run_partition(url: str, assets, key: str, **kwargs) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        assets, resources={"warehouse": WarehouseResource(database_url=url)}, partition_key=key
+        assets,
+        resources={"warehouse": WarehouseResource(database_url=url)},
+        partition_key=key,
+        **kwargs,
     )
 
 

@@ -11,13 +11,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 
 @dataclass(frozen=True)
 class Window:
-    """A half-open time window ``[start, end)``; both bounds timezone-aware."""
+    """A half-open time window ``[start, end)``; both bounds timezone-aware, kept in UTC.
+
+    Kept in UTC on purpose: Python compares and subtracts two datetimes that share a
+    tzinfo by wall clock, so a 25-hour local day would measure 24 hours.
+    """
 
     start: datetime
     end: datetime
@@ -25,6 +29,8 @@ class Window:
     def __post_init__(self) -> None:
         if self.start.tzinfo is None or self.end.tzinfo is None:
             raise ValueError("window bounds must be timezone-aware")
+        object.__setattr__(self, "start", self.start.astimezone(UTC))
+        object.__setattr__(self, "end", self.end.astimezone(UTC))
         if self.end <= self.start:
             raise ValueError(f"empty window: end {self.end} <= start {self.start}")
 
@@ -43,7 +49,7 @@ class Window:
         cursor = self.start
         while cursor < self.end:
             local_day = cursor.astimezone(zone).date()
-            boundary = local_midnight(local_day + timedelta(days=days), zone)
+            boundary = local_midnight(local_day + timedelta(days=days), zone).astimezone(UTC)
             nxt = min(boundary, self.end)
             yield Window(cursor, nxt)
             cursor = nxt
