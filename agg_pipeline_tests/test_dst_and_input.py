@@ -115,9 +115,10 @@ def test_conditions_use_widest_range_of_active_batches(warehouse_url, engine):
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                "INSERT INTO crop.batches (batch_code, crop_name, stage_name, started_on, ended_on) "
-                "VALUES ('B2', 'lettuce', 'seedling', '2026-11-01', NULL), "
-                "       ('OLD', 'lettuce', 'mature', '2026-01-01', '2026-06-30')"
+                "INSERT INTO crop.batches "
+                "(batch_code, crop_name, stage_name, started_on, ended_on) VALUES "
+                "('B2', 'lettuce', 'seedling', '2026-11-01', NULL), "
+                "('OLD', 'lettuce', 'mature', '2026-01-01', '2026-06-30')"
             )
         )
     ctx = context(warehouse_url)
