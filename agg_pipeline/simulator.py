@@ -228,7 +228,7 @@ def write(
                 cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv)", buf)
                 total += len(frame)
                 if progress:
-                    progress(total, frame["time"].iloc[-1].to_pydatetime())
+                    progress(total, frame["time"].iloc[-1].floor("us").to_pydatetime())
         raw.commit()
     finally:
         raw.close()
