@@ -7,6 +7,7 @@ import os
 import dagster as dg
 
 from agg_pipeline.assets import ALL_ASSETS
+from agg_pipeline.automation import FRESHNESS_CHECKS, JOBS, SCHEDULES, SENSORS
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
 
@@ -21,5 +22,9 @@ def warehouse_resource() -> WarehouseResource:
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
+    asset_checks=FRESHNESS_CHECKS,
+    jobs=JOBS,
+    schedules=SCHEDULES,
+    sensors=SENSORS,
     resources={"warehouse": warehouse_resource()},
 )

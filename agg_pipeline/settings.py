@@ -116,6 +116,64 @@ class Settings(BaseSettings):
         "transaction each, so a long backfill never holds a table lock for long.",
     )
 
+    # --- automation: the old feature flags (each schedule / sensor on or off) ------------
+    schedule_readings_1m: bool = Field(
+        default=True, description="Refresh readings_1m for the open hour every minute."
+    )
+    schedule_readings_5m: bool = Field(
+        default=True, description="Refresh readings_5m for the open hour every 5 minutes."
+    )
+    schedule_rollup_hourly: bool = Field(
+        default=True, description="At :05, complete the previous hour (1m, 5m, hourly)."
+    )
+    schedule_rollup_daily: bool = Field(
+        default=True, description="At 01:30, roll up the previous day."
+    )
+    schedule_conditions_daily: bool = Field(
+        default=True, description="At 01:30, compute the previous day's conditions."
+    )
+    schedule_rollup_weekly: bool = Field(
+        default=True, description="Monday 02:00, roll up the previous week."
+    )
+    schedule_retention: bool = Field(default=True, description="Daily 03:00 retention cleanup.")
+    schedule_dashboard_refresh: bool = Field(
+        default=True, description="Every 15 minutes, refresh the dashboard materialized views."
+    )
+    late_data_sensor: bool = Field(
+        default=True, description="Observe late raw readings and let automation correct them."
+    )
+    late_data_lookback_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="Late readings for hours older than this are not corrected automatically "
+        "(backfill them).",
+    )
+    late_data_settle_minutes: float = Field(
+        default=10.0,
+        ge=0,
+        description="A reading is late when it arrives this long after its hour ended.",
+    )
+    coverage_warn_pct: float = Field(
+        default=90.0,
+        ge=0,
+        le=100,
+        description="Coverage checks warn below this share of expected readings.",
+    )
+
+    # --- retention -------------------------------------------------------------------
+    retention_raw_days: int = Field(
+        default=90, ge=1, description="Raw readings older than this many days are deleted."
+    )
+    retention_downsample_days: int = Field(
+        default=30, ge=1, description="1m and 5m windows older than this are deleted."
+    )
+    retention_hourly_days: int = Field(
+        default=180, ge=1, description="Hourly rollups older than this are deleted."
+    )
+    retention_batch_rows: int = Field(
+        default=50_000, ge=100, description="Rows deleted per statement (bounded batches)."
+    )
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:

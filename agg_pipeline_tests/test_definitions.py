@@ -17,7 +17,19 @@ EXPECTED_GRAPH = {
     "rollup_daily": {"rollup_hourly", "raw_readings"},
     "rollup_weekly": {"rollup_daily", "raw_readings"},
     "conditions_daily": {"raw_readings"},
+    "dashboard_views": {"readings_1m"},
 }
+SCHEDULES = {
+    "readings_1m_every_minute": "* * * * *",
+    "readings_5m_every_5_minutes": "*/5 * * * *",
+    "rollup_hourly_at_05": "5 * * * *",
+    "rollup_daily_at_0130": "30 1 * * *",
+    "conditions_daily_at_0130": "30 1 * * *",
+    "rollup_weekly_monday_0200": "0 2 * * 1",
+    "dashboard_views_every_15_minutes": "*/15 * * * *",
+    "retention_cleanup_at_0300": "0 3 * * *",
+}
+SENSORS = {"late_data_sensor", "automation_sensor", "run_failure_alerts", "freshness_checks_sensor"}
 PARTITIONS = {
     "raw_readings": "hourly",
     "readings_1m": "hourly",
@@ -67,3 +79,42 @@ def test_bad_catalogue_fails_definitions_load_naming_the_key(tmp_path):
     )
     assert proc.returncode != 0
     assert "fields.ph.min" in proc.stderr and "bad.yaml" in proc.stderr
+
+
+def test_schedules_and_sensors_run_by_default():
+    repo = defs.get_repository_def()
+    assert {s.name: s.cron_schedule for s in repo.schedule_defs} == SCHEDULES
+    for schedule in repo.schedule_defs:
+        assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING, schedule.name
+        assert schedule.execution_timezone == "UTC"
+    assert {s.name for s in repo.sensor_defs} == SENSORS
+    for sensor in repo.sensor_defs:
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING, sensor.name
+
+
+def test_every_materialized_asset_has_freshness_checks_and_automation():
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        if key.to_user_string() == "raw_readings":
+            continue  # external: observed, not materialized
+        assert node.freshness_policy is not None, key
+        if key.to_user_string() != "dashboard_views":
+            assert node.automation_condition is not None, key
+            assert "late data correction" in str(node.automation_condition.get_label()), key
+    check_keys = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    for asset in ("readings_1m", "readings_5m", "rollup_hourly", "rollup_daily", "rollup_weekly"):
+        assert (asset, "stats_valid") in check_keys
+    assert ("readings_5m", "matches_readings_1m") in check_keys
+    assert ("rollup_hourly", "matches_readings_1m") in check_keys
+    assert ("rollup_daily", "matches_hourly_sensor_agg") in check_keys
+    assert ("rollup_weekly", "matches_daily_sensor_agg") in check_keys
+    assert ("readings_1m", "coverage") in check_keys
+    assert ("conditions_daily", "shares_valid") in check_keys
+    # partition-aware freshness checks for the per-partition deadlines
+    freshness = {k.asset_key.to_user_string() for k in check_keys_named(check_keys, "fresh")}
+    assert {"rollup_hourly", "rollup_daily", "conditions_daily", "rollup_weekly"} <= freshness
+
+
+def check_keys_named(keys, fragment):
+    return [dg.AssetCheckKey(dg.AssetKey(a), n) for a, n in keys if fragment in n]

@@ -2,6 +2,7 @@
 
 from agg_pipeline.assets.conditions import conditions_daily
 from agg_pipeline.assets.downsample import readings_1m, readings_5m
+from agg_pipeline.assets.maintenance import dashboard_views
 from agg_pipeline.assets.raw import raw_readings
 from agg_pipeline.assets.rollups import rollup_daily, rollup_hourly, rollup_weekly
 
@@ -13,4 +14,5 @@ ALL_ASSETS = [
     rollup_daily,
     rollup_weekly,
     conditions_daily,
+    dashboard_views,
 ]

@@ -1,6 +1,9 @@
 """Daily time in optimal / critical ranges, per sensor."""
 
+from datetime import timedelta
+
 import dagster as dg
+import sqlalchemy as sa
 
 from agg_pipeline import partitions, writers
 from agg_pipeline.assets._common import (
@@ -8,15 +11,86 @@ from agg_pipeline.assets._common import (
     materialize_result,
     partition_window,
     write_context,
+    write_with_retries,
 )
 from agg_pipeline.assets.raw import raw_readings
+from agg_pipeline.automation_conditions import daily_correction
+from agg_pipeline.compute.windows import Window
 from agg_pipeline.resources.warehouse import WarehouseResource
+from agg_pipeline.settings import get_settings
+
+_settings = get_settings()
+
+
+def _shares_valid(conn: sa.Connection, lo, hi) -> dg.AssetCheckResult:
+    bad = conn.execute(
+        sa.text(
+            "SELECT metric_date::text, count(*) FROM bi.daily_sensor_conditions "
+            "WHERE metric_date >= :lo AND metric_date < :hi AND NOT ("
+            "reading_count > 0 AND optimal_pct_by_count BETWEEN 0 AND 100 "
+            "AND critical_pct_by_count BETWEEN 0 AND 100 "
+            "AND optimal_pct_by_count + critical_pct_by_count <= 100 + 1e-9 "
+            "AND coalesce(time_in_optimal_pct, 0) BETWEEN 0 AND 100 + 1e-9 "
+            "AND coalesce(time_in_critical_pct, 0) BETWEEN 0 AND 100 + 1e-9 "
+            "AND coalesce(time_in_optimal_pct + time_in_critical_pct, 0) <= 100 + 1e-9 "
+            "AND critical_below <= optimal_min AND optimal_max <= critical_above) "
+            "GROUP BY 1 ORDER BY 1"
+        ),
+        {"lo": lo, "hi": hi},
+    ).all()
+    return dg.AssetCheckResult(
+        check_name="shares_valid",
+        passed=not bad,
+        metadata={"failing_days": [f"{d} ({n} sensors)" for d, n in bad]},
+    )
+
+
+def _coverage(conn: sa.Connection, lo, hi) -> dg.AssetCheckResult:
+    rows = conn.execute(
+        sa.text(
+            "SELECT metric_date::text, round(avg(coverage_pct)::numeric, 2) AS pct "
+            "FROM bi.daily_sensor_conditions WHERE metric_date >= :lo AND metric_date < :hi "
+            "GROUP BY 1 ORDER BY 1"
+        ),
+        {"lo": lo, "hi": hi},
+    ).all()
+    low = [f"{d}: {p}%" for d, p in rows if p is not None and p < _settings.coverage_warn_pct]
+    return dg.AssetCheckResult(
+        check_name="coverage",
+        passed=not low,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "coverage_by_day": {d: float(p) for d, p in rows},
+            "days_below_threshold": low,
+            "warn_below_pct": _settings.coverage_warn_pct,
+        },
+    )
 
 
 @dg.asset(
     partitions_def=partitions.daily,
     deps=[raw_readings],
     backfill_policy=BACKFILL,
+    automation_condition=daily_correction,
+    freshness_policy=dg.FreshnessPolicy.cron(
+        deadline_cron="30 2 * * *",
+        lower_bound_delta=timedelta(hours=2, minutes=30),
+        timezone=_settings.timezone,
+    ),
+    check_specs=[
+        dg.AssetCheckSpec(
+            "shares_valid",
+            asset="conditions_daily",
+            blocking=True,
+            description="Percentages within 0-100, optimal + critical <= 100, bands ordered.",
+        ),
+        dg.AssetCheckSpec(
+            "coverage",
+            asset="conditions_daily",
+            description="Mean coverage per day (WARN below AGG_PIPELINE_COVERAGE_WARN_PCT).",
+        ),
+    ],
+    pool="bi.daily_sensor_conditions",
     group_name="conditions",
     kinds={"postgres"},
     code_version="1",
@@ -34,5 +108,14 @@ def conditions_daily(
     Table `bi.daily_sensor_conditions`; the time-weighted shares are mirrored into
     `bi.daily_sensor_agg.time_in_optimal_pct / time_in_critical_pct`.
     """
-    report = writers.write_conditions_daily(write_context(warehouse), partition_window(context))
-    return materialize_result(context, report)
+    ctx, window = write_context(warehouse), partition_window(context)
+    report = write_with_retries(context, lambda: writers.write_conditions_daily(ctx, window))
+    lo, hi = _local_dates(window)
+    with warehouse.get_engine().connect() as conn:
+        results = [_shares_valid(conn, lo, hi), _coverage(conn, lo, hi)]
+    return materialize_result(context, report, warehouse, results)
+
+
+def _local_dates(window: Window):
+    zone = _settings.zone
+    return window.start.astimezone(zone).date(), window.end.astimezone(zone).date()

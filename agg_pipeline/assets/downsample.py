@@ -1,22 +1,33 @@
 """1-minute and 5-minute downsamples: the first level above raw, hourly partitions."""
 
+from datetime import timedelta
+
 import dagster as dg
 
-from agg_pipeline import partitions, writers
+from agg_pipeline import checks, partitions, writers
 from agg_pipeline.assets._common import (
     BACKFILL,
     materialize_result,
     partition_window,
     write_context,
+    write_with_retries,
 )
 from agg_pipeline.assets.raw import raw_readings
+from agg_pipeline.automation_conditions import hourly_correction
 from agg_pipeline.resources.warehouse import WarehouseResource
+from agg_pipeline.settings import get_settings
 
 
 @dg.asset(
     partitions_def=partitions.hourly,
     deps=[raw_readings],
     backfill_policy=BACKFILL,
+    automation_condition=hourly_correction,
+    freshness_policy=dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(minutes=15), warn_window=timedelta(minutes=5)
+    ),
+    check_specs=checks.check_specs("readings_1m", coverage=True),
+    pool="bi.readings_1m",
     group_name="downsample",
     kinds={"postgres"},
     code_version="1",
@@ -32,14 +43,35 @@ def readings_1m(
     duplicate (time, device, field) readings count once. A (device, field) seen for the
     first time is registered in iot.devices / iot.sensors. Table: `bi.readings_1m`.
     """
-    report = writers.write_readings_1m(write_context(warehouse), partition_window(context))
-    return materialize_result(context, report)
+    ctx, window = write_context(warehouse), partition_window(context)
+    report = write_with_retries(context, lambda: writers.write_readings_1m(ctx, window))
+    results = list(
+        checks.evaluate(warehouse.get_engine(), "readings_1m", window, ctx.settings.timezone)
+    )
+    with warehouse.get_engine().connect() as conn:
+        results.append(
+            checks.coverage_result(
+                conn,
+                "bi.readings_1m",
+                "window_start",
+                window,
+                ctx.catalogue.sample_interval_seconds,
+                get_settings().coverage_warn_pct,
+            )
+        )
+    return materialize_result(context, report, warehouse, results)
 
 
 @dg.asset(
     partitions_def=partitions.hourly,
     deps=[readings_1m],
     backfill_policy=BACKFILL,
+    automation_condition=hourly_correction,
+    freshness_policy=dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(minutes=20), warn_window=timedelta(minutes=10)
+    ),
+    check_specs=checks.check_specs("readings_5m"),
+    pool="bi.readings_5m",
     group_name="downsample",
     kinds={"postgres"},
     code_version="1",
@@ -51,7 +83,9 @@ def readings_5m(
 
     Table: `bi.readings_5m`, same columns as `bi.readings_1m`.
     """
-    report = writers.write_merged_level(
-        write_context(warehouse), writers.LEVEL_5M, partition_window(context)
+    ctx, window = write_context(warehouse), partition_window(context)
+    report = write_with_retries(
+        context, lambda: writers.write_merged_level(ctx, writers.LEVEL_5M, window)
     )
-    return materialize_result(context, report)
+    results = checks.evaluate(warehouse.get_engine(), "readings_5m", window, ctx.settings.timezone)
+    return materialize_result(context, report, warehouse, list(results))

@@ -1,24 +1,54 @@
-"""The external raw readings: declared so lineage starts where the data does."""
+"""The external raw readings: declared so lineage starts where the data does.
 
-from __future__ import annotations
+An *observable* source: its data version per hourly partition changes only when readings
+arrive late (after the hour settled), so automation re-materializes exactly the partitions
+that late data touched. The late-data sensor reports those observations every 30 s; the
+"Observe sources" button in the UI runs the same observation by hand.
+"""
+
+from datetime import datetime, timedelta
 
 import dagster as dg
 
-from agg_pipeline import partitions
+from agg_pipeline import clock, late_data, partitions
 from agg_pipeline.catalogue import get_catalogue
+from agg_pipeline.settings import get_settings
 
 _catalogue = get_catalogue()
 
-raw_readings = dg.AssetSpec(
-    key="raw_readings",
+
+def observe_late_hours(warehouse, now: datetime | None = None) -> dict[str, late_data.LateHour]:
+    """Drain the change log; the late hours within the lookback, by partition key."""
+    settings = get_settings()
+    engine = warehouse.get_engine()
+    origin = partitions.hourly.start_time_for_partition_key(
+        partitions.hourly.get_first_partition_key()
+    )
+    late_data.drain(engine, origin, timedelta(minutes=settings.late_data_settle_minutes))
+    now = now or clock.now()
+    since = now - timedelta(days=settings.late_data_lookback_days)
+    return {
+        partitions.hourly.get_partition_key_for_timestamp(h.hour_start.timestamp()): h
+        for h in late_data.changes_since(engine, 0, since)
+        if h.hour_start >= origin
+    }
+
+
+@dg.observable_source_asset(
+    name="raw_readings",
     description=(
         "Raw sensor readings, written by the devices' own ingestion (not by agg_pipeline). "
         f"Source: {_catalogue.source.kind} `{_catalogue.source.table}`, one row per "
         f"(time, {_catalogue.source.device_column}, field, value). Catalogue "
-        f"`{_catalogue.name}`: {', '.join(_catalogue.fields)}."
+        f"`{_catalogue.name}`: {', '.join(_catalogue.fields)}. Data version per hour = late "
+        "rows recorded for it."
     ),
     partitions_def=partitions.hourly,
     group_name="sources",
-    kinds={"postgres"},
+    required_resource_keys={"warehouse"},
     metadata={"catalogue": _catalogue.name, "table": _catalogue.source.table},
 )
+def raw_readings(context) -> dg.DataVersionsByPartition:
+    late = observe_late_hours(context.resources.warehouse)
+    context.log.info(f"{len(late)} hour(s) with late readings in the lookback")
+    return dg.DataVersionsByPartition({k: h.data_version for k, h in late.items()})

@@ -1,17 +1,22 @@
 """Hourly, daily and weekly rollups in the old ETL's bi.* tables."""
 
+from datetime import timedelta
+
 import dagster as dg
 
-from agg_pipeline import partitions, writers
+from agg_pipeline import checks, partitions, writers
 from agg_pipeline.assets._common import (
     BACKFILL,
     materialize_result,
     partition_window,
     write_context,
+    write_with_retries,
 )
 from agg_pipeline.assets.downsample import readings_1m
 from agg_pipeline.assets.raw import raw_readings
+from agg_pipeline.automation_conditions import daily_correction, hourly_correction
 from agg_pipeline.resources.warehouse import WarehouseResource
+from agg_pipeline.settings import get_settings
 
 _STATS = (
     "avg, min, max, sample_count and sample stddev (NULL for one reading) merged exactly from "
@@ -19,12 +24,26 @@ _STATS = (
     "computed from the raw readings while they are retained (metadata `median_status` says "
     "when they are not)."
 )
+_TZ = get_settings().timezone
+
+
+def _run(context, warehouse: WarehouseResource, asset: str, level: writers.Level):
+    ctx, window = write_context(warehouse), partition_window(context)
+    report = write_with_retries(context, lambda: writers.write_merged_level(ctx, level, window))
+    results = checks.evaluate(warehouse.get_engine(), asset, window, ctx.settings.timezone)
+    return materialize_result(context, report, warehouse, list(results))
 
 
 @dg.asset(
     partitions_def=partitions.hourly,
     deps=[readings_1m, raw_readings],
     backfill_policy=BACKFILL,
+    automation_condition=hourly_correction,
+    freshness_policy=dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(hours=2), warn_window=timedelta(minutes=75)
+    ),
+    check_specs=checks.check_specs("rollup_hourly"),
+    pool="bi.hourly_sensor_agg",
     group_name="rollups",
     kinds={"postgres"},
     code_version="1",
@@ -34,16 +53,19 @@ _STATS = (
 def rollup_hourly(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    report = writers.write_merged_level(
-        write_context(warehouse), writers.LEVEL_HOURLY, partition_window(context)
-    )
-    return materialize_result(context, report)
+    return _run(context, warehouse, "rollup_hourly", writers.LEVEL_HOURLY)
 
 
 @dg.asset(
     partitions_def=partitions.daily,
     deps=[rollup_hourly, raw_readings],
     backfill_policy=BACKFILL,
+    automation_condition=daily_correction,
+    freshness_policy=dg.FreshnessPolicy.cron(
+        deadline_cron="30 2 * * *", lower_bound_delta=timedelta(hours=2, minutes=30), timezone=_TZ
+    ),
+    check_specs=checks.check_specs("rollup_daily"),
+    pool="bi.daily_sensor_agg",
     group_name="rollups",
     kinds={"postgres"},
     code_version="1",
@@ -54,16 +76,19 @@ def rollup_hourly(
 def rollup_daily(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    report = writers.write_merged_level(
-        write_context(warehouse), writers.LEVEL_DAILY, partition_window(context)
-    )
-    return materialize_result(context, report)
+    return _run(context, warehouse, "rollup_daily", writers.LEVEL_DAILY)
 
 
 @dg.asset(
     partitions_def=partitions.weekly,
     deps=[rollup_daily, raw_readings],
     backfill_policy=BACKFILL,
+    automation_condition=daily_correction,
+    freshness_policy=dg.FreshnessPolicy.cron(
+        deadline_cron="0 4 * * 1", lower_bound_delta=timedelta(hours=4), timezone=_TZ
+    ),
+    check_specs=checks.check_specs("rollup_weekly"),
+    pool="bi.weekly_sensor_agg",
     group_name="rollups",
     kinds={"postgres"},
     code_version="1",
@@ -73,7 +98,4 @@ def rollup_daily(
 def rollup_weekly(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    report = writers.write_merged_level(
-        write_context(warehouse), writers.LEVEL_WEEKLY, partition_window(context)
-    )
-    return materialize_result(context, report)
+    return _run(context, warehouse, "rollup_weekly", writers.LEVEL_WEEKLY)

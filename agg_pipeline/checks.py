@@ -1,0 +1,259 @@
+"""Data-quality checks, evaluated by each asset right after it writes its window.
+
+Checks are declared as ``check_specs`` on the assets and yielded from the same step, over
+exactly the window the run wrote - every partition of a multi-partition backfill run is
+covered, and the metadata names the partitions that failed. (Dagster's partitioned asset
+checks are a preview that only records single-partition steps, which would leave our
+single-run backfills unchecked.)
+
+- ``*_valid`` (blocking): min <= mean <= max, count > 0, spread >= 0, median within
+  [min, max], no duplicate keys. Blocking: downstream assets in the same run do not run,
+  and automation waits, while it fails.
+- ``matches_<level below>`` (blocking): the hierarchy adds up - counts sum, minima and maxima
+  agree with the level the rows were merged from.
+- ``coverage`` (WARN): share of expected readings present, below
+  ``AGG_PIPELINE_COVERAGE_WARN_PCT``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import dagster as dg
+import sqlalchemy as sa
+
+from agg_pipeline.compute.windows import Window
+
+# Means are merged in floating point: allow a relative hair around min and max.
+_EPS = "1e-9 * greatest(abs(min_value), abs(max_value), 1e-300)"
+
+
+@dataclass(frozen=True)
+class Level:
+    asset: str
+    table: str
+    key: str
+    key_is_date: bool
+    mean: str
+    below: tuple[str, str, str] | None  # (table, key, bucket expression of that key)
+
+
+LEVELS = {
+    "readings_1m": Level(
+        "readings_1m", "bi.readings_1m", "window_start", False, "mean_value", None
+    ),
+    "readings_5m": Level(
+        "readings_5m",
+        "bi.readings_5m",
+        "window_start",
+        False,
+        "mean_value",
+        ("bi.readings_1m", "window_start", "date_bin('5 minutes', b.window_start, :origin)"),
+    ),
+    "rollup_hourly": Level(
+        "rollup_hourly",
+        "bi.hourly_sensor_agg",
+        "hour_start",
+        False,
+        "avg_value",
+        ("bi.readings_1m", "window_start", "date_bin('1 hour', b.window_start, :origin)"),
+    ),
+    "rollup_daily": Level(
+        "rollup_daily",
+        "bi.daily_sensor_agg",
+        "metric_date",
+        True,
+        "avg_value",
+        ("bi.hourly_sensor_agg", "hour_start", "(b.hour_start AT TIME ZONE :tz)::date"),
+    ),
+    "rollup_weekly": Level(
+        "rollup_weekly",
+        "bi.weekly_sensor_agg",
+        "week_start",
+        True,
+        "avg_value",
+        ("bi.daily_sensor_agg", "metric_date", "date_trunc('week', b.metric_date)::date"),
+    ),
+}
+
+
+def check_specs(asset: str, coverage: bool = False) -> list[dg.AssetCheckSpec]:
+    level = LEVELS[asset]
+    specs = [
+        dg.AssetCheckSpec(
+            "stats_valid",
+            asset=asset,
+            blocking=True,
+            description="min <= mean <= max, count > 0, spread >= 0, median in [min, max], "
+            "one row per key - for every partition the run wrote.",
+        )
+    ]
+    if level.below:
+        specs.append(
+            dg.AssetCheckSpec(
+                f"matches_{level.below[0].split('.')[1]}",
+                asset=asset,
+                blocking=True,
+                description=f"Counts, minima and maxima add up to {level.below[0]}.",
+            )
+        )
+    if coverage:
+        specs.append(
+            dg.AssetCheckSpec(
+                "coverage",
+                asset=asset,
+                description="Share of expected readings present (WARN below the setting).",
+            )
+        )
+    return specs
+
+
+def _bounds(level: Level, window: Window, tz: str) -> dict:
+    if level.key_is_date:
+        from zoneinfo import ZoneInfo
+
+        zone = ZoneInfo(tz)
+        return {
+            "lo": window.start.astimezone(zone).date(),
+            "hi": window.end.astimezone(zone).date(),
+            "origin": window.start,
+            "tz": tz,
+            "start": window.start,
+            "end": window.end,
+        }
+    return {
+        "lo": window.start,
+        "hi": window.end,
+        "origin": window.start,
+        "tz": tz,
+        "start": window.start,
+        "end": window.end,
+    }
+
+
+def _stats_valid(conn: sa.Connection, level: Level, params: dict) -> dg.AssetCheckResult:
+    t, k, mean = level.table, level.key, level.mean
+    spread = (
+        "m2 >= 0"
+        if level.mean == "mean_value"
+        else (
+            "m2 >= 0 AND (stddev_value >= 0 OR (stddev_value IS NULL AND sample_count = 1)) "
+            f"AND (median_value IS NULL OR (median_value >= min_value - {_EPS} "
+            f"AND median_value <= max_value + {_EPS}))"
+        )
+    )
+    bad = conn.execute(
+        sa.text(
+            f"SELECT {k}::text AS bucket, count(*) AS rows FROM {t} "
+            f"WHERE {k} >= :lo AND {k} < :hi AND NOT ("
+            f"sample_count > 0 AND min_value <= {mean} + {_EPS} "
+            f"AND {mean} <= max_value + {_EPS} AND {spread}) "
+            "GROUP BY 1 ORDER BY 1 LIMIT 20"
+        ),
+        params,
+    ).all()
+    total, distinct = conn.execute(
+        sa.text(
+            f"SELECT count(*), count(DISTINCT (sensor_id, {k})) FROM {t} "
+            f"WHERE {k} >= :lo AND {k} < :hi"
+        ),
+        params,
+    ).one()
+    passed = not bad and total == distinct
+    return dg.AssetCheckResult(
+        check_name="stats_valid",
+        passed=passed,
+        metadata={
+            "rows_checked": total,
+            "duplicate_keys": total - distinct,
+            "failing_buckets": [f"{b} ({n} rows)" for b, n in bad],
+        },
+    )
+
+
+def _matches_below(conn: sa.Connection, level: Level, params: dict) -> dg.AssetCheckResult:
+    below_table, below_key, bucket = level.below
+    t, k = level.table, level.key
+    below_range = (
+        f"b.{below_key} >= :start_date AND b.{below_key} < :end_date"
+        if below_key == "metric_date"
+        else f"b.{below_key} >= :start AND b.{below_key} < :end"
+    )
+    params = {**params, "start_date": params["lo"], "end_date": params["hi"]}
+    rows = conn.execute(
+        sa.text(
+            f"WITH below AS (SELECT b.sensor_id, {bucket} AS bucket, sum(b.sample_count) AS n, "
+            f"min(b.min_value) AS mn, max(b.max_value) AS mx FROM {below_table} AS b "
+            f"WHERE {below_range} GROUP BY 1, 2), "
+            f"here AS (SELECT sensor_id, {k} AS bucket, sample_count AS n, min_value AS mn, "
+            f"max_value AS mx FROM {t} WHERE {k} >= :lo AND {k} < :hi) "
+            "SELECT coalesce(h.bucket, b.bucket)::text AS bucket, b.bucket IS NULL AS gone, "
+            "count(*) AS series FROM here AS h "
+            "FULL JOIN below AS b USING (sensor_id, bucket) "
+            "WHERE h.n IS DISTINCT FROM b.n OR h.mn IS DISTINCT FROM b.mn "
+            "OR h.mx IS DISTINCT FROM b.mx GROUP BY 1, 2 ORDER BY 1"
+        ),
+        params,
+    ).all()
+    # Rows whose source level was since removed by retention cannot be compared: they are
+    # reported, not failed.
+    mismatched = [f"{b} ({n} series)" for b, gone, n in rows if not gone]
+    gone = sum(n for _, g, n in rows if g)
+    return dg.AssetCheckResult(
+        check_name=f"matches_{below_table.split('.')[1]}",
+        passed=not mismatched,
+        metadata={
+            "mismatched_buckets": mismatched[:20],
+            "rows_whose_source_is_no_longer_retained": gone,
+        },
+    )
+
+
+def coverage_result(
+    conn: sa.Connection, table: str, key: str, window: Window, interval_s: float, warn_pct: float
+) -> dg.AssetCheckResult:
+    """Valid readings present / expected, for the sensors active in the last day.
+
+    Expected = elapsed part of the window / the catalogue's sample interval, per sensor that
+    reported anything in the 24 hours before the window's end (a device retired last week
+    is not expected).
+    """
+    now = datetime.now(UTC)
+    elapsed = (min(window.end, now) - window.start).total_seconds()
+    present, sensors = conn.execute(
+        sa.text(
+            f"SELECT (SELECT coalesce(sum(sample_count), 0) FROM {table} "
+            f"WHERE {key} >= :s AND {key} < :e), "
+            "(SELECT count(DISTINCT sensor_id) FROM bi.readings_1m "
+            "WHERE window_start >= :e - interval '1 day' AND window_start < :e)"
+        ),
+        {"s": window.start, "e": window.end},
+    ).one()
+    expected = sensors * max(elapsed, 0) / interval_s
+    pct = 100.0 * float(present) / expected if expected > 0 else None
+    passed = pct is None or pct >= warn_pct
+    return dg.AssetCheckResult(
+        check_name="coverage",
+        passed=passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "coverage_pct": round(pct, 2) if pct is not None else None,
+            "readings_present": int(present),
+            "readings_expected": round(expected, 1),
+            "active_sensors": int(sensors),
+            "warn_below_pct": warn_pct,
+        },
+    )
+
+
+def evaluate(
+    engine: sa.Engine, asset: str, window: Window, tz: str
+) -> Iterator[dg.AssetCheckResult]:
+    level = LEVELS[asset]
+    params = _bounds(level, window, tz)
+    with engine.connect() as conn:
+        yield _stats_valid(conn, level, params)
+        if level.below:
+            yield _matches_below(conn, level, params)

@@ -1,0 +1,92 @@
+"""Late readings, found without scanning the raw table.
+
+A statement-level trigger (sql/008_late_data.sql) appends, for every statement that
+writes raw readings, the rows it touched per 15-minute bucket of reading time. ``drain``
+moves that log into ``raw.readings_late_hours``: per hour, how many rows arrived after the
+hour had *settled* (ended ``settle`` ago) - the rows the scheduled runs could not have
+seen. Each change gets a new ``change_seq``, so a reader with a cursor sees every change
+exactly once, and a reader that fails before saving its cursor simply sees it again.
+Drains are serialized by an advisory lock, so sequence order is commit order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from agg_pipeline.compute.windows import Window
+
+_DRAIN_LOCK = 7_301_002
+
+_DRAIN = """
+WITH drained AS (
+    DELETE FROM raw.readings_change_log RETURNING bucket_start, rows_changed, logged_at
+),
+hours AS (
+    SELECT date_bin('1 hour', bucket_start, :origin) AS hour_start, rows_changed, logged_at
+    FROM drained
+),
+late AS (
+    SELECT hour_start, sum(rows_changed) AS late_rows, max(logged_at) AS last_late_at
+    FROM hours
+    WHERE logged_at >= hour_start + interval '1 hour' + make_interval(secs => :settle_seconds)
+    GROUP BY hour_start
+)
+INSERT INTO raw.readings_late_hours AS h (hour_start, late_rows, last_late_at, change_seq)
+SELECT hour_start, late_rows, last_late_at, nextval('raw.readings_late_seq')
+FROM late
+ORDER BY hour_start
+ON CONFLICT (hour_start) DO UPDATE
+SET late_rows = h.late_rows + EXCLUDED.late_rows,
+    last_late_at = greatest(h.last_late_at, EXCLUDED.last_late_at),
+    change_seq = EXCLUDED.change_seq
+"""
+
+
+@dataclass(frozen=True)
+class LateHour:
+    hour_start: datetime
+    late_rows: int  # cumulative rows that arrived (or were changed) after the hour settled
+    last_late_at: datetime
+    change_seq: int
+
+    @property
+    def data_version(self) -> str:
+        return f"late-{self.late_rows}-{self.change_seq}"
+
+
+def drain(engine: sa.Engine, origin: datetime, settle: timedelta) -> int:
+    """Fold the change log into per-hour late counts; return how many hours changed."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DRAIN_LOCK})
+        return conn.execute(
+            sa.text(_DRAIN), {"origin": origin, "settle_seconds": settle.total_seconds()}
+        ).rowcount
+
+
+def changes_since(engine: sa.Engine, change_seq: int, since: datetime) -> list[LateHour]:
+    """Hours (starting at or after ``since``) whose late count changed after ``change_seq``."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT hour_start, late_rows, last_late_at, change_seq "
+                "FROM raw.readings_late_hours WHERE change_seq > :seq AND hour_start >= :since "
+                "ORDER BY change_seq"
+            ),
+            {"seq": change_seq, "since": since},
+        ).all()
+    return [LateHour(*r) for r in rows]
+
+
+def late_rows_in(conn: sa.Connection, window: Window) -> tuple[int, datetime | None]:
+    """Late rows recorded for the hours of ``window`` and when the last one arrived."""
+    rows, last = conn.execute(
+        sa.text(
+            "SELECT coalesce(sum(late_rows), 0), max(last_late_at) FROM raw.readings_late_hours "
+            "WHERE hour_start >= :s AND hour_start < :e"
+        ),
+        {"s": window.start, "e": window.end},
+    ).one()
+    return int(rows), last
