@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import sqlalchemy as sa
 
@@ -100,6 +101,21 @@ def _fresh_settings_cache() -> Iterator[None]:
     yield
     get_settings.cache_clear()
     get_catalogue.cache_clear()
+
+
+@pytest.fixture
+def dagster_instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    """A real Dagster instance (sqlite storage in a temp dir) for one test.
+
+    Not `instance_for_test()`: used as a context manager, Dagster 1.13 leaves the disposed
+    instance's state storage set as the process-wide current one, which breaks every later
+    `materialize()` in the session ("unable to open database file").
+    """
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    instance = dg.DagsterInstance.local_temp(str(home))
+    yield instance
+    instance.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -84,99 +84,99 @@ def frozen_now(monkeypatch):
     monkeypatch.setattr(clock, "now", lambda: NOW)
 
 
-def test_late_reading_corrects_its_hour_day_and_week_only(warehouse_url, engine, frozen_now):
+def test_late_reading_corrects_its_hour_day_and_week_only(
+    warehouse_url, engine, frozen_now, dagster_instance
+):
     resources = {"warehouse": WarehouseResource(database_url=warehouse_url)}
     data.seed(engine, start=datetime(2026, 11, 16, tzinfo=UTC), days=7, devices=2, hz=0.005)
-    with dg.instance_for_test() as instance:
-        # Seeding is history arriving now: every hour looks late once. Observe that first,
-        # then materialize everything, as a first backfill would.
-        first = tick_sensor(instance, resources, None)
-        assert len(first.asset_events) > 100
-        mat = dict(instance=instance, resources=resources)
-        range_tags = lambda a, b: {  # noqa: E731
-            "dagster/asset_partition_range_start": a,
-            "dagster/asset_partition_range_end": b,
-        }
-        assert dg.materialize(
-            [readings_1m, readings_5m, rollup_hourly],
-            tags=range_tags("2026-11-16-00:00", "2026-11-22-23:00"),
-            **mat,
-        ).success
-        assert dg.materialize(
-            [rollup_daily, conditions_daily], tags=range_tags("2026-11-16", "2026-11-22"), **mat
-        ).success
-        assert dg.materialize([rollup_weekly], partition_key="2026-11-16", **mat).success
+    instance = dagster_instance
+    # Seeding is history arriving now: every hour looks late once. Observe that first,
+    # then materialize everything, as a first backfill would.
+    first = tick_sensor(instance, resources, None)
+    assert len(first.asset_events) > 100
+    mat = dict(instance=instance, resources=resources)
+    range_tags = lambda a, b: {  # noqa: E731
+        "dagster/asset_partition_range_start": a,
+        "dagster/asset_partition_range_end": b,
+    }
+    assert dg.materialize(
+        [readings_1m, readings_5m, rollup_hourly],
+        tags=range_tags("2026-11-16-00:00", "2026-11-22-23:00"),
+        **mat,
+    ).success
+    assert dg.materialize(
+        [rollup_daily, conditions_daily], tags=range_tags("2026-11-16", "2026-11-22"), **mat
+    ).success
+    assert dg.materialize([rollup_weekly], partition_key="2026-11-16", **mat).success
 
+    auto = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, asset_selection=AUTOMATED, evaluation_time=NOW
+    )
+    assert auto.total_requested == 0  # nothing to correct yet
+
+    before = {
+        "hour": count(
+            engine,
+            "SELECT sum(sample_count) FROM bi.hourly_sensor_agg "
+            "WHERE hour_start = '2026-11-20 10:00+00'",
+        ),
+        "day": count(
+            engine,
+            "SELECT sum(sample_count) FROM bi.daily_sensor_agg WHERE metric_date = '2026-11-20'",
+        ),
+        "week": count(engine, "SELECT sum(sample_count) FROM bi.weekly_sensor_agg"),
+    }
+    late = [
+        (LATE_HOUR + timedelta(minutes=17, seconds=s), "arduino_001", "ph", 6.0 + s / 100)
+        for s in range(3)
+    ] + [(LATE_HOUR + timedelta(minutes=41), "arduino_002", "humidity", 64.0)]
+    data.insert(engine, late)
+
+    sensed = tick_sensor(instance, resources, first.cursor)
+    assert [e.partition for e in sensed.asset_events] == ["2026-11-20-10:00"]
+    seeded = next(e for e in first.asset_events if e.partition == "2026-11-20-10:00")
+    total = sensed.asset_events[0].metadata["late_rows_total"].value
+    assert total == seeded.metadata["late_rows_total"].value + 4
+
+    requested: set[tuple[str, str]] = set()
+    cursor = auto.cursor
+    for _ in range(6):
         auto = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, asset_selection=AUTOMATED, evaluation_time=NOW
+            defs=defs,
+            instance=instance,
+            asset_selection=AUTOMATED,
+            evaluation_time=NOW,
+            cursor=cursor,
         )
-        assert auto.total_requested == 0  # nothing to correct yet
-
-        before = {
-            "hour": count(
-                engine,
-                "SELECT sum(sample_count) FROM bi.hourly_sensor_agg "
-                "WHERE hour_start = '2026-11-20 10:00+00'",
-            ),
-            "day": count(
-                engine,
-                "SELECT sum(sample_count) FROM bi.daily_sensor_agg "
-                "WHERE metric_date = '2026-11-20'",
-            ),
-            "week": count(engine, "SELECT sum(sample_count) FROM bi.weekly_sensor_agg"),
-        }
-        late = [
-            (LATE_HOUR + timedelta(minutes=17, seconds=s), "arduino_001", "ph", 6.0 + s / 100)
-            for s in range(3)
-        ] + [(LATE_HOUR + timedelta(minutes=41), "arduino_002", "humidity", 64.0)]
-        data.insert(engine, late)
-
-        sensed = tick_sensor(instance, resources, first.cursor)
-        assert [e.partition for e in sensed.asset_events] == ["2026-11-20-10:00"]
-        seeded = next(e for e in first.asset_events if e.partition == "2026-11-20-10:00")
-        total = sensed.asset_events[0].metadata["late_rows_total"].value
-        assert total == seeded.metadata["late_rows_total"].value + 4
-
-        requested: set[tuple[str, str]] = set()
         cursor = auto.cursor
-        for _ in range(6):
-            auto = dg.evaluate_automation_conditions(
-                defs=defs,
-                instance=instance,
-                asset_selection=AUTOMATED,
-                evaluation_time=NOW,
-                cursor=cursor,
-            )
-            cursor = auto.cursor
-            if not auto.total_requested:
-                break
-            requested |= run_requested(instance, resources, auto)
-        assert requested == {
-            ("readings_1m", "2026-11-20-10:00"),
-            ("readings_5m", "2026-11-20-10:00"),
-            ("rollup_hourly", "2026-11-20-10:00"),
-            ("rollup_daily", "2026-11-20"),
-            ("conditions_daily", "2026-11-20"),
-            ("rollup_weekly", "2026-11-16"),
-        }
+        if not auto.total_requested:
+            break
+        requested |= run_requested(instance, resources, auto)
+    assert requested == {
+        ("readings_1m", "2026-11-20-10:00"),
+        ("readings_5m", "2026-11-20-10:00"),
+        ("rollup_hourly", "2026-11-20-10:00"),
+        ("rollup_daily", "2026-11-20"),
+        ("conditions_daily", "2026-11-20"),
+        ("rollup_weekly", "2026-11-16"),
+    }
 
-        after = {
-            "hour": count(
-                engine,
-                "SELECT sum(sample_count) FROM bi.hourly_sensor_agg "
-                "WHERE hour_start = '2026-11-20 10:00+00'",
-            ),
-            "day": count(
-                engine,
-                "SELECT sum(sample_count) FROM bi.daily_sensor_agg "
-                "WHERE metric_date = '2026-11-20'",
-            ),
-            "week": count(engine, "SELECT sum(sample_count) FROM bi.weekly_sensor_agg"),
-        }
-        assert {k: after[k] - before[k] for k in before} == {"hour": 4, "day": 4, "week": 4}
+    after = {
+        "hour": count(
+            engine,
+            "SELECT sum(sample_count) FROM bi.hourly_sensor_agg "
+            "WHERE hour_start = '2026-11-20 10:00+00'",
+        ),
+        "day": count(
+            engine,
+            "SELECT sum(sample_count) FROM bi.daily_sensor_agg WHERE metric_date = '2026-11-20'",
+        ),
+        "week": count(engine, "SELECT sum(sample_count) FROM bi.weekly_sensor_agg"),
+    }
+    assert {k: after[k] - before[k] for k in before} == {"hour": 4, "day": 4, "week": 4}
 
-        # The correction says why it ran.
-        event = instance.get_latest_materialization_event(dg.AssetKey("readings_1m"))
-        md = event.asset_materialization.metadata
-        assert md["reason"].value.startswith("automation")
-        assert md["late_rows_found"].value == total
+    # The correction says why it ran.
+    event = instance.get_latest_materialization_event(dg.AssetKey("readings_1m"))
+    md = event.asset_materialization.metadata
+    assert md["reason"].value.startswith("automation")
+    assert md["late_rows_found"].value == total
