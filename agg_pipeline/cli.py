@@ -3,6 +3,7 @@
     agg-pipeline db start|stop|url [--dagster]   the local embedded PostgreSQL
     agg-pipeline migrate                          apply sql/ (safe to repeat)
     agg-pipeline seed --days N [...]              simulated readings into raw.readings
+    agg-pipeline status [--json] [--days N]       what is stale, missing, failed or failing
     agg-pipeline dev [--port 3000]                all of the above, then `dagster dev`
 
 Every command honours DATABASE_URL (the warehouse) and, for `dev`, DAGSTER_PG_URL (the
@@ -154,6 +155,42 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _dagster_instance():
+    """The Dagster instance: DAGSTER_HOME's, else the one `make dev` uses; None if neither."""
+    import dagster as dg
+
+    settings = get_settings()
+    if not os.environ.get("DAGSTER_HOME"):
+        local_home = settings.home / "dagster_home"
+        if not (local_home / "dagster.yaml").exists():
+            return None
+        os.environ["DAGSTER_HOME"] = str(local_home)
+        if not os.environ.get("DAGSTER_PG_URL"):
+            os.environ["DAGSTER_PG_URL"] = localdb.local_url(settings.home, localdb.DAGSTER_DB)
+    try:
+        return dg.DagsterInstance.get()
+    except Exception as exc:  # a broken instance is a status finding, not a crash
+        print(f"agg-pipeline: cannot open the Dagster instance: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from agg_pipeline import status as status_mod
+    from agg_pipeline.definitions import defs
+
+    url = resolve_url(get_settings().database_url)
+    engine = engine_for(url)
+    instance = _dagster_instance()
+    result = status_mod.collect(defs, instance, engine, masked(url), days=args.days)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2, default=str))
+    else:
+        print(status_mod.render(result))
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agg-pipeline", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--fields", help="comma-separated subset of the catalogue's fields")
     seed.add_argument("--if-empty", action="store_true", help="only if the table is empty")
     seed.set_defaults(func=cmd_seed)
+
+    st = sub.add_parser(
+        "status", help="freshness, missing/failed partitions, checks, row counts (exit 1: problems)"
+    )
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--days", type=int, default=7, help="look back this many days (default 7)")
+    st.set_defaults(func=cmd_status)
 
     dev = sub.add_parser("dev", help="local database, schema, demo data, then `dagster dev`")
     dev.add_argument("--host", default="127.0.0.1")

@@ -1,0 +1,273 @@
+"""``agg-pipeline status``: the old ETL's status, from the Dagster instance and the warehouse.
+
+Per asset: the latest materialized partition, freshness against its FreshnessPolicy,
+partitions missing (overdue) or failed in the last N days, failing checks, and the row
+count of its table; plus whether the warehouse is reachable. ``ok`` is False - and the
+command exits non-zero - when anything is unreachable, stale, overdue, failed or failing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import sqlalchemy as sa
+
+from agg_pipeline.compute.cron import previous_tick
+
+TABLES = {
+    "readings_1m": "bi.readings_1m",
+    "readings_5m": "bi.readings_5m",
+    "rollup_hourly": "bi.hourly_sensor_agg",
+    "rollup_daily": "bi.daily_sensor_agg",
+    "rollup_weekly": "bi.weekly_sensor_agg",
+    "conditions_daily": "bi.daily_sensor_conditions",
+    "dashboard_views": "bi.sensor_latest",
+}
+# A partition counts as overdue once its window ended this long ago without being
+# materialized (the schedules run at :05, 01:30 and Monday 02:00).
+GRACE = {
+    "0 * * * *": timedelta(hours=2),
+    "0 0 * * *": timedelta(hours=3),
+    "0 0 * * 1": timedelta(hours=5),
+}
+
+
+@dataclass
+class AssetStatus:
+    asset: str
+    latest_partition: str | None = None
+    last_materialized_at: str | None = None
+    freshness: str = "UNKNOWN"  # PASS | WARN | FAIL | UNKNOWN
+    freshness_detail: str = ""
+    overdue_partitions: list[str] = field(default_factory=list)
+    failed_partitions: list[str] = field(default_factory=list)
+    failing_checks: list[str] = field(default_factory=list)
+    warning_checks: list[str] = field(default_factory=list)
+    rows: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.freshness in ("PASS", "WARN")
+            and not self.overdue_partitions
+            and not self.failed_partitions
+            and not self.failing_checks
+        )
+
+
+@dataclass
+class Status:
+    checked_at: str
+    warehouse: str
+    warehouse_reachable: bool
+    dagster_instance: str
+    raw_rows_estimate: int | None
+    assets: list[AssetStatus]
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        for a, obj in zip(d["assets"], self.assets, strict=True):
+            a["ok"] = obj.ok
+        return d
+
+
+def freshness(policy, last: datetime | None, now: datetime) -> tuple[str, str]:
+    """PASS / WARN / FAIL of a FreshnessPolicy given the last materialization time."""
+    if policy is None:
+        return "UNKNOWN", "no freshness policy"
+    if last is None:
+        return "FAIL", "never materialized"
+    age = now - last
+    if isinstance(policy, dg.FreshnessPolicy) and hasattr(policy, "fail_window"):
+        fail = policy.fail_window.to_timedelta()
+        warn = policy.warn_window.to_timedelta() if policy.warn_window else None
+        detail = f"last {age.total_seconds() / 60:.0f} min ago (fails after {fail})"
+        if age > fail:
+            return "FAIL", detail
+        if warn and age > warn:
+            return "WARN", detail
+        return "PASS", detail
+    deadline = previous_tick(policy.deadline_cron, now, policy.timezone)
+    lower = deadline - policy.lower_bound_delta
+    detail = (
+        f"must be materialized between {lower:%Y-%m-%d %H:%M} and {deadline:%H:%M} "
+        f"{policy.timezone}"
+    )
+    return ("PASS" if last >= lower else "FAIL"), detail
+
+
+def _table_rows(engine: sa.Engine, table: str) -> int | None:
+    schema, name = table.split(".")
+    with engine.connect() as conn:
+        conn.execute(sa.text("SET statement_timeout = '5s'"))
+        try:
+            return conn.execute(sa.text(f'SELECT count(*) FROM "{schema}"."{name}"')).scalar_one()
+        except sa.exc.DBAPIError:
+            conn.rollback()
+            est = conn.execute(
+                sa.text(
+                    "SELECT reltuples::bigint FROM pg_class c JOIN pg_namespace n "
+                    "ON n.oid = c.relnamespace WHERE n.nspname = :s AND c.relname = :t"
+                ),
+                {"s": schema, "t": name},
+            ).scalar()
+            return int(est) if est is not None and est >= 0 else None
+
+
+def asset_status(
+    instance: dg.DagsterInstance, node, check_keys, days: int, now: datetime
+) -> AssetStatus:
+    key = node.key
+    status = AssetStatus(key.to_user_string())
+    event = instance.get_latest_materialization_event(key)
+    last = None
+    if event is not None:
+        last = datetime.fromtimestamp(event.timestamp, UTC)
+        status.last_materialized_at = last.isoformat(timespec="seconds")
+        status.latest_partition = event.asset_materialization.partition
+    status.freshness, status.freshness_detail = freshness(node.freshness_policy, last, now)
+
+    pdef = node.partitions_def
+    if isinstance(pdef, dg.TimeWindowPartitionsDefinition):
+        grace = GRACE.get(pdef.cron_schedule, timedelta(hours=3))
+        window = dg.TimeWindow(now - timedelta(days=days), now - grace)
+        keys = [
+            k
+            for k in pdef.get_partition_keys_in_time_window(window)
+            if pdef.time_window_for_partition_key(k).end <= now - grace
+        ]
+        if keys:
+            by_key = instance.get_status_by_partition(key, keys, pdef) or {}
+            for k in keys:
+                state = by_key.get(k)
+                if state == dg.AssetPartitionStatus.FAILED:
+                    status.failed_partitions.append(k)
+                elif state not in (
+                    dg.AssetPartitionStatus.MATERIALIZED,
+                    dg.AssetPartitionStatus.IN_PROGRESS,
+                ):
+                    status.overdue_partitions.append(k)
+        if status.latest_partition is None:
+            materialized = instance.get_materialized_partitions(key)
+            status.latest_partition = max(
+                materialized,
+                key=lambda k: pdef.time_window_for_partition_key(k).start,
+                default=None,
+            )
+
+    for check_key in check_keys:
+        if check_key.asset_key != key:
+            continue
+        record = instance.get_latest_asset_check_evaluation_record(check_key)
+        evaluation = record.evaluation if record else None
+        if evaluation is not None and not evaluation.passed:
+            target = (
+                status.warning_checks
+                if evaluation.severity == dg.AssetCheckSeverity.WARN
+                else status.failing_checks
+            )
+            target.append(check_key.name)
+    return status
+
+
+def collect(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance | None,
+    engine: sa.Engine,
+    warehouse_label: str,
+    days: int = 7,
+    now: datetime | None = None,
+) -> Status:
+    now = now or datetime.now(UTC)
+    problems: list[str] = []
+    reachable = True
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        reachable = False
+        problems.append(f"warehouse unreachable: {str(exc.orig).strip().splitlines()[0]}")
+
+    raw_estimate = None
+    if reachable:
+        from agg_pipeline.catalogue import get_catalogue
+
+        raw_estimate = _table_rows(engine, get_catalogue().source.table)
+
+    graph = defs.resolve_asset_graph()
+    check_keys = list(graph.asset_check_keys)
+    assets: list[AssetStatus] = []
+    if instance is None:
+        problems.append("Dagster instance unavailable (set DAGSTER_HOME)")
+    else:
+        for key in sorted(graph.materializable_asset_keys, key=lambda k: k.to_user_string()):
+            st = asset_status(instance, graph.get(key), check_keys, days, now)
+            if reachable and st.asset in TABLES:
+                st.rows = _table_rows(engine, TABLES[st.asset])
+            assets.append(st)
+            if st.freshness == "FAIL":
+                problems.append(f"{st.asset}: stale ({st.freshness_detail})")
+            if st.overdue_partitions:
+                problems.append(
+                    f"{st.asset}: {len(st.overdue_partitions)} partition(s) overdue in the "
+                    f"last {days} days, e.g. {st.overdue_partitions[0]}"
+                )
+            if st.failed_partitions:
+                problems.append(
+                    f"{st.asset}: {len(st.failed_partitions)} failed partition(s), "
+                    f"e.g. {st.failed_partitions[0]}"
+                )
+            if st.failing_checks:
+                problems.append(f"{st.asset}: failing checks {', '.join(st.failing_checks)}")
+    return Status(
+        checked_at=now.isoformat(timespec="seconds"),
+        warehouse=warehouse_label,
+        warehouse_reachable=reachable,
+        dagster_instance="unavailable" if instance is None else type(instance.run_storage).__name__,
+        raw_rows_estimate=raw_estimate,
+        assets=assets,
+        problems=problems,
+    )
+
+
+def render(status: Status) -> str:
+    lines = [
+        f"agg_pipeline status at {status.checked_at}",
+        f"  warehouse: {status.warehouse} - "
+        + ("reachable" if status.warehouse_reachable else "UNREACHABLE"),
+        f"  dagster instance: {status.dagster_instance}",
+    ]
+    if status.raw_rows_estimate is not None:
+        lines.append(f"  raw readings: {status.raw_rows_estimate:,} rows")
+    lines.append("")
+    lines.append(
+        f"  {'asset':<18} {'latest partition':<20} {'fresh':<6} {'overdue':>7} "
+        f"{'failed':>6} {'rows':>12}  checks"
+    )
+    for a in status.assets:
+        checks = (
+            ", ".join(
+                [f"FAIL {c}" for c in a.failing_checks] + [f"warn {c}" for c in a.warning_checks]
+            )
+            or "ok"
+        )
+        rows = f"{a.rows:,}" if a.rows is not None else "-"
+        lines.append(
+            f"  {a.asset:<18} {a.latest_partition or '-':<20} {a.freshness:<6} "
+            f"{len(a.overdue_partitions):>7} {len(a.failed_partitions):>6} {rows:>12}  {checks}"
+        )
+    lines.append("")
+    if status.problems:
+        lines.append("PROBLEMS:")
+        lines.extend(f"  - {p}" for p in status.problems)
+    else:
+        lines.append("all fresh, nothing failing")
+    return "\n".join(lines)

@@ -1,0 +1,195 @@
+"""End to end through the real daemon: `dagster dev` started here, a partition backfill
+launched through GraphQL (what the UI's "Materialize > backfill" does), tables checked.
+
+dagster dev runs the webserver, the daemon (backfills, run queue, sensors) and a code
+server, with dagster.yaml's PostgreSQL storage on a test database. Its processes are
+stopped at the end by the process-group id this test started them under.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from agg_pipeline.catalogue import load_catalogue
+from agg_pipeline_tests import data, reference
+from agg_pipeline_tests.conftest import create_database, drop_database
+from agg_pipeline_tests.test_rollups import assert_matches, table
+
+LAUNCH = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}"""
+POLL = """
+query Poll($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status numPartitions }
+    ... on PythonError { message }
+  }
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = json.loads(response.read())
+    assert "errors" not in body, body
+    return body["data"]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as exc:  # not up yet
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what} (last error: {last_error})")
+
+
+def test_backfill_through_the_daemon(pg_server_url, project_root, tmp_path):
+    tag = uuid.uuid4().hex[:8]
+    warehouse = create_database(pg_server_url, f"agge2e_wh_{tag}")
+    storage = create_database(pg_server_url, f"agge2e_dg_{tag}")
+    engine = sa.create_engine(warehouse)
+    from agg_pipeline import migrate
+
+    migrate.migrate(engine)
+    data.seed(engine, start=data.DAY0, days=1, devices=2, hz=0.01)
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(project_root / "dagster.yaml", home / "dagster.yaml")
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": warehouse,
+        "DAGSTER_PG_URL": storage,
+        "DAGSTER_HOME": str(home),
+        # Only the backfill under test: the cadence schedules stay off here.
+        **{
+            f"AGG_PIPELINE_SCHEDULE_{name}": "false"
+            for name in (
+                "READINGS_1M",
+                "READINGS_5M",
+                "ROLLUP_HOURLY",
+                "ROLLUP_DAILY",
+                "CONDITIONS_DAILY",
+                "ROLLUP_WEEKLY",
+                "RETENTION",
+                "DASHBOARD_REFRESH",
+            )
+        },
+        "AGG_PIPELINE_LATE_DATA_SENSOR": "false",
+    }
+    log = open(tmp_path / "dagster-dev.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "dev",
+            "-w",
+            str(project_root / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=project_root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: webserver, daemon, code server
+    )
+    try:
+        wait_for(
+            lambda: graphql(port, "{ assetNodes { assetKey { path } } }")["assetNodes"],
+            timeout=180,
+            what="dagster dev to serve the asset graph",
+        )
+        hours = [f"2026-11-02-{h:02d}:00" for h in range(24)]
+        launched = graphql(
+            port,
+            LAUNCH,
+            {
+                "params": {
+                    "assetSelection": [
+                        {"path": ["readings_1m"]},
+                        {"path": ["readings_5m"]},
+                        {"path": ["rollup_hourly"]},
+                    ],
+                    "partitionNames": hours,
+                    "title": "e2e test backfill",
+                }
+            },
+        )["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        backfill_id = launched["backfillId"]
+
+        def finished():
+            result = graphql(port, POLL, {"id": backfill_id})["partitionBackfillOrError"]
+            assert result["__typename"] == "PartitionBackfill", result
+            if result["status"] in ("FAILED", "COMPLETED_FAILED", "CANCELED"):
+                raise AssertionError(f"backfill ended {result['status']}")
+            return result if result["status"] in ("COMPLETED_SUCCESS", "COMPLETED") else None
+
+        done = wait_for(finished, timeout=300, what="the backfill to complete", interval=2)
+        assert done["numPartitions"] == 24
+
+        # One run did it (single-run backfill policy), and the numbers are right.
+        runs = graphql(
+            port, "{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }"
+        )["runsOrError"]["results"]
+        backfill_runs = [
+            r
+            for r in runs
+            if any(t["key"] == "dagster/backfill" and t["value"] == backfill_id for t in r["tags"])
+        ]
+        assert len(backfill_runs) == 1 and backfill_runs[0]["status"] == "SUCCESS"
+        raw = reference.load_raw(engine, data.DAY0, data.DAY0 + timedelta(days=1))
+        valid = reference.valid_readings(raw, load_catalogue("hydroponics"), datetime.now(UTC))
+        assert_matches(
+            table(engine, "bi.hourly_sensor_agg", "hour_start"),
+            reference.grouped_stats(valid, valid["time"].dt.floor("1h")),
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        log.close()
+        engine.dispose()
+        drop_database(pg_server_url, f"agge2e_wh_{tag}")
+        drop_database(pg_server_url, f"agge2e_dg_{tag}")
