@@ -1,9 +1,9 @@
 """``agg-pipeline status``: the old ETL's status, from the Dagster instance and the warehouse.
 
 Per asset: the latest materialized partition, freshness against its FreshnessPolicy,
-partitions missing (overdue) or failed in the last N days, failing checks, and the row
+partitions missing or failed in the last N days, failing checks, and the row
 count of its table; plus whether the warehouse is reachable. ``ok`` is False - and the
-command exits non-zero - when anything is unreachable, stale, overdue, failed or failing.
+command exits non-zero - when anything is unreachable, stale, missing, failed or failing.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ TABLES = {
     "conditions_daily": "bi.daily_sensor_conditions",
     "dashboard_views": "bi.sensor_latest",
 }
-# A partition counts as overdue once its window ended this long ago without being
+# A partition counts as missing once its window ended this long ago without being
 # materialized (the schedules run at :05, 01:30 and Monday 02:00).
 GRACE = {
     "0 * * * *": timedelta(hours=2),
@@ -41,7 +41,7 @@ class AssetStatus:
     last_materialized_at: str | None = None
     freshness: str = "UNKNOWN"  # PASS | WARN | FAIL | UNKNOWN
     freshness_detail: str = ""
-    overdue_partitions: list[str] = field(default_factory=list)
+    missing_partitions: list[str] = field(default_factory=list)
     failed_partitions: list[str] = field(default_factory=list)
     failing_checks: list[str] = field(default_factory=list)
     warning_checks: list[str] = field(default_factory=list)
@@ -51,7 +51,7 @@ class AssetStatus:
     def ok(self) -> bool:
         return (
             self.freshness in ("PASS", "WARN")
-            and not self.overdue_partitions
+            and not self.missing_partitions
             and not self.failed_partitions
             and not self.failing_checks
         )
@@ -154,14 +154,15 @@ def asset_status(
                     dg.AssetPartitionStatus.MATERIALIZED,
                     dg.AssetPartitionStatus.IN_PROGRESS,
                 ):
-                    status.overdue_partitions.append(k)
-        if status.latest_partition is None:
-            materialized = instance.get_materialized_partitions(key)
-            status.latest_partition = max(
-                materialized,
-                key=lambda k: pdef.time_window_for_partition_key(k).start,
-                default=None,
-            )
+                    status.missing_partitions.append(k)
+        # The latest partition in time (the latest event may be an old partition's
+        # late-data correction).
+        materialized = instance.get_materialized_partitions(key)
+        status.latest_partition = max(
+            (k for k in materialized if pdef.has_partition_key(k)),
+            key=lambda k: pdef.time_window_for_partition_key(k).start,
+            default=None,
+        )
 
     for check_key in check_keys:
         if check_key.asset_key != key:
@@ -215,10 +216,10 @@ def collect(
             assets.append(st)
             if st.freshness == "FAIL":
                 problems.append(f"{st.asset}: stale ({st.freshness_detail})")
-            if st.overdue_partitions:
+            if st.missing_partitions:
                 problems.append(
-                    f"{st.asset}: {len(st.overdue_partitions)} partition(s) overdue in the "
-                    f"last {days} days, e.g. {st.overdue_partitions[0]}"
+                    f"{st.asset}: {len(st.missing_partitions)} partition(s) missing in the "
+                    f"last {days} days, e.g. {st.missing_partitions[0]}"
                 )
             if st.failed_partitions:
                 problems.append(
@@ -249,7 +250,7 @@ def render(status: Status) -> str:
         lines.append(f"  raw readings: {status.raw_rows_estimate:,} rows")
     lines.append("")
     lines.append(
-        f"  {'asset':<18} {'latest partition':<20} {'fresh':<6} {'overdue':>7} "
+        f"  {'asset':<18} {'latest partition':<20} {'fresh':<6} {'missing':>7} "
         f"{'failed':>6} {'rows':>12}  checks"
     )
     for a in status.assets:
@@ -262,7 +263,7 @@ def render(status: Status) -> str:
         rows = f"{a.rows:,}" if a.rows is not None else "-"
         lines.append(
             f"  {a.asset:<18} {a.latest_partition or '-':<20} {a.freshness:<6} "
-            f"{len(a.overdue_partitions):>7} {len(a.failed_partitions):>6} {rows:>12}  {checks}"
+            f"{len(a.missing_partitions):>7} {len(a.failed_partitions):>6} {rows:>12}  {checks}"
         )
     lines.append("")
     if status.problems:

@@ -57,8 +57,8 @@ def test_status_reports_fresh_stale_and_failing(warehouse_url, engine, dagster_i
     fresh = by_asset["readings_1m"]
     assert fresh.freshness == "PASS" and fresh.latest_partition == key
     assert fresh.rows > 0 and fresh.failing_checks == []
-    # Other hours of the last day were never materialized: overdue; daily assets: stale.
-    assert fresh.overdue_partitions and key not in fresh.overdue_partitions
+    # Other hours of the last day were never materialized: missing; daily assets: stale.
+    assert fresh.missing_partitions and key not in fresh.missing_partitions
     assert by_asset["rollup_daily"].freshness == "FAIL"
     assert not result.ok
     assert any("rollup_daily: stale" in p for p in result.problems)
