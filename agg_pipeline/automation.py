@@ -18,11 +18,9 @@ import dagster as dg
 
 from agg_pipeline import clock, partitions
 from agg_pipeline.assets import (
-    conditions_daily,
     dashboard_views,
     readings_1m,
     readings_5m,
-    rollup_daily,
     rollup_hourly,
     rollup_weekly,
 )
@@ -57,11 +55,21 @@ hourly_rollup_job = dg.define_asset_job(
     description="Completes an hour at every level: 1m, 5m, hourly rollup.",
     tags=_max_runtime(3600),
 )
-daily_rollup_job = dg.define_asset_job(
-    "daily_rollup", selection=[rollup_daily], tags=_max_runtime(2 * 3600)
-)
-daily_conditions_job = dg.define_asset_job(
-    "daily_conditions", selection=[conditions_daily], tags=_max_runtime(2 * 3600)
+# rollup_daily and conditions_daily share one pass over the day's raw readings: one job,
+# with whichever of the two is switched on (the old daily ETL and its
+# ETL_CONDITION_CALC_ENABLED flag).
+_DAILY_SELECTED = [
+    key
+    for key, on in (
+        ("rollup_daily", settings.schedule_rollup_daily),
+        ("conditions_daily", settings.schedule_conditions_daily),
+    )
+    if on
+] or ["rollup_daily", "conditions_daily"]
+daily_job = dg.define_asset_job(
+    "daily_rollup",
+    selection=dg.AssetSelection.assets(*_DAILY_SELECTED),
+    tags=_max_runtime(2 * 3600),
 )
 weekly_rollup_job = dg.define_asset_job(
     "weekly_rollup", selection=[rollup_weekly], tags=_max_runtime(4 * 3600)
@@ -74,8 +82,7 @@ JOBS = [
     readings_1m_job,
     readings_5m_job,
     hourly_rollup_job,
-    daily_rollup_job,
-    daily_conditions_job,
+    daily_job,
     weekly_rollup_job,
     dashboard_refresh_job,
     retention_cleanup,
@@ -184,24 +191,15 @@ SCHEDULES = [
         "Switch: AGG_PIPELINE_SCHEDULE_ROLLUP_HOURLY.",
     ),
     partition_schedule(
-        "rollup_daily_at_0130",
+        "daily_at_0130",
         "30 1 * * *",
-        daily_rollup_job,
+        daily_job,
         previous_day,
         partitions.daily,
-        settings.schedule_rollup_daily,
-        "At 01:30, the previous day (the old daily_rollup / daily ETL). "
-        "Switch: AGG_PIPELINE_SCHEDULE_ROLLUP_DAILY.",
-    ),
-    partition_schedule(
-        "conditions_daily_at_0130",
-        "30 1 * * *",
-        daily_conditions_job,
-        previous_day,
-        partitions.daily,
-        settings.schedule_conditions_daily,
-        "At 01:30, the previous day's condition percentages (old ETL_CONDITION_CALC_ENABLED). "
-        "Switch: AGG_PIPELINE_SCHEDULE_CONDITIONS_DAILY.",
+        settings.schedule_rollup_daily or settings.schedule_conditions_daily,
+        "At 01:30, the previous day's rollup and condition percentages, in one pass (the "
+        "old daily_rollup / daily ETL). Switches: AGG_PIPELINE_SCHEDULE_ROLLUP_DAILY, "
+        "AGG_PIPELINE_SCHEDULE_CONDITIONS_DAILY.",
     ),
     partition_schedule(
         "rollup_weekly_monday_0200",
@@ -344,7 +342,7 @@ FRESHNESS_CHECKS = [
         assets=[rollup_hourly], deadline_cron="30 * * * *", timezone=TZ
     ),
     *dg.build_time_partition_freshness_checks(
-        assets=[rollup_daily, conditions_daily],
+        assets=[dg.AssetKey("rollup_daily"), dg.AssetKey("conditions_daily")],
         deadline_cron="30 2 * * *",
         timezone=TZ,
         severity=dg.AssetCheckSeverity.ERROR,

@@ -8,6 +8,7 @@ that names the variable, never later in the middle of a write.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from datetime import date
 from pathlib import Path
@@ -108,6 +109,13 @@ class Settings(BaseSettings):
         description="Exact medians hold a chunk's readings in memory (~16 bytes each); above "
         "this many readings in one chunk the median is skipped (NULL) and the run says so.",
     )
+    parallelism: int = Field(
+        default_factory=lambda: max(1, min(4, os.cpu_count() or 1)),
+        ge=1,
+        le=16,
+        description="Connections that share each pass over raw readings, split by device "
+        "(default: CPU cores, at most 4). 1 = one statement.",
+    )
     chunk_days: int = Field(
         default=1,
         ge=1,
@@ -127,10 +135,11 @@ class Settings(BaseSettings):
         default=True, description="At :05, complete the previous hour (1m, 5m, hourly)."
     )
     schedule_rollup_daily: bool = Field(
-        default=True, description="At 01:30, roll up the previous day."
+        default=True, description="At 01:30, roll up the previous day (daily_at_0130)."
     )
     schedule_conditions_daily: bool = Field(
-        default=True, description="At 01:30, compute the previous day's conditions."
+        default=True,
+        description="At 01:30, the previous day's conditions (daily_at_0130).",
     )
     schedule_rollup_weekly: bool = Field(
         default=True, description="Monday 02:00, roll up the previous week."

@@ -11,12 +11,17 @@ replaces, never appends), and two runs of the same window serialize: the second 
 from what the first committed. When the source has no rows at all for a chunk but the target
 does (raw readings or 1-minute windows already removed by retention), the existing rows are
 kept and the report says so, instead of wiping history.
+
+Raw readings are read once per level that needs them: the 1-minute pass also yields each
+hour's exact median (``bi.hourly_medians``), and one daily pass yields both the daily
+medians and the condition shares.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -64,6 +69,27 @@ class WriteReport:
         if last and (self.last_reading_at is None or last > self.last_reading_at):
             self.last_reading_at = last
 
+    def finish(self) -> WriteReport:
+        if self.kept_chunks:
+            self.notes.append(
+                f"{len(self.kept_chunks)} chunk(s) had no source rows (removed by retention?): "
+                f"existing rows kept: {', '.join(self.kept_chunks[:3])}"
+                + (" ..." if len(self.kept_chunks) > 3 else "")
+            )
+        if self.median_status.get("inconsistent"):
+            self.notes.append(
+                f"{self.median_status['inconsistent']} median(s) left NULL: raw readings "
+                "changed since the level below was built (late data); they fill in when it "
+                "re-runs"
+            )
+        if self.median_status.get("absent") or self.median_status.get("kept"):
+            self.notes.append(
+                "raw readings no longer retained for part of the window: "
+                f"{self.median_status.get('kept', 0)} earlier median(s) kept, "
+                f"{self.median_status.get('absent', 0)} absent"
+            )
+        return self
+
 
 @dataclass(frozen=True)
 class WriteContext:
@@ -90,28 +116,62 @@ def _local_dates(window: Window, zone: ZoneInfo) -> tuple[date, date]:
     return window.start.astimezone(zone).date(), window.end.astimezone(zone).date()
 
 
-def _count(conn: sa.Connection, sql: str, params: dict) -> int:
-    return int(conn.execute(sa.text(sql), params).scalar_one() or 0)
+def _has_rows(
+    conn: sa.Connection, table: str, key: str, chunk: Window, zone: ZoneInfo | None = None
+) -> bool:
+    lo, hi = (chunk.start, chunk.end) if zone is None else _local_dates(chunk, zone)
+    t, k = statements.quote_ident(table), statements.quote_ident(key)
+    sql = f"SELECT EXISTS (SELECT 1 FROM {t} WHERE {k} >= :lo AND {k} < :hi)"
+    return bool(conn.execute(sa.text(sql), {"lo": lo, "hi": hi}).scalar_one())
+
+
+def _preview(
+    conn: sa.Connection, table: str, key: str, chunk: Window, zone: ZoneInfo | None
+) -> list[dict]:
+    """The last few rows written in the chunk, readable (device and field, not ids)."""
+    lo, hi = (chunk.start, chunk.end) if zone is None else _local_dates(chunk, zone)
+    t, k = statements.quote_ident(table), statements.quote_ident(key)
+    mean_col = "mean_value" if table.startswith("bi.readings_") else "avg_value"
+    rows = conn.execute(
+        sa.text(
+            f"SELECT dv.device_code AS device, s.field, t.{k} AS bucket, t.sample_count AS n, "
+            f"t.{mean_col} AS mean, t.min_value AS min, t.max_value AS max "
+            f"FROM {t} AS t JOIN iot.sensors AS s ON s.id = t.sensor_id "
+            "JOIN iot.devices AS dv ON dv.id = s.device_id "
+            f"WHERE t.{k} >= :lo AND t.{k} < :hi "
+            f"ORDER BY t.{k} DESC, dv.device_code, s.field LIMIT {PREVIEW_ROWS}"
+        ),
+        {"lo": lo, "hi": hi},
+    ).mappings()
+    return [dict(r) for r in rows]
 
 
 # --------------------------------------------------------------------------------------
-# 1-minute windows, from raw readings
+# 1-minute windows (and hourly medians), from raw readings
 # --------------------------------------------------------------------------------------
 
-_INSERT_1M = """
+_JOIN_SENSORS = """
+JOIN iot.devices AS dv ON dv.device_code = st.device
+JOIN iot.sensors AS s ON s.device_id = dv.id AND s.field = st.field
+"""
+_INSERT_1M = f"""
 INSERT INTO bi.readings_1m (sensor_id, window_start, sample_count, mean_value, min_value,
                             max_value, m2, first_reading_at, last_reading_at)
 SELECT s.id, st.window_start, st.sample_count, st.mean_value, st.min_value, st.max_value,
        st.m2, st.first_reading_at, st.last_reading_at
-FROM stage_1m AS st
-JOIN iot.devices AS dv ON dv.device_code = st.device
-JOIN iot.sensors AS s ON s.device_id = dv.id AND s.field = st.field
+FROM stage_1m AS st {_JOIN_SENSORS}
 WHERE st.kind = 'minute'
+"""
+_INSERT_HOURLY_MEDIANS = f"""
+INSERT INTO bi.hourly_medians (sensor_id, hour_start, reading_count, median_value)
+SELECT s.id, st.window_start, st.sample_count, st.median_value
+FROM stage_1m AS st {_JOIN_SENSORS}
+WHERE st.kind = 'hour'
 """
 
 
 def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
-    """Replace ``bi.readings_1m`` inside ``window`` with partials of the raw readings."""
+    """Replace ``bi.readings_1m`` (and ``bi.hourly_medians``) inside ``window``."""
     report = WriteReport("bi.readings_1m", window, raw_rows_read=0)
     for chunk in window.chunks(ctx.zone, ctx.settings.chunk_days):
         report.chunks += 1
@@ -120,7 +180,7 @@ def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
             summary = (
                 conn.execute(
                     sa.text(
-                        "SELECT field, known, sum(raw_rows) AS raw_rows, "
+                        "SELECT field, known, coalesce(sum(raw_rows), 0) AS raw_rows, "
                         + ", ".join(f'sum("{r}") AS "{r}"' for r in REJECT_REASONS)
                         + ", min(first_reading_at) AS first_at, max(last_reading_at) AS last_at "
                         "FROM stage_1m GROUP BY 1, 2"
@@ -149,46 +209,31 @@ def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
             report.new_sensors += ctx.warehouse.register_sensors(
                 ctx.catalogue, [(p[0], p[1]) for p in pairs]
             )
+            bounds = {"s": chunk.start, "e": chunk.end}
             report.rows_deleted += conn.execute(
                 sa.text(
                     "DELETE FROM bi.readings_1m WHERE window_start >= :s AND window_start < :e"
                 ),
-                {"s": chunk.start, "e": chunk.end},
+                bounds,
             ).rowcount
             report.rows_written += conn.execute(sa.text(_INSERT_1M)).rowcount
+            conn.execute(
+                sa.text("DELETE FROM bi.hourly_medians WHERE hour_start >= :s AND hour_start < :e"),
+                bounds,
+            )
+            conn.execute(sa.text(_INSERT_HOURLY_MEDIANS))
             report.sensors.update(
                 r[0]
                 for r in conn.execute(
                     sa.text(
-                        "SELECT DISTINCT sensor_id FROM bi.readings_1m "
-                        "WHERE window_start >= :s AND window_start < :e"
+                        "SELECT DISTINCT sensor_id FROM bi.hourly_medians "
+                        "WHERE hour_start >= :s AND hour_start < :e"
                     ),
-                    {"s": chunk.start, "e": chunk.end},
+                    bounds,
                 )
             )
-            report.preview = _preview(conn, report.table, "window_start", chunk, ctx.zone)
-    _note_kept(report)
-    return report
-
-
-def _has_rows(
-    conn: sa.Connection, table: str, key: str, chunk: Window, zone: ZoneInfo | None = None
-) -> bool:
-    lo, hi = (chunk.start, chunk.end) if zone is None else _local_dates(chunk, zone)
-    sql = (
-        f"SELECT EXISTS (SELECT 1 FROM {statements.quote_ident(table)} "
-        f"WHERE {statements.quote_ident(key)} >= :lo AND {statements.quote_ident(key)} < :hi)"
-    )
-    return bool(conn.execute(sa.text(sql), {"lo": lo, "hi": hi}).scalar_one())
-
-
-def _note_kept(report: WriteReport) -> None:
-    if report.kept_chunks:
-        report.notes.append(
-            f"{len(report.kept_chunks)} chunk(s) had no source rows (removed by retention?): "
-            f"existing rows kept: {', '.join(report.kept_chunks[:3])}"
-            + (" ..." if len(report.kept_chunks) > 3 else "")
-        )
+            report.preview = _preview(conn, report.table, "window_start", chunk, None)
+    return report.finish()
 
 
 # --------------------------------------------------------------------------------------
@@ -205,7 +250,7 @@ class Level:
     key_is_date: bool  # metric_date / week_start are local dates
     source_table: str
     parts_sql: str  # (sensor_id, bucket, n, mean, mn, mx, m2, first_at, last_at)
-    median_grain: str | None  # 'hour' | 'day' | 'week' for rollups, None for 5m
+    has_median: bool
     with_conditions: bool = False
 
 
@@ -219,20 +264,10 @@ def _parts_from_1m(interval: str) -> str:
 
 
 LEVEL_5M = Level(
-    table="bi.readings_5m",
-    key="window_start",
-    key_is_date=False,
-    source_table="bi.readings_1m",
-    parts_sql=_parts_from_1m("5 minutes"),
-    median_grain=None,
+    "bi.readings_5m", "window_start", False, "bi.readings_1m", _parts_from_1m("5 minutes"), False
 )
 LEVEL_HOURLY = Level(
-    table="bi.hourly_sensor_agg",
-    key="hour_start",
-    key_is_date=False,
-    source_table="bi.readings_1m",
-    parts_sql=_parts_from_1m("1 hour"),
-    median_grain="hour",
+    "bi.hourly_sensor_agg", "hour_start", False, "bi.readings_1m", _parts_from_1m("1 hour"), True
 )
 LEVEL_DAILY = Level(
     table="bi.daily_sensor_agg",
@@ -245,7 +280,7 @@ LEVEL_DAILY = Level(
         "first_reading_at AS first_at, last_reading_at AS last_at "
         "FROM bi.hourly_sensor_agg WHERE hour_start >= :start AND hour_start < :end"
     ),
-    median_grain="day",
+    has_median=True,
     with_conditions=True,
 )
 LEVEL_WEEKLY = Level(
@@ -259,13 +294,14 @@ LEVEL_WEEKLY = Level(
         "first_reading_at AS first_at, last_reading_at AS last_at "
         "FROM bi.daily_sensor_agg WHERE metric_date >= :start_date AND metric_date < :end_date"
     ),
-    median_grain="week",
+    has_median=True,
 )
 
 # Median bookkeeping: 'exact' computed now; 'skipped' too many readings (setting);
 # 'kept' raw gone, previous exact median kept; 'absent' raw gone and none known;
 # 'inconsistent' raw rows changed since the partials (late data not yet merged): NULL
-# until the level below catches up and this level re-runs.
+# until the level below catches up and this level re-runs. Medians come from the temp
+# table stage_medians (device, field, bucket, n, median).
 _STAGE_ROLLUP = """
 CREATE TEMP TABLE stage_rollup ON COMMIT DROP AS
 WITH merged AS ({merged})
@@ -286,111 +322,33 @@ LEFT JOIN stage_medians AS md
        ON md.device = dv.device_code AND md.field = s.field AND md.bucket = m.bucket
 LEFT JOIN {target} AS old ON old.sensor_id = m.sensor_id AND old.{key} = m.bucket
 """
-
 _STAGE_MERGE = "CREATE TEMP TABLE stage_merge ON COMMIT DROP AS {merged}"
-
 _EMPTY_MEDIANS = (
     "CREATE TEMP TABLE stage_medians ON COMMIT DROP AS SELECT NULL::text AS device, "
     "NULL::text AS field, NULL::{bucket_type} AS bucket, NULL::bigint AS n, "
     "NULL::float8 AS median WHERE false"
 )
+_HOURLY_MEDIANS = """
+CREATE TEMP TABLE stage_medians ON COMMIT DROP AS
+SELECT dv.device_code AS device, s.field, hm.hour_start AS bucket,
+       hm.reading_count AS n, hm.median_value AS median
+FROM bi.hourly_medians AS hm
+JOIN iot.sensors AS s ON s.id = hm.sensor_id
+JOIN iot.devices AS dv ON dv.id = s.device_id
+WHERE hm.hour_start >= :start AND hm.hour_start < :end
+"""
+_DAILY_MEDIANS = """
+CREATE TEMP TABLE stage_medians ON COMMIT DROP AS
+SELECT device, field, day AS bucket, reading_count AS n, median
+FROM stage_daily WHERE median IS NOT NULL
+"""
 
-
-def write_merged_level(ctx: WriteContext, level: Level, window: Window) -> WriteReport:
-    """Replace ``level.table`` inside ``window`` by merging the level below (and medians)."""
-    report = WriteReport(level.table, window)
-    target, key = statements.quote_ident(level.table), statements.quote_ident(level.key)
-    # Weekly buckets must be whole: chunk by whole weeks (weekly windows start on Mondays).
-    chunk_days = (
-        7 * max(1, ctx.settings.chunk_days // 7)
-        if level.median_grain == "week"
-        else (ctx.settings.chunk_days)
-    )
-    merged_sql = statements.render("merge_partials", parts=level.parts_sql)
-    for chunk in window.chunks(ctx.zone, chunk_days):
-        report.chunks += 1
-        start_date, end_date = _local_dates(chunk, ctx.zone)
-        params = {
-            "start": chunk.start,
-            "end": chunk.end,
-            "origin": chunk.start,
-            "tz": ctx.settings.timezone,
-            "start_date": start_date,
-            "end_date": end_date,
-        }
-        lo, hi = (start_date, end_date) if level.key_is_date else (chunk.start, chunk.end)
-        with ctx.warehouse.locked_transaction(level.table, chunk.local_days(ctx.zone)) as conn:
-            source_rows, readings = conn.execute(
-                sa.text(f"SELECT count(*), coalesce(sum(n), 0) FROM ({level.parts_sql}) AS p"),
-                params,
-            ).one()
-            if source_rows == 0 and _has_rows(
-                conn, level.table, level.key, chunk, ctx.zone if level.key_is_date else None
-            ):
-                report.kept_chunks.append(str(chunk))
-                continue
-
-            if level.median_grain is None:
-                conn.execute(sa.text(_STAGE_MERGE.format(merged=merged_sql)), params)
-                staged = "stage_merge"
-            else:
-                # Exact medians hold the chunk's raw values in memory (~16 bytes each); the
-                # partials say how many there are before we start. Above the limit: skip.
-                medians_computed = 0 < readings <= ctx.settings.median_max_readings
-                if medians_computed:
-                    ctx.source.stage_medians(
-                        conn, chunk, level.median_grain, ctx.stage_context(conn)
-                    )
-                else:
-                    if readings:
-                        report.notes.append(
-                            f"median skipped for {chunk}: {readings} readings exceed "
-                            "AGG_PIPELINE_MEDIAN_MAX_READINGS"
-                        )
-                    bucket_type = "date" if level.key_is_date else "timestamptz"
-                    conn.execute(sa.text(_EMPTY_MEDIANS.format(bucket_type=bucket_type)))
-                conn.execute(
-                    sa.text(_STAGE_ROLLUP.format(merged=merged_sql, target=target, key=key)),
-                    {**params, "medians_computed": medians_computed},
-                )
-                staged = "stage_rollup"
-                for status, n in conn.execute(
-                    sa.text("SELECT median_status, count(*) FROM stage_rollup GROUP BY 1")
-                ):
-                    report.median_status[status] += n
-
-            report.rows_deleted += conn.execute(
-                sa.text(f"DELETE FROM {target} WHERE {key} >= :lo AND {key} < :hi"),
-                {"lo": lo, "hi": hi},
-            ).rowcount
-            report.rows_written += conn.execute(
-                sa.text(_insert_merged(level, target, key, staged)), params
-            ).rowcount
-            for sensor_id, first, last in conn.execute(
-                sa.text(f"SELECT sensor_id, min(first_at), max(last_at) FROM {staged} GROUP BY 1")
-            ):
-                report.sensors.add(sensor_id)
-                report.saw_readings(first, last)
-            report.preview = _preview(
-                conn, level.table, level.key, chunk, ctx.zone if level.key_is_date else None
-            )
-    _note_kept(report)
-    if report.median_status.get("inconsistent"):
-        report.notes.append(
-            f"{report.median_status['inconsistent']} median(s) left NULL: raw readings changed "
-            "since the level below was built (late data); they fill in when it re-runs"
-        )
-    if report.median_status.get("absent") or report.median_status.get("kept"):
-        report.notes.append(
-            "raw readings no longer retained for part of the window: "
-            f"{report.median_status.get('kept', 0)} earlier median(s) kept, "
-            f"{report.median_status.get('absent', 0)} absent"
-        )
-    return report
+# How a rollup chunk gets its medians: fill stage_medians; False when none were computed.
+MedianStager = Callable[[sa.Connection, Window, dict, int], bool]
 
 
 def _insert_merged(level: Level, target: str, key: str, staged: str) -> str:
-    if level.median_grain is None:
+    if not level.has_median:
         return (
             f"INSERT INTO {target} (sensor_id, {key}, sample_count, mean_value, min_value, "
             "max_value, m2, first_reading_at, last_reading_at) "
@@ -416,29 +374,116 @@ def _insert_merged(level: Level, target: str, key: str, staged: str) -> str:
     return f"INSERT INTO {target} ({columns}) {select} FROM {staged} AS r"
 
 
-def _preview(
-    conn: sa.Connection, table: str, key: str, chunk: Window, zone: ZoneInfo | None
-) -> list[dict]:
-    """The last few rows written in the chunk, readable (device and field, not ids)."""
-    lo, hi = (chunk.start, chunk.end) if zone is None else _local_dates(chunk, zone)
-    t, k = statements.quote_ident(table), statements.quote_ident(key)
-    mean_col = "mean_value" if table.startswith("bi.readings_") else "avg_value"
-    rows = conn.execute(
-        sa.text(
-            f"SELECT dv.device_code AS device, s.field, t.{k} AS bucket, t.sample_count AS n, "
-            f"t.{mean_col} AS mean, t.min_value AS min, t.max_value AS max "
-            f"FROM {t} AS t JOIN iot.sensors AS s ON s.id = t.sensor_id "
-            "JOIN iot.devices AS dv ON dv.id = s.device_id "
-            f"WHERE t.{k} >= :lo AND t.{k} < :hi "
-            f"ORDER BY t.{k} DESC, dv.device_code, s.field LIMIT {PREVIEW_ROWS}"
-        ),
-        {"lo": lo, "hi": hi},
-    ).mappings()
-    return [dict(r) for r in rows]
+def _merge_chunk(
+    conn: sa.Connection,
+    ctx: WriteContext,
+    level: Level,
+    chunk: Window,
+    report: WriteReport,
+    stage_medians: MedianStager | None,
+) -> None:
+    """Replace one chunk of a merged level (inside the caller's locked transaction)."""
+    report.chunks += 1
+    target, key = statements.quote_ident(level.table), statements.quote_ident(level.key)
+    start_date, end_date = _local_dates(chunk, ctx.zone)
+    params = {
+        "start": chunk.start,
+        "end": chunk.end,
+        "origin": chunk.start,
+        "tz": ctx.settings.timezone,
+        "start_date": start_date,
+        "end_date": end_date,
+    }
+    zone = ctx.zone if level.key_is_date else None
+    lo, hi = (start_date, end_date) if level.key_is_date else (chunk.start, chunk.end)
+    source_rows, readings = conn.execute(
+        sa.text(f"SELECT count(*), coalesce(sum(n), 0) FROM ({level.parts_sql}) AS p"), params
+    ).one()
+    if source_rows == 0 and _has_rows(conn, level.table, level.key, chunk, zone):
+        report.kept_chunks.append(str(chunk))
+        return
+
+    merged_sql = statements.render("merge_partials", parts=level.parts_sql)
+    if not level.has_median:
+        conn.execute(sa.text(_STAGE_MERGE.format(merged=merged_sql)), params)
+        staged = "stage_merge"
+    else:
+        computed = bool(source_rows) and stage_medians(conn, chunk, params, readings)
+        if not computed:
+            bucket_type = "date" if level.key_is_date else "timestamptz"
+            conn.execute(sa.text(_EMPTY_MEDIANS.format(bucket_type=bucket_type)))
+        conn.execute(
+            sa.text(_STAGE_ROLLUP.format(merged=merged_sql, target=target, key=key)),
+            {**params, "medians_computed": computed or not source_rows},
+        )
+        staged = "stage_rollup"
+        for status, n in conn.execute(
+            sa.text("SELECT median_status, count(*) FROM stage_rollup GROUP BY 1")
+        ):
+            report.median_status[status] += n
+
+    report.rows_deleted += conn.execute(
+        sa.text(f"DELETE FROM {target} WHERE {key} >= :lo AND {key} < :hi"), {"lo": lo, "hi": hi}
+    ).rowcount
+    report.rows_written += conn.execute(
+        sa.text(_insert_merged(level, target, key, staged)), params
+    ).rowcount
+    for sensor_id, first, last in conn.execute(
+        sa.text(f"SELECT sensor_id, min(first_at), max(last_at) FROM {staged} GROUP BY 1")
+    ):
+        report.sensors.add(sensor_id)
+        report.saw_readings(first, last)
+    report.preview = _preview(conn, level.table, level.key, chunk, zone)
+
+
+def _hourly_medians(conn: sa.Connection, chunk: Window, params: dict, readings: int) -> bool:
+    conn.execute(sa.text(_HOURLY_MEDIANS), params)
+    return True
+
+
+def _daily_medians(conn: sa.Connection, chunk: Window, params: dict, readings: int) -> bool:
+    conn.execute(sa.text(_DAILY_MEDIANS))  # from stage_daily, staged by write_daily
+    return True
+
+
+def _raw_weekly_medians(ctx: WriteContext, report: WriteReport) -> MedianStager:
+    def stage(conn: sa.Connection, chunk: Window, params: dict, readings: int) -> bool:
+        # Exact medians hold the chunk's raw values in memory (~16 bytes each); the
+        # partials say how many there are before we start. Above the limit: skip.
+        if readings > ctx.settings.median_max_readings:
+            report.notes.append(
+                f"median skipped for {chunk}: {readings} readings exceed "
+                "AGG_PIPELINE_MEDIAN_MAX_READINGS"
+            )
+            return False
+        ctx.source.stage_medians(conn, chunk, "week", ctx.stage_context(conn))
+        return True
+
+    return stage
+
+
+def write_merged_level(ctx: WriteContext, level: Level, window: Window) -> WriteReport:
+    """Replace ``level.table`` inside ``window`` by merging the level below (5m, hourly,
+    weekly; the daily level is written by ``write_daily``)."""
+    report = WriteReport(level.table, window)
+    if level is LEVEL_WEEKLY:
+        # Weekly buckets must be whole: chunk by whole weeks (weekly windows start Monday).
+        chunk_days, medians = (
+            7 * max(1, ctx.settings.chunk_days // 7),
+            _raw_weekly_medians(ctx, report),
+        )
+    elif level is LEVEL_HOURLY:
+        chunk_days, medians = ctx.settings.chunk_days, _hourly_medians
+    else:
+        chunk_days, medians = ctx.settings.chunk_days, None
+    for chunk in window.chunks(ctx.zone, chunk_days):
+        with ctx.warehouse.locked_transaction(level.table, chunk.local_days(ctx.zone)) as conn:
+            _merge_chunk(conn, ctx, level, chunk, report, medians)
+    return report.finish()
 
 
 # --------------------------------------------------------------------------------------
-# Daily conditions, from raw readings and the crop ranges in force each day
+# The daily level: rollup_daily and conditions_daily from one pass over raw
 # --------------------------------------------------------------------------------------
 
 _RANGES_SQL = """
@@ -450,7 +495,7 @@ JOIN crop.growth_stage_definitions AS g
 GROUP BY d.day, g.field
 """
 
-_INSERT_CONDITIONS = """
+_INSERT_CONDITIONS = f"""
 INSERT INTO bi.daily_sensor_conditions (
     sensor_id, metric_date, optimal_min, optimal_max, critical_below, critical_above,
     reading_count, optimal_pct_by_count, critical_pct_by_count, covered_seconds,
@@ -464,14 +509,13 @@ SELECT s.id, st.day, st.opt_min, st.opt_max, st.crit_below, st.crit_above,
        CASE WHEN st.covered_seconds > 0 THEN 100.0 * st.critical_seconds / st.covered_seconds END,
        e.expected,
        100.0 * st.reading_count / e.expected
-FROM stage_conditions AS st
-JOIN iot.devices AS dv ON dv.device_code = st.device
-JOIN iot.sensors AS s ON s.device_id = dv.id AND s.field = st.field
+FROM stage_daily AS st {_JOIN_SENSORS}
 JOIN (
     SELECT day, extract(epoch FROM ((day + 1)::timestamp AT TIME ZONE :tz)
                                  - (day::timestamp AT TIME ZONE :tz)) / :interval AS expected
     FROM unnest(CAST(:days AS date[])) AS x (day)
 ) AS e ON e.day = st.day
+WHERE st.opt_min IS NOT NULL
 """
 
 _SYNC_DAILY = """
@@ -511,79 +555,116 @@ def condition_bands(
     return bands
 
 
-def write_conditions_daily(ctx: WriteContext, window: Window) -> WriteReport:
-    """Replace ``bi.daily_sensor_conditions`` inside ``window``; mirror into daily rollups."""
-    report = WriteReport("bi.daily_sensor_conditions", window, raw_rows_read=None)
+def _write_conditions_chunk(
+    conn: sa.Connection,
+    ctx: WriteContext,
+    chunk: Window,
+    days: list[date],
+    bands: dict,
+    report: WriteReport,
+) -> None:
+    report.chunks += 1
+    lo, hi = days[0], days[-1] + timedelta(days=1)
+    staged = conn.execute(
+        sa.text("SELECT count(*) FROM stage_daily WHERE opt_min IS NOT NULL")
+    ).scalar_one()
+    if staged == 0 and _has_rows(conn, report.table, "metric_date", chunk, ctx.zone):
+        report.kept_chunks.append(str(chunk))
+        return
+    report.rows_deleted += conn.execute(
+        sa.text(
+            "DELETE FROM bi.daily_sensor_conditions WHERE metric_date >= :lo AND metric_date < :hi"
+        ),
+        {"lo": lo, "hi": hi},
+    ).rowcount
+    report.rows_written += conn.execute(
+        sa.text(_INSERT_CONDITIONS),
+        {
+            "days": days,
+            "tz": ctx.settings.timezone,
+            "interval": ctx.catalogue.sample_interval_seconds,
+        },
+    ).rowcount
+    conn.execute(sa.text(_SYNC_DAILY), {"lo": lo, "hi": hi})
+    report.sensors.update(
+        r[0]
+        for r in conn.execute(
+            sa.text(
+                "SELECT sensor_id FROM bi.daily_sensor_conditions "
+                "WHERE metric_date >= :lo AND metric_date < :hi"
+            ),
+            {"lo": lo, "hi": hi},
+        )
+    )
+    report.preview = [
+        dict(r)
+        for r in conn.execute(
+            sa.text(
+                "SELECT dv.device_code AS device, s.field, c.metric_date, "
+                "round(c.time_in_optimal_pct::numeric, 2) AS optimal_pct, "
+                "round(c.time_in_critical_pct::numeric, 2) AS critical_pct, "
+                "round(c.coverage_pct::numeric, 1) AS coverage_pct "
+                "FROM bi.daily_sensor_conditions AS c "
+                "JOIN iot.sensors AS s ON s.id = c.sensor_id "
+                "JOIN iot.devices AS dv ON dv.id = s.device_id "
+                "WHERE c.metric_date >= :lo AND c.metric_date < :hi "
+                f"ORDER BY c.metric_date DESC, dv.device_code, s.field LIMIT {PREVIEW_ROWS}"
+            ),
+            {"lo": lo, "hi": hi},
+        ).mappings()
+    ]
+    if report.chunks == 1:
+        report.notes.extend(
+            sorted(
+                {
+                    f"{f}: optimal {b.optimal_min:g}..{b.optimal_max:g}, critical below "
+                    f"{b.critical_below:g} / above {b.critical_above:g}"
+                    for (_, f), b in bands.items()
+                }
+            )
+        )
+    if not bands:
+        report.notes.append(f"no optimal ranges in force for {lo}..{hi}: nothing to do")
+
+
+def write_daily(
+    ctx: WriteContext, window: Window, rollup: bool = True, conditions: bool = True
+) -> dict[str, WriteReport]:
+    """Replace the daily rollups and/or condition shares inside ``window``, reading each
+    day's raw readings once for both (exact medians and held durations)."""
+    reports: dict[str, WriteReport] = {}
+    if rollup:
+        reports["rollup_daily"] = WriteReport(LEVEL_DAILY.table, window)
+    if conditions:
+        reports["conditions_daily"] = WriteReport("bi.daily_sensor_conditions", window)
+    tables = [r.table for r in reports.values()]
     for chunk in window.chunks(ctx.zone, ctx.settings.chunk_days):
-        report.chunks += 1
         lo, hi = _local_dates(chunk, ctx.zone)
         days = [lo + timedelta(days=i) for i in range((hi - lo).days)]
-        with ctx.warehouse.locked_transaction(report.table, days) as conn:
-            bands = condition_bands(conn, ctx.catalogue, days, ctx.settings.critical_margin_pct)
-            if not bands:
-                report.notes.append(f"no optimal ranges in force for {lo}..{hi}: nothing to do")
-            ctx.source.stage_conditions(conn, chunk, bands, ctx.stage_context(conn))
-            staged = _count(conn, "SELECT count(*) FROM stage_conditions", {})
-            if staged == 0 and _has_rows(conn, report.table, "metric_date", chunk, ctx.zone):
-                report.kept_chunks.append(str(chunk))
-                continue
-            pairs = conn.execute(sa.text("SELECT DISTINCT device, field FROM stage_conditions"))
-            report.new_sensors += ctx.warehouse.register_sensors(
-                ctx.catalogue, [(p[0], p[1]) for p in pairs]
+        with ctx.warehouse.locked_transaction(tables, days) as conn:
+            bands = (
+                condition_bands(conn, ctx.catalogue, days, ctx.settings.critical_margin_pct)
+                if conditions
+                else {}
             )
-            report.rows_deleted += conn.execute(
-                sa.text(
-                    "DELETE FROM bi.daily_sensor_conditions "
-                    "WHERE metric_date >= :lo AND metric_date < :hi"
-                ),
-                {"lo": lo, "hi": hi},
-            ).rowcount
-            report.rows_written += conn.execute(
-                sa.text(_INSERT_CONDITIONS),
-                {
-                    "days": days,
-                    "tz": ctx.settings.timezone,
-                    "interval": ctx.catalogue.sample_interval_seconds,
-                },
-            ).rowcount
-            conn.execute(sa.text(_SYNC_DAILY), {"lo": lo, "hi": hi})
-            report.sensors.update(
-                r[0]
-                for r in conn.execute(
-                    sa.text(
-                        "SELECT sensor_id FROM bi.daily_sensor_conditions "
-                        "WHERE metric_date >= :lo AND metric_date < :hi"
-                    ),
-                    {"lo": lo, "hi": hi},
+            # One pass over the day's raw readings serves both halves.
+            ctx.source.stage_daily(conn, chunk, bands, ctx.stage_context(conn), rollup, conditions)
+            if rollup:
+                _merge_chunk(conn, ctx, LEVEL_DAILY, chunk, reports["rollup_daily"], _daily_medians)
+            if conditions:
+                pairs = conn.execute(
+                    sa.text("SELECT DISTINCT device, field FROM stage_daily")
+                ).all()
+                reports["conditions_daily"].new_sensors += ctx.warehouse.register_sensors(
+                    ctx.catalogue, [(p[0], p[1]) for p in pairs]
                 )
-            )
-            report.preview = [
-                dict(r)
-                for r in conn.execute(
-                    sa.text(
-                        "SELECT dv.device_code AS device, s.field, c.metric_date, "
-                        "round(c.time_in_optimal_pct::numeric, 2) AS optimal_pct, "
-                        "round(c.time_in_critical_pct::numeric, 2) AS critical_pct, "
-                        "round(c.coverage_pct::numeric, 1) AS coverage_pct "
-                        "FROM bi.daily_sensor_conditions AS c "
-                        "JOIN iot.sensors AS s ON s.id = c.sensor_id "
-                        "JOIN iot.devices AS dv ON dv.id = s.device_id "
-                        "WHERE c.metric_date >= :lo AND c.metric_date < :hi "
-                        f"ORDER BY c.metric_date DESC, dv.device_code, s.field LIMIT {PREVIEW_ROWS}"
-                    ),
-                    {"lo": lo, "hi": hi},
-                ).mappings()
-            ]
-            report.notes.extend(
-                sorted(
-                    {
-                        f"{f}: optimal {b.optimal_min:g}..{b.optimal_max:g}, critical below "
-                        f"{b.critical_below:g} / above {b.critical_above:g}"
-                        for (_, f), b in bands.items()
-                    }
-                )
-                if report.chunks == 1
-                else []
-            )
-    _note_kept(report)
-    return report
+                _write_conditions_chunk(conn, ctx, chunk, days, bands, reports["conditions_daily"])
+    return {k: r.finish() for k, r in reports.items()}
+
+
+def write_conditions_daily(ctx: WriteContext, window: Window) -> WriteReport:
+    return write_daily(ctx, window, rollup=False, conditions=True)["conditions_daily"]
+
+
+def write_rollup_daily(ctx: WriteContext, window: Window) -> WriteReport:
+    return write_daily(ctx, window, rollup=True, conditions=False)["rollup_daily"]

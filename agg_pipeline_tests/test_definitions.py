@@ -23,8 +23,7 @@ SCHEDULES = {
     "readings_1m_every_minute": "* * * * *",
     "readings_5m_every_5_minutes": "*/5 * * * *",
     "rollup_hourly_at_05": "5 * * * *",
-    "rollup_daily_at_0130": "30 1 * * *",
-    "conditions_daily_at_0130": "30 1 * * *",
+    "daily_at_0130": "30 1 * * *",
     "rollup_weekly_monday_0200": "0 2 * * 1",
     "dashboard_views_every_15_minutes": "*/15 * * * *",
     "retention_cleanup_at_0300": "0 3 * * *",
@@ -79,6 +78,12 @@ def test_bad_catalogue_fails_definitions_load_naming_the_key(tmp_path):
     )
     assert proc.returncode != 0
     assert "fields.ph.min" in proc.stderr and "bad.yaml" in proc.stderr
+
+
+def test_every_job_resolves():
+    # What a code server does on load: a name clash between a job and an op fails here.
+    jobs = {j.name for j in defs.get_repository_def().get_all_jobs()}
+    assert {"hourly_rollup", "daily_rollup", "weekly_rollup", "retention_cleanup"} <= jobs
 
 
 def test_schedules_and_sensors_run_by_default():

@@ -25,11 +25,13 @@ CATALOGUE = load_catalogue("hydroponics")
 
 
 def context(url: str, **settings) -> writers.WriteContext:
+    warehouse = WarehouseResource(database_url=url)
+    s = Settings(**settings)
     return writers.WriteContext(
-        WarehouseResource(database_url=url),
-        readings_source(CATALOGUE),
+        warehouse,
+        readings_source(CATALOGUE, warehouse.get_engine(), s.parallelism),
         CATALOGUE,
-        Settings(**settings),
+        s,
     )
 
 
@@ -47,8 +49,7 @@ def test_local_day_on_dst_change_is_exact(warehouse_url, engine, day, hours):
     assert window.seconds == hours * 3600
     writers.write_readings_1m(ctx, window)
     hourly = writers.write_merged_level(ctx, writers.LEVEL_HOURLY, window)
-    writers.write_merged_level(ctx, writers.LEVEL_DAILY, window)
-    conditions = writers.write_conditions_daily(ctx, window)
+    conditions = writers.write_daily(ctx, window)["conditions_daily"]
 
     raw = reference.load_raw(engine, window.start, window.end)
     valid = reference.valid_readings(raw, CATALOGUE, datetime.now(UTC))

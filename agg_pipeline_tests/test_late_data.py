@@ -18,10 +18,9 @@ import sqlalchemy as sa
 
 from agg_pipeline import clock
 from agg_pipeline.assets import (
-    conditions_daily,
+    daily_rollup_and_conditions,
     readings_1m,
     readings_5m,
-    rollup_daily,
     rollup_hourly,
     rollup_weekly,
 )
@@ -33,17 +32,14 @@ from agg_pipeline_tests import data
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # a Monday
 LATE_HOUR = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)  # three days earlier, a Friday
 ASSETS = {
-    a.key.to_user_string(): a
-    for a in (
-        readings_1m,
-        readings_5m,
-        rollup_hourly,
-        rollup_daily,
-        rollup_weekly,
-        conditions_daily,
-    )
+    "readings_1m": readings_1m,
+    "readings_5m": readings_5m,
+    "rollup_hourly": rollup_hourly,
+    "rollup_daily": daily_rollup_and_conditions,
+    "conditions_daily": daily_rollup_and_conditions,
+    "rollup_weekly": rollup_weekly,
 }
-AUTOMATED = dg.AssetSelection.assets(*ASSETS.values())
+AUTOMATED = dg.AssetSelection.assets(*ASSETS)
 
 
 def tick_sensor(instance, resources, cursor):
@@ -57,15 +53,16 @@ def tick_sensor(instance, resources, cursor):
 
 def run_requested(instance, resources, result) -> set[tuple[str, str]]:
     """Execute what automation requested: one run per partition, like the daemon."""
-    by_partition: dict[str, list] = defaultdict(list)
+    by_partition: dict[str, list[str]] = defaultdict(list)
     requested = set()
     for key in ASSETS:
         for pk in result.get_requested_partitions(dg.AssetKey(key)):
-            by_partition[pk].append(ASSETS[key])
+            by_partition[pk].append(key)
             requested.add((key, pk))
-    for pk, assets in by_partition.items():
+    for pk, keys in by_partition.items():
         dg.materialize(
-            assets,
+            list({id(ASSETS[k]): ASSETS[k] for k in keys}.values()),
+            selection=keys,
             instance=instance,
             resources=resources,
             partition_key=pk,
@@ -105,7 +102,7 @@ def test_late_reading_corrects_its_hour_day_and_week_only(
         **mat,
     ).success
     assert dg.materialize(
-        [rollup_daily, conditions_daily], tags=range_tags("2026-11-16", "2026-11-22"), **mat
+        [daily_rollup_and_conditions], tags=range_tags("2026-11-16", "2026-11-22"), **mat
     ).success
     assert dg.materialize([rollup_weekly], partition_key="2026-11-16", **mat).success
 

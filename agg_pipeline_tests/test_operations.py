@@ -13,10 +13,10 @@ import sqlalchemy as sa
 
 from agg_pipeline import automation
 from agg_pipeline.assets import (
+    daily_rollup_and_conditions,
     dashboard_views,
     readings_1m,
     readings_5m,
-    rollup_daily,
     rollup_hourly,
     rollup_weekly,
 )
@@ -49,8 +49,7 @@ def schedule(name: str) -> dg.ScheduleDefinition:
             "2026-11-20-10:00",
         ),
         ("rollup_hourly_at_05", datetime(2026, 11, 20, 0, 5, tzinfo=UTC), "2026-11-19-23:00"),
-        ("rollup_daily_at_0130", datetime(2026, 11, 20, 1, 30, tzinfo=UTC), "2026-11-19"),
-        ("conditions_daily_at_0130", datetime(2026, 11, 20, 1, 30, tzinfo=UTC), "2026-11-19"),
+        ("daily_at_0130", datetime(2026, 11, 20, 1, 30, tzinfo=UTC), "2026-11-19"),
         ("rollup_weekly_monday_0200", datetime(2026, 11, 23, 2, 0, tzinfo=UTC), "2026-11-16"),
     ],
 )
@@ -162,7 +161,7 @@ def _materialize_history(url: str) -> None:
         "dagster/asset_partition_range_start": "2026-11-02",
         "dagster/asset_partition_range_end": "2026-11-03",
     }
-    assert dg.materialize([rollup_daily], resources=resources, tags=tags).success
+    assert dg.materialize([daily_rollup_and_conditions], resources=resources, tags=tags).success
     assert dg.materialize([rollup_weekly], resources=resources, partition_key="2026-11-02").success
 
 

@@ -10,10 +10,9 @@ import pytest
 import sqlalchemy as sa
 
 from agg_pipeline.assets import (
-    conditions_daily,
+    daily_rollup_and_conditions,
     readings_1m,
     readings_5m,
-    rollup_daily,
     rollup_hourly,
     rollup_weekly,
 )
@@ -134,7 +133,7 @@ def test_hourly_levels_match_pandas(warehouse_url, seeded):
 def test_daily_weekly_and_conditions_match_pandas(warehouse_url, seeded):
     assert run_hours(warehouse_url, "2026-11-02-00:00", "2026-11-03-23:00").success
     for day in ("2026-11-02", "2026-11-03"):
-        assert run_partition(warehouse_url, [conditions_daily, rollup_daily], day).success
+        assert run_partition(warehouse_url, [daily_rollup_and_conditions], day).success
     assert run_partition(warehouse_url, [rollup_weekly], "2026-11-02").success
 
     start, end = data.DAY0, data.DAY0 + timedelta(days=2)

@@ -2,7 +2,7 @@
 -- deviations from the window mean (Welford/Chan's M2), so higher levels merge exactly.
 -- A window exists only when it has at least one valid reading.
 CREATE TABLE IF NOT EXISTS bi.readings_1m (
-    sensor_id        integer NOT NULL REFERENCES iot.sensors (id),
+    sensor_id        integer NOT NULL,  -- iot.sensors.id (no FK: see 011)
     window_start     timestamptz NOT NULL,
     sample_count     bigint NOT NULL CHECK (sample_count > 0),
     mean_value       double precision NOT NULL,
@@ -16,7 +16,7 @@ CREATE TABLE IF NOT EXISTS bi.readings_1m (
 CREATE INDEX IF NOT EXISTS readings_1m_window ON bi.readings_1m (window_start);
 
 CREATE TABLE IF NOT EXISTS bi.readings_5m (
-    sensor_id        integer NOT NULL REFERENCES iot.sensors (id),
+    sensor_id        integer NOT NULL,  -- iot.sensors.id (no FK: see 011)
     window_start     timestamptz NOT NULL,
     sample_count     bigint NOT NULL CHECK (sample_count > 0),
     mean_value       double precision NOT NULL,

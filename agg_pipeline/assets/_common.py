@@ -40,8 +40,11 @@ def partition_window(context: dg.AssetExecutionContext) -> Window:
 
 
 def write_context(warehouse: WarehouseResource) -> WriteContext:
-    catalogue = get_catalogue()
-    return WriteContext(warehouse, readings_source(catalogue), catalogue, get_settings())
+    catalogue, settings = get_catalogue(), get_settings()
+    source = readings_source(
+        catalogue, warehouse.get_engine(), settings.parallelism, warehouse.work_mem
+    )
+    return WriteContext(warehouse, source, catalogue, settings)
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -83,6 +86,7 @@ def materialize_result(
     report: WriteReport,
     warehouse: WarehouseResource,
     checks: Sequence[dg.AssetCheckResult] = (),
+    asset_key: str | None = None,
 ) -> dg.MaterializeResult:
     """Metadata every materialization records, and a log line an operator can read."""
     span = (
@@ -127,4 +131,4 @@ def materialize_result(
         f"({report.rows_deleted} replaced), {len(report.sensors)} series"
         + (f"; {late_rows} late rows recorded in the window" if late_rows else "")
     )
-    return dg.MaterializeResult(metadata=metadata, check_results=list(checks))
+    return dg.MaterializeResult(asset_key=asset_key, metadata=metadata, check_results=list(checks))

@@ -42,6 +42,8 @@ def readings_1m(
     readings stamped in the future and unknown fields are excluded and counted by reason;
     duplicate (time, device, field) readings count once. A (device, field) seen for the
     first time is registered in iot.devices / iot.sensors. Table: `bi.readings_1m`.
+    The same pass writes each sensor-hour's exact median to `bi.hourly_medians`, which
+    the hourly rollup uses (no second pass over raw).
     """
     ctx, window = write_context(warehouse), partition_window(context)
     report = write_with_retries(context, lambda: writers.write_readings_1m(ctx, window))
@@ -52,6 +54,7 @@ def readings_1m(
         results.append(
             checks.coverage_result(
                 conn,
+                "readings_1m",
                 "bi.readings_1m",
                 "window_start",
                 window,

@@ -191,6 +191,7 @@ def retention_cleanup_op(
         ("bi.readings_1m", "window_start", settings.retention_downsample_days),
         ("bi.readings_5m", "window_start", settings.retention_downsample_days),
         ("bi.hourly_sensor_agg", "hour_start", settings.retention_hourly_days),
+        ("bi.hourly_medians", "hour_start", settings.retention_hourly_days),
     ):
         cutoff = datetime.combine(today - timedelta(days=days_kept), time(0), tzinfo=zone)
         where, params = f"{key} < :c", {"c": cutoff}
@@ -200,6 +201,19 @@ def retention_cleanup_op(
             else _delete_in_batches(engine, table, where, params, batch)
         )
         summary[table] = {"cutoff": cutoff.isoformat(), "rows": n}
+    # Staging rows of runs that crashed mid-pass (sharded staging, resources/sources.py).
+    if not config.dry_run:
+        with engine.begin() as conn:
+            for (name,) in conn.execute(
+                sa.text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'ops' "
+                    "AND tablename LIKE 'staging_%'"
+                )
+            ).all():
+                quoted = conn.dialect.identifier_preparer.quote(name)
+                conn.execute(
+                    sa.text(f"DELETE FROM ops.{quoted} WHERE staged_at < now() - interval '1 day'")
+                )
     verb = "would delete" if config.dry_run else "deleted"
     for table, info in summary.items():
         if isinstance(info, dict):

@@ -18,7 +18,7 @@ from agg_pipeline.automation_conditions import daily_correction, hourly_correcti
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
 
-_STATS = (
+STATS = (
     "avg, min, max, sample_count and sample stddev (NULL for one reading) merged exactly from "
     "the level below with Chan's parallel formula on (count, mean, M2); exact median "
     "computed from the raw readings while they are retained (metadata `median_status` says "
@@ -48,7 +48,7 @@ def _run(context, warehouse: WarehouseResource, asset: str, level: writers.Level
     kinds={"postgres"},
     code_version="1",
     description="Per sensor and hour: `bi.hourly_sensor_agg` keyed (sensor_id, hour_start). "
-    + _STATS,
+    + STATS,
 )
 def rollup_hourly(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
@@ -57,31 +57,8 @@ def rollup_hourly(
 
 
 @dg.asset(
-    partitions_def=partitions.daily,
-    deps=[rollup_hourly, raw_readings],
-    backfill_policy=BACKFILL,
-    automation_condition=daily_correction,
-    freshness_policy=dg.FreshnessPolicy.cron(
-        deadline_cron="30 2 * * *", lower_bound_delta=timedelta(hours=2, minutes=30), timezone=_TZ
-    ),
-    check_specs=checks.check_specs("rollup_daily"),
-    pool="bi.daily_sensor_agg",
-    group_name="rollups",
-    kinds={"postgres"},
-    code_version="1",
-    description="Per sensor and local day: `bi.daily_sensor_agg` keyed (sensor_id, "
-    "metric_date). " + _STATS + " Also carries time_in_optimal_pct / time_in_critical_pct, "
-    "mirrored from `conditions_daily`.",
-)
-def rollup_daily(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource
-) -> dg.MaterializeResult:
-    return _run(context, warehouse, "rollup_daily", writers.LEVEL_DAILY)
-
-
-@dg.asset(
     partitions_def=partitions.weekly,
-    deps=[rollup_daily, raw_readings],
+    deps=["rollup_daily", raw_readings],
     backfill_policy=BACKFILL,
     automation_condition=daily_correction,
     freshness_policy=dg.FreshnessPolicy.cron(
@@ -93,7 +70,7 @@ def rollup_daily(
     kinds={"postgres"},
     code_version="1",
     description="Per sensor and week (Monday to Sunday, local days): `bi.weekly_sensor_agg` "
-    "keyed (sensor_id, week_start). " + _STATS,
+    "keyed (sensor_id, week_start). " + STATS,
 )
 def rollup_weekly(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource

@@ -2,15 +2,19 @@
 
 A source fills temp tables in the warehouse transaction it is given:
 
-- ``stage_1m``: 1-minute partials with rejection counts (``stage_partials_1m.sql``),
-- ``stage_medians``: exact medians per (device, field, hour | day | week),
-- ``stage_conditions``: condition counts and held durations per (device, field, day).
+- ``stage_1m``: 1-minute partials, hourly medians and rejection counts, per hour;
+- ``stage_daily``: per (device, field, local day) the exact median and the condition
+  counts and held durations - one pass for rollup_daily and conditions_daily;
+- ``stage_medians``: exact medians per (device, field, week) for the weekly rollup.
 
 The writers (``agg_pipeline.writers``) take it from there, whatever the source was.
 """
 
 from __future__ import annotations
 
+import hashlib
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Protocol
@@ -39,38 +43,129 @@ class ReadingsSource(Protocol):
         self, conn: sa.Connection, window: Window, grain: str, ctx: StageContext
     ) -> None: ...
 
-    def stage_conditions(
+    def stage_daily(
         self,
         conn: sa.Connection,
         window: Window,
         bands: dict[tuple[date, str], ConditionBand],
         ctx: StageContext,
+        with_medians: bool,
+        with_conditions: bool,
     ) -> None: ...
 
 
-def _run_hash_aggregated(conn: sa.Connection, sql: str, params: dict) -> None:
-    """Run a staging statement with hash aggregation preferred over sorting.
+_PLANNER = (
+    # The planner cannot estimate how many (device, field, bucket) groups a window has, nor
+    # how large an array_agg state grows, and picks a sort-based plan: measured 15.0 s vs
+    # 5.8 s for a day of 8.5M readings. Sorts the statement really needs (the time order
+    # for held durations) still happen. SET LOCAL: reset at the end of the transaction.
+    "SELECT set_config('enable_sort', 'off', true)",
+)
 
-    The planner cannot estimate how many (device, field, bucket) groups a window has, nor
-    how large an array_agg state grows, and picks a sort-based plan: measured 15.0 s vs
-    5.8 s for a day of 8.5M readings. Sorts the statement really needs (the time order for
-    held durations) still happen; the setting is reset before anything else runs.
+
+def _stage(
+    conn: sa.Connection,
+    engine: sa.Engine,
+    name: str,
+    select_sql: str,
+    params: dict,
+    shards: int,
+    work_mem: str,
+    device_column: str,
+) -> None:
+    """Materialize ``select_sql`` as the temp table ``name`` of ``conn``'s transaction.
+
+    With ``shards`` > 1 the statement runs in that many connections at once, each over
+    the devices whose name hashes to its shard, into an UNLOGGED staging table; the temp
+    table is then filled from it. The per-group work (de-duplication, binning, medians)
+    runs after PostgreSQL's own parallel aggregation, in one process: sharding is what
+    puts every core on it (measured on 2 cores: 8.5 s -> 4.9 s for a day's 1m pass).
+    The caller already holds its advisory locks, so the shards read what every earlier
+    writer of the same window committed.
     """
-    conn.execute(sa.text("SELECT set_config('enable_sort', 'off', true)"))
-    try:
-        conn.execute(sa.text(sql), params)
-    finally:
+    if shards <= 1:
+        conn.execute(sa.text(_PLANNER[0]))
+        sql = select_sql.replace("{shard}", "TRUE")
+        conn.execute(sa.text(f"CREATE TEMP TABLE {name} ON COMMIT DROP AS {sql}"), params)
         conn.execute(sa.text("SELECT set_config('enable_sort', 'on', true)"))
+        return
+
+    # A device's shard: its name's hash, non-negative (abs() of INT_MIN would overflow).
+    sharded = select_sql.replace(
+        "{shard}", f"(hashtext(r.{device_column}::text) & 2147483647) % :shards = :shard"
+    )
+    # The staging table's columns are the statement's: named after a hash of its text, so
+    # a changed statement gets a fresh table (and an old one is simply left unused).
+    digest = hashlib.sha1(select_sql.encode()).hexdigest()[:10]
+    staging = f"ops.staging_{name}_{digest}"
+    with engine.begin() as ddl:
+        ddl.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:t))"), {"t": staging})
+        ddl.execute(
+            sa.text(
+                f"CREATE UNLOGGED TABLE IF NOT EXISTS {staging} AS SELECT NULL::text AS batch, "
+                f"now() AS staged_at, q.* FROM ({sharded}) AS q WITH NO DATA"
+            ),
+            {**params, "shards": shards, "shard": 0},
+        )
+    batch = uuid.uuid4().hex
+
+    def run(shard: int) -> None:
+        with engine.begin() as worker:
+            worker.execute(sa.text("SELECT set_config('work_mem', :v, true)"), {"v": work_mem})
+            worker.execute(sa.text(_PLANNER[0]))
+            # One process per shard: the shards are the parallelism.
+            worker.execute(
+                sa.text("SELECT set_config('max_parallel_workers_per_gather', '0', true)")
+            )
+            worker.execute(
+                sa.text(f"INSERT INTO {staging} SELECT :batch, now(), q.* FROM ({sharded}) AS q"),
+                {**params, "shards": shards, "shard": shard, "batch": batch},
+            )
+
+    try:
+        with ThreadPoolExecutor(max_workers=shards, thread_name_prefix="stage") as pool:
+            for future in [pool.submit(run, k) for k in range(shards)]:
+                future.result()
+        conn.execute(
+            sa.text(
+                f"CREATE TEMP TABLE {name} ON COMMIT DROP AS "
+                f"SELECT q.* FROM {staging} AS q WHERE q.batch = :batch"
+            ),
+            {"batch": batch},
+        )
+        conn.execute(sa.text(f"ALTER TABLE {name} DROP COLUMN batch, DROP COLUMN staged_at"))
+    finally:
+        with engine.begin() as cleanup:
+            cleanup.execute(sa.text(f"DELETE FROM {staging} WHERE batch = :b"), {"b": batch})
 
 
 class PostgresReadingsSource:
     """Raw readings in a PostgreSQL table of the warehouse database (the catalogue's source)."""
 
-    def __init__(self, catalogue: Catalogue) -> None:
+    def __init__(self, catalogue: Catalogue, engine: sa.Engine, shards: int, work_mem: str):
         src = catalogue.source
         self.catalogue = catalogue
+        self.engine = engine
+        self.shards = shards
+        self.work_mem = work_mem
         self.columns = statements.RawColumns.of(
             src.table, src.time_column, src.device_column, src.field_column, src.value_column
+        )
+
+    def _render(self, name: str, **fragments: str) -> str:
+        # {shard} is left for _stage to fill.
+        return statements.render(name, shard="{shard}", **fragments, **self.columns.as_dict())
+
+    def _stage(self, conn: sa.Connection, name: str, sql: str, params: dict) -> None:
+        _stage(
+            conn,
+            self.engine,
+            name,
+            sql,
+            params,
+            self.shards,
+            self.work_mem,
+            self.columns.device,
         )
 
     def _common(self, window: Window, ctx: StageContext) -> dict:
@@ -84,27 +179,31 @@ class PostgresReadingsSource:
         }
 
     def stage_partials_1m(self, conn: sa.Connection, window: Window, ctx: StageContext) -> None:
-        sql = statements.render("stage_partials_1m", **self.columns.as_dict())
-        _run_hash_aggregated(conn, sql, self._common(window, ctx))
+        sql = self._render("stage_partials_1m")
+        self._stage(conn, "stage_1m", sql, self._common(window, ctx))
 
     def stage_medians(
         self, conn: sa.Connection, window: Window, grain: str, ctx: StageContext
     ) -> None:
         bucket = statements.bucket_expression(grain, self.columns.time)
-        sql = statements.render("stage_medians", bucket=bucket, **self.columns.as_dict())
-        _run_hash_aggregated(conn, sql, self._common(window, ctx))
+        sql = self._render("stage_medians", bucket=bucket)
+        self._stage(conn, "stage_medians", sql, self._common(window, ctx))
 
-    def stage_conditions(
+    def stage_daily(
         self,
         conn: sa.Connection,
         window: Window,
         bands: dict[tuple[date, str], ConditionBand],
         ctx: StageContext,
+        with_medians: bool,
+        with_conditions: bool,
     ) -> None:
-        keys = sorted(bands)
+        keys = sorted(bands) if with_conditions else []
         params = {
             **self._common(window, ctx),
             "max_gap_seconds": ctx.max_gap_seconds,
+            "with_medians": with_medians,
+            "with_conditions": with_conditions,
             "cond_day": [k[0] for k in keys],
             "cond_field": [k[1] for k in keys],
             "cond_opt_min": [bands[k].optimal_min for k in keys],
@@ -112,12 +211,14 @@ class PostgresReadingsSource:
             "cond_crit_below": [bands[k].critical_below for k in keys],
             "cond_crit_above": [bands[k].critical_above for k in keys],
         }
-        sql = statements.render("stage_conditions", **self.columns.as_dict())
-        _run_hash_aggregated(conn, sql, params)
+        sql = self._render("stage_daily")
+        self._stage(conn, "stage_daily", sql, params)
 
 
-def readings_source(catalogue: Catalogue) -> ReadingsSource:
-    """The source the catalogue describes."""
+def readings_source(
+    catalogue: Catalogue, engine: sa.Engine, shards: int = 1, work_mem: str = "256MB"
+) -> ReadingsSource:
+    """The source the catalogue describes (raw readings in ``engine``'s database)."""
     if catalogue.source.kind == "postgres":
-        return PostgresReadingsSource(catalogue)
+        return PostgresReadingsSource(catalogue, engine, shards, work_mem)
     raise ValueError(f"unsupported source kind {catalogue.source.kind!r}")

@@ -92,19 +92,23 @@ class WarehouseResource(dg.ConfigurableResource):
         check_reachable(self.get_engine())
 
     @contextmanager
-    def locked_transaction(self, table: str, days: Sequence[date]) -> Iterator[sa.Connection]:
-        """A transaction holding advisory locks on ``(table, day)`` for each local day.
+    def locked_transaction(
+        self, tables: str | Sequence[str], days: Sequence[date]
+    ) -> Iterator[sa.Connection]:
+        """A transaction holding advisory locks on ``(table, day)`` for each table and day.
 
-        Locks are taken in ascending order (no deadlocks between runs) and released at
+        Locks are taken in one fixed order (no deadlocks between runs) and released at
         commit or rollback. Everything inside is atomic: a failure leaves the old rows.
         """
+        names = sorted({tables} if isinstance(tables, str) else set(tables))
         with self.get_engine().begin() as conn:
             conn.execute(sa.text("SELECT set_config('work_mem', :v, true)"), {"v": self.work_mem})
-            for day in sorted(set(days)):
-                conn.execute(
-                    sa.text("SELECT pg_advisory_xact_lock(hashtext(:t), :d)"),
-                    {"t": table, "d": (day - _EPOCH).days},
-                )
+            for table in names:
+                for day in sorted(set(days)):
+                    conn.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(hashtext(:t), :d)"),
+                        {"t": table, "d": (day - _EPOCH).days},
+                    )
             yield conn
 
     def register_sensors(self, catalogue: Catalogue, pairs: Sequence[tuple[str, str]]) -> int:

@@ -1,10 +1,9 @@
 -- Exact medians of the valid, de-duplicated raw readings per (device, field, bucket),
--- into the temp table stage_medians. Same validity rules as stage_partials_1m.sql.
+-- (staged as stage_medians). Same validity rules as stage_partials_1m.sql.
 -- Values are gathered into per-group arrays by a hash aggregate and each group is sorted
 -- on its own: measured ~3.5x faster than percentile_cont over a GROUP BY, which sorts
 -- the whole window by group key before sorting each group again.
 -- {bucket} is an expression of the reading time r.{time}.
-CREATE TEMP TABLE stage_medians ON COMMIT DROP AS
 WITH catalogue AS (
     SELECT *
     FROM unnest(CAST(:fields AS text[]), CAST(:lo AS float8[]), CAST(:hi AS float8[]))
@@ -18,6 +17,7 @@ groups AS (
            array_agg(r.{value}) AS vs
     FROM {raw_table} AS r
     WHERE r.{time} >= :start AND r.{time} < :end
+      AND {shard}
       AND r.{field} = ANY (CAST(:fields AS text[]))
     GROUP BY 1, 2, 3
 )

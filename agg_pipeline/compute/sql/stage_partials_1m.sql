@@ -1,4 +1,4 @@
--- 1-minute partials of the raw readings in [start, end), into the temp table stage_1m.
+-- 1-minute partials of the raw readings in [start, end) (staged as stage_1m).
 --
 -- One pass: the window's rows are gathered per (device, field, hour) into arrays (a hash
 -- aggregate, no global sort), then each hour group is validated, de-duplicated and binned
@@ -10,11 +10,12 @@
 -- whose value is their mean; the extra copies count as `duplicate`.
 -- M2 = var_pop * n (PostgreSQL's float8 variance is Youngs-Cramer, numerically stable).
 --
--- Output rows: kind = 'minute' (one per window with valid readings: the partials) and
+-- Output rows: kind = 'minute' (one per window with valid readings: the partials),
+-- kind = 'hour' (one per hour group with valid readings: the hour's exact median, from
+-- the same de-duplicated values - so the hourly rollup needs no second raw pass) and
 -- kind = 'rejects' (one per hour group: rows read and rejected, by reason). The reject
 -- counts are count(x.t), not count(*): an aggregate whose filter only names the outer
 -- group would belong to the outer query.
-CREATE TEMP TABLE stage_1m ON COMMIT DROP AS
 WITH catalogue AS (
     SELECT *
     FROM unnest(CAST(:fields AS text[]), CAST(:lo AS float8[]), CAST(:hi AS float8[]))
@@ -23,16 +24,25 @@ WITH catalogue AS (
 hour_groups AS (
     SELECT r.{device}::text AS device,
            r.{field}::text AS field,
+           date_bin('1 hour', r.{time}, :origin) AS hour,
            array_agg(r.{time}) AS ts,
            array_agg(r.{value}) AS vs
     FROM {raw_table} AS r
     WHERE r.{time} >= :start AND r.{time} < :end
-    GROUP BY 1, 2, date_bin('1 hour', r.{time}, :origin)
+      AND {shard}
+    GROUP BY 1, 2, 3
 )
 SELECT g.device, g.field, c.field IS NOT NULL AS known, m.*
 FROM hour_groups AS g
 LEFT JOIN catalogue AS c ON c.field = g.field
 CROSS JOIN LATERAL (
+    WITH d AS MATERIALIZED (
+        SELECT x.t, avg(x.v) AS v, count(*) AS copies
+        FROM unnest(g.ts, g.vs) AS x (t, v)
+        WHERE x.t <= :latest_allowed
+          AND x.v >= c.lo AND x.v <= c.hi   -- false for NULL, NaN, +/-inf and unknown fields
+        GROUP BY x.t
+    )
     SELECT 'minute' AS kind,
            date_bin('1 minute', d.t, :origin) AS window_start,
            count(*) AS sample_count,
@@ -49,29 +59,37 @@ CROSS JOIN LATERAL (
            NULL::bigint AS "null",
            NULL::bigint AS nan,
            NULL::bigint AS inf,
-           NULL::bigint AS out_of_bounds
-    FROM (
-        SELECT x.t, avg(x.v) AS v, count(*) AS copies
-        FROM unnest(g.ts, g.vs) AS x (t, v)
-        WHERE x.t <= :latest_allowed
-          AND x.v >= c.lo AND x.v <= c.hi   -- false for NULL, NaN, +/-inf and unknown fields
-        GROUP BY x.t
-    ) AS d
+           NULL::bigint AS out_of_bounds,
+           NULL::float8 AS median_value
+    FROM d
     GROUP BY 2
     UNION ALL
+    SELECT 'hour', g.hour, count(*), NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY d.v)
+    FROM d
+    HAVING count(*) > 0
+    UNION ALL
     SELECT 'rejects', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           count(x.t),
-           count(x.t) FILTER (WHERE c.field IS NULL),
-           count(x.t) FILTER (WHERE c.field IS NOT NULL AND x.t > :latest_allowed),
-           count(x.t) FILTER (WHERE c.field IS NOT NULL AND x.t <= :latest_allowed
-                                  AND x.v IS NULL),
-           count(x.t) FILTER (WHERE c.field IS NOT NULL AND x.t <= :latest_allowed
-                                  AND x.v = 'NaN'::float8),
-           count(x.t) FILTER (WHERE c.field IS NOT NULL AND x.t <= :latest_allowed
-                                  AND x.v IN ('Infinity'::float8, '-Infinity'::float8)),
-           count(x.t) FILTER (WHERE c.field IS NOT NULL AND x.t <= :latest_allowed
-                                  AND x.v <> 'NaN'::float8
-                                  AND x.v NOT IN ('Infinity'::float8, '-Infinity'::float8)
-                                  AND (x.v < c.lo OR x.v > c.hi))
-    FROM unnest(g.ts, g.vs) AS x (t, v)
+           cardinality(g.ts),
+           count(*) FILTER (WHERE b.status = 1),
+           count(*) FILTER (WHERE b.status = 2),
+           count(*) FILTER (WHERE b.status = 3),
+           count(*) FILTER (WHERE b.status = 4),
+           count(*) FILTER (WHERE b.status = 5),
+           count(*) FILTER (WHERE b.status = 6),
+           NULL
+    FROM (
+        -- Only the rejected rows reach the CASE (all rows valid is the common case).
+        SELECT CASE
+                   WHEN c.field IS NULL THEN 1                           -- unknown_field
+                   WHEN x.t > :latest_allowed THEN 2                     -- future
+                   WHEN x.v IS NULL THEN 3                               -- null
+                   WHEN x.v = 'NaN'::float8 THEN 4                       -- nan
+                   WHEN x.v IN ('Infinity'::float8, '-Infinity'::float8) THEN 5  -- inf
+                   ELSE 6                                                -- out_of_bounds
+               END AS status
+        FROM unnest(g.ts, g.vs) AS x (t, v)
+        WHERE NOT coalesce(x.t <= :latest_allowed AND x.v >= c.lo AND x.v <= c.hi, false)
+    ) AS b
 ) AS m

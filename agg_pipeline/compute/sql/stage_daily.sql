@@ -1,11 +1,14 @@
--- Condition shares per (device, field, local day) into the temp table stage_conditions.
--- :cond_* are parallel arrays (day, field, optimal min/max, critical below/above): the
--- ranges in force on each day. Readings are validated and de-duplicated as in
--- stage_partials_1m.sql, then sorted by time within their group:
---   by count:      share of readings in the optimal band / beyond the critical bounds;
---   time-weighted: a reading holds until the next reading, at most :max_gap_seconds and
---                  never past the end of its local day.
-CREATE TEMP TABLE stage_conditions ON COMMIT DROP AS
+-- One pass over a day's raw readings for everything the daily level needs from raw, per
+-- (device, field, local day), (staged as stage_daily):
+--   - the exact median of the valid, de-duplicated readings (rollup_daily);
+--   - condition counts and held durations, for fields with a band that day
+--     (conditions_daily; NULL otherwise).
+-- Validity and duplicates as in stage_partials_1m.sql. The cond_* parameters are parallel
+-- arrays (day, field, optimal min / max, critical below / above): the bands in force.
+-- Time-weighted: a reading holds until the next reading, at most max_gap_seconds and
+-- never past the end of its local day.
+-- with_medians / with_conditions switch the two halves off when only one is wanted
+-- (conditions then only read the fields that have bands).
 WITH catalogue AS (
     SELECT *
     FROM unnest(CAST(:fields AS text[]), CAST(:lo AS float8[]), CAST(:hi AS float8[]))
@@ -26,7 +29,9 @@ groups AS (
            array_agg(r.{value}) AS vs
     FROM {raw_table} AS r
     WHERE r.{time} >= :start AND r.{time} < :end
-      AND r.{field} = ANY (CAST(:cond_field AS text[]))
+      AND {shard}
+      AND r.{field} = ANY (CASE WHEN :with_medians THEN CAST(:fields AS text[])
+                                ELSE CAST(:cond_field AS text[]) END)
     GROUP BY 1, 2, 3
 )
 SELECT g.device, g.field, g.day,
@@ -34,22 +39,25 @@ SELECT g.device, g.field, g.day,
        s.*
 FROM groups AS g
 JOIN catalogue AS c ON c.field = g.field
-JOIN ranges AS k ON k.day = g.day AND k.field = g.field
+LEFT JOIN ranges AS k ON k.day = g.day AND k.field = g.field AND :with_conditions
 CROSS JOIN LATERAL (
     SELECT count(*) AS reading_count,
+           CASE WHEN :with_medians
+                THEN percentile_cont(0.5) WITHIN GROUP (ORDER BY z.v) END AS median,
            count(*) FILTER (WHERE z.optimal) AS optimal_count,
            count(*) FILTER (WHERE z.critical) AS critical_count,
            coalesce(sum(z.held), 0) AS covered_seconds,
            coalesce(sum(z.held) FILTER (WHERE z.optimal), 0) AS optimal_seconds,
            coalesce(sum(z.held) FILTER (WHERE z.critical), 0) AS critical_seconds
     FROM (
-        SELECT d.v >= k.opt_min AND d.v <= k.opt_max AS optimal,
+        SELECT d.v,
+               d.v >= k.opt_min AND d.v <= k.opt_max AS optimal,
                d.v < k.crit_below OR d.v > k.crit_above AS critical,
-               extract(epoch FROM least(
+               CASE WHEN k.field IS NOT NULL THEN extract(epoch FROM least(
                    lead(d.t) OVER (ORDER BY d.t),
                    d.t + make_interval(secs => :max_gap_seconds),
                    ((g.day + 1)::timestamp AT TIME ZONE :tz)
-               ) - d.t) AS held
+               ) - d.t) END AS held
         FROM (
             SELECT x.t, avg(x.v) AS v
             FROM unnest(g.ts, g.vs) AS x (t, v)
