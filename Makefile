@@ -32,3 +32,6 @@ db-stop: $(VENV)/.installed
 clean:
 	-$(BIN)/agg-pipeline db stop
 	rm -rf $(VENV) .local
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m agg_pipeline.bench --json bench-results.json

@@ -1,0 +1,605 @@
+"""The benchmark: the pipeline against the database's own floor and the old approaches.
+
+    python -m agg_pipeline.bench [--days 1] [--devices 20] [--hz 1] [--json PATH]
+
+Generates the data with the simulator into fresh databases (on the local embedded
+PostgreSQL, or the server of DATABASE_URL), then measures, side by side in one run:
+
+1. floor - the bare SQL the graph cannot avoid: the 1-minute GROUP BY and the exact daily
+   median (percentile_cont) over the data, each into a temp table (so nothing is pruned);
+2. pipeline - the whole graph over the data as a backfill runs it: one Dagster run per
+   partitions definition (hourly: 1m, 5m, hourly; daily: rollup + conditions; weekly when
+   the data closes a week), each a real `dagster asset materialize --partition-range`
+   process on a real instance with PostgreSQL storage; plus the run worker's peak RSS;
+3. old way - one run per hourly partition that pulls the raw rows into pandas and
+   aggregates in Python, then upserts (sampled hours, scaled up, and said so);
+4. backfill bookkeeping - 90 days of hourly partitions with a do-nothing asset, in one run
+   (our policy) vs one run per partition (sampled, scaled);
+5. read path - dashboard questions from the rollup tables vs from raw rows (p50 / p95);
+6. write path - 1000 pattern aggregates in one batch (PostgreSQL; when available);
+7. incremental - the open hour after new readings land, and a late-data correction.
+
+Absolute times on a shared machine drift; the ratios, measured in the same run, hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from agg_pipeline import localdb, migrate, simulator
+from agg_pipeline.catalogue import load_catalogue
+from agg_pipeline.settings import PACKAGE_DIR, get_settings
+
+BENCH_FIELDS = ("temperature", "humidity", "ph", "ec", "light")
+TARGETS = {
+    "pipeline_over_floor": ("<=", 1.5),
+    "old_way_over_pipeline": (">=", 20.0),
+    "backfill_overhead_pct": ("<=", 5.0),
+    "read_speedup": (">=", 100.0),
+    "read_p50_ms": ("<=", 10.0),
+    "worker_peak_rss_mb": ("<=", 500.0),
+    "pattern_write_1000_s": ("<", 1.0),
+}
+
+
+def progress(message: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def median_of(fn: Callable[[], float], reps: int) -> tuple[float, list[float]]:
+    samples = [fn() for _ in range(reps)]
+    return statistics.median(samples), samples
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    k = (len(ordered) - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+class BenchEnv:
+    """Fresh databases for the warehouse and the Dagster instance, and a DAGSTER_HOME."""
+
+    def __init__(self, keep: bool) -> None:
+        self.keep = keep
+        settings = get_settings()
+        tag = datetime.now().strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:4]
+        if settings.database_url:
+            server = sa.make_url(settings.database_url).set(database="postgres")
+            self.server_url = server.render_as_string(hide_password=False)
+        else:
+            socket_dir = localdb.start(settings.home)
+            self.server_url = localdb.url_for(socket_dir, "postgres")
+        self.names = (f"aggbench_{tag}", f"aggbench_{tag}_dagster")
+        for name in self.names:
+            localdb.ensure_database(self.server_url, name)
+        url = sa.make_url(self.server_url)
+        self.warehouse_url = url.set(database=self.names[0]).render_as_string(False)
+        self.dagster_url = url.set(database=self.names[1]).render_as_string(False)
+        self.home = Path(tempfile.mkdtemp(prefix="aggbench_home_"))
+        (self.home / "dagster.yaml").write_text(
+            "storage:\n  postgres:\n    postgres_url:\n      env: DAGSTER_PG_URL\n"
+            "telemetry:\n  enabled: false\n"
+        )
+        self.engine = sa.create_engine(self.warehouse_url)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.warehouse_url,
+            "DAGSTER_PG_URL": self.dagster_url,
+            "DAGSTER_HOME": str(self.home),
+            "PYTHONWARNINGS": "ignore",
+        }
+        env.update(extra)
+        return env
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if self.keep:
+            progress(f"kept databases {self.names} on {self.server_url}")
+            return
+        admin = sa.create_engine(self.server_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            for name in self.names:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def run_dagster(env: BenchEnv, module: str, select: str, partition_args: list[str]) -> dict:
+    """One real run in its own process; wall time and the worker's peak RSS."""
+    dagster = str(Path(sys.executable).parent / "dagster")
+    argv = [dagster, "asset", "materialize", "-m", module, "--select", select, *partition_args]
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        argv,
+        env=env.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=PACKAGE_DIR.parent,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[2:])} failed:\n{err[-3000:]}")
+    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def sql_time(engine: sa.Engine, sql: str, params: dict, work_mem: str = "256MB") -> float:
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT set_config('work_mem', :v, true)"), {"v": work_mem})
+        start = time.perf_counter()
+        conn.execute(sa.text(sql), params)
+        return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------
+
+
+def measure_floor(env: BenchEnv, start: datetime, end: datetime, reps: int) -> dict:
+    params = {"s": start, "e": end}
+    partials = (
+        "CREATE TEMP TABLE floor_1m ON COMMIT DROP AS "
+        "SELECT device, field, date_bin('1 minute', time, :s) AS w, count(*) AS n, "
+        "avg(value) AS mean, min(value) AS mn, max(value) AS mx, var_samp(value) AS var, "
+        "min(time) AS t0, max(time) AS t1 FROM raw.readings "
+        "WHERE time >= :s AND time < :e GROUP BY 1, 2, 3"
+    )
+    medians = (
+        "CREATE TEMP TABLE floor_median ON COMMIT DROP AS "
+        "SELECT device, field, (time AT TIME ZONE 'UTC')::date AS day, "
+        "percentile_cont(0.5) WITHIN GROUP (ORDER BY value) AS median FROM raw.readings "
+        "WHERE time >= :s AND time < :e GROUP BY 1, 2, 3"
+    )
+    p, p_samples = median_of(lambda: sql_time(env.engine, partials, params), reps)
+    m, m_samples = median_of(lambda: sql_time(env.engine, medians, params), reps)
+    return {
+        "partials_1m_s": p,
+        "daily_median_s": m,
+        "total_s": p + m,
+        "samples": {"partials_1m": p_samples, "daily_median": m_samples},
+    }
+
+
+def pipeline_runs(start: datetime, end: datetime) -> list[tuple[str, list[str]]]:
+    """The runs a backfill of the whole graph over [start, end) launches."""
+    last_hour = end - timedelta(hours=1)
+    last_day = (end - timedelta(days=1)).date()
+    runs = [
+        (
+            "readings_1m,readings_5m,rollup_hourly",
+            ["--partition-range", f"{start:%Y-%m-%d-%H:00}...{last_hour:%Y-%m-%d-%H:00}"],
+        ),
+        (
+            "rollup_daily,conditions_daily",
+            ["--partition-range", f"{start:%Y-%m-%d}...{last_day:%Y-%m-%d}"],
+        ),
+    ]
+    weeks = []
+    day = start.date()
+    while day < end.date():
+        if day.weekday() == 6:  # a Sunday in the data closes its week
+            weeks.append(day - timedelta(days=6))
+        day += timedelta(days=1)
+    if weeks:
+        runs.append(
+            (
+                "rollup_weekly",
+                ["--partition-range", f"{weeks[0]:%Y-%m-%d}...{weeks[-1]:%Y-%m-%d}"],
+            )
+        )
+    return runs
+
+
+def measure_pipeline(env: BenchEnv, start: datetime, end: datetime, reps: int) -> dict:
+    def once() -> tuple[float, float, list[dict]]:
+        total, rss, runs = 0.0, 0.0, []
+        for select, args in pipeline_runs(start, end):
+            result = run_dagster(env, "agg_pipeline.definitions", select, args)
+            runs.append({"assets": select, **result})
+            total += result["seconds"]
+            rss = max(rss, result["peak_rss_mb"])
+        return total, rss, runs
+
+    samples = [once() for _ in range(reps)]
+    best = sorted(samples, key=lambda s: s[0])[len(samples) // 2]
+    return {
+        "total_s": best[0],
+        "worker_peak_rss_mb": max(s[1] for s in samples),
+        "runs": best[2],
+        "samples_s": [s[0] for s in samples],
+    }
+
+
+def measure_old_way(env: BenchEnv, start: datetime, end: datetime, sample_hours: int) -> dict:
+    hours = int((end - start).total_seconds() // 3600)
+    step = max(1, hours // sample_hours)
+    picked = [start + timedelta(hours=h) for h in range(0, hours, step)][:sample_hours]
+    seconds = [
+        run_dagster(
+            env, "agg_pipeline.bench_defs", "old_way_hourly", ["--partition", f"{h:%Y-%m-%d-%H:00}"]
+        )["seconds"]
+        for h in picked
+    ]
+    per_hour = statistics.median(seconds)
+    return {
+        "sampled_hours": [f"{h:%Y-%m-%d %H:00}" for h in picked],
+        "per_hour_s": per_hour,
+        "samples_s": seconds,
+        "hours": hours,
+        "total_s_scaled": per_hour * hours,
+        "note": f"{len(picked)} of {hours} hourly runs measured, total scaled by {hours}",
+    }
+
+
+def measure_backfill(env: BenchEnv, partitions: int, sample_runs: int) -> dict:
+    from agg_pipeline.bench_defs import trivial_partitions
+
+    keys = trivial_partitions.get_partition_keys()[-partitions:]
+    batch = run_dagster(
+        env,
+        "agg_pipeline.bench_defs",
+        "trivial_hourly",
+        ["--partition-range", f"{keys[0]}...{keys[-1]}"],
+    )["seconds"]
+    single = [
+        run_dagster(env, "agg_pipeline.bench_defs", "trivial_hourly", ["--partition", keys[i]])[
+            "seconds"
+        ]
+        for i in range(sample_runs)
+    ]
+    per_run = statistics.median(single)
+    per_partition_batch = batch / len(keys)
+    return {
+        "partitions": len(keys),
+        "one_run_s": batch,
+        "per_partition_in_one_run_s": per_partition_batch,
+        "run_per_partition_s": per_run,
+        "run_per_partition_total_s_scaled": per_run * len(keys),
+        "overhead_pct": 100.0 * per_partition_batch / per_run,
+        "note": f"{sample_runs} single-partition runs measured, scaled to {len(keys)}",
+    }
+
+
+READS = {
+    "hourly_24h_one_sensor": (
+        "SELECT hour_start, avg_value, min_value, max_value, sample_count, stddev_value, "
+        "median_value FROM bi.hourly_sensor_agg WHERE sensor_id = :sensor_id "
+        "AND hour_start >= :s AND hour_start < :e ORDER BY hour_start",
+        "SELECT date_trunc('hour', time), avg(value), min(value), max(value), count(*), "
+        "stddev(value), percentile_cont(0.5) WITHIN GROUP (ORDER BY value) FROM raw.readings "
+        "WHERE device = :device AND field = :field AND time >= :s AND time < :e "
+        "AND value BETWEEN :lo AND :hi GROUP BY 1 ORDER BY 1",
+    ),
+    "daily_30d_one_sensor": (
+        "SELECT metric_date, avg_value, min_value, max_value, sample_count, stddev_value, "
+        "median_value, time_in_optimal_pct FROM bi.daily_sensor_agg "
+        "WHERE sensor_id = :sensor_id AND metric_date >= :d0 AND metric_date < :d1 "
+        "ORDER BY metric_date",
+        "SELECT (time AT TIME ZONE 'UTC')::date, avg(value), min(value), max(value), count(*), "
+        "stddev(value), percentile_cont(0.5) WITHIN GROUP (ORDER BY value) FROM raw.readings "
+        "WHERE device = :device AND field = :field AND time >= :s30 AND time < :e "
+        "AND value BETWEEN :lo AND :hi GROUP BY 1 ORDER BY 1",
+    ),
+    "latest_all_sensors": (
+        "SELECT s.id, w.window_start, w.mean_value FROM iot.sensors AS s "
+        "CROSS JOIN LATERAL (SELECT window_start, mean_value FROM bi.readings_1m AS r "
+        "WHERE r.sensor_id = s.id ORDER BY window_start DESC LIMIT 1) AS w",
+        "SELECT DISTINCT ON (device, field) device, field, time, value FROM raw.readings "
+        "WHERE time >= :s AND time < :e ORDER BY device, field, time DESC",
+    ),
+    "ranking_all_devices": (
+        "SELECT dv.device_code, avg(a.avg_value) AS v FROM bi.daily_sensor_agg AS a "
+        "JOIN iot.sensors AS s ON s.id = a.sensor_id JOIN iot.devices AS dv "
+        "ON dv.id = s.device_id WHERE s.field = :field AND a.metric_date >= :d0 "
+        "AND a.metric_date < :d1 GROUP BY 1 ORDER BY v DESC",
+        "SELECT device, avg(value) AS v FROM raw.readings WHERE field = :field "
+        "AND time >= :s AND time < :e AND value BETWEEN :lo AND :hi GROUP BY 1 ORDER BY v DESC",
+    ),
+}
+
+
+def measure_reads(env: BenchEnv, start: datetime, end: datetime, reps: int) -> dict:
+    catalogue = load_catalogue("hydroponics")
+    with env.engine.connect() as conn:
+        sensor_id, device, field = conn.execute(
+            sa.text(
+                "SELECT s.id, dv.device_code, s.field FROM iot.sensors s JOIN iot.devices dv "
+                "ON dv.id = s.device_id WHERE s.field = 'temperature' ORDER BY s.id LIMIT 1"
+            )
+        ).one()
+    spec = catalogue.fields[field]
+    day_end = end
+    params = {
+        "sensor_id": sensor_id,
+        "device": device,
+        "field": field,
+        "lo": spec.min,
+        "hi": spec.max,
+        "s": day_end - timedelta(days=1),
+        "e": day_end,
+        "s30": day_end - timedelta(days=30),
+        "d0": (day_end - timedelta(days=30)).date(),
+        "d1": day_end.date(),
+    }
+    out = {}
+    with env.engine.connect() as conn:
+        for name, (rollup_sql, raw_sql) in READS.items():
+            rollup = [
+                timed(lambda q=rollup_sql: conn.execute(sa.text(q), params).all()) * 1000
+                for _ in range(reps)
+            ]
+            raw = [
+                timed(lambda q=raw_sql: conn.execute(sa.text(q), params).all()) * 1000
+                for _ in range(max(3, reps // 20))
+            ]
+            out[name] = {
+                "rollup_p50_ms": percentile(rollup, 0.5),
+                "rollup_p95_ms": percentile(rollup, 0.95),
+                "raw_p50_ms": percentile(raw, 0.5),
+                "raw_p95_ms": percentile(raw, 0.95),
+                "speedup": percentile(raw, 0.5) / percentile(rollup, 0.5),
+            }
+    speedups = [q["speedup"] for q in out.values()]
+    return {
+        "queries": out,
+        "speedup_geomean": math.exp(sum(math.log(s) for s in speedups) / len(speedups)),
+        "worst_rollup_p50_ms": max(q["rollup_p50_ms"] for q in out.values()),
+    }
+
+
+def measure_pattern_writes(env: BenchEnv, reps: int) -> dict:
+    try:
+        from agg_pipeline.patterns import bench_write_batch  # the pattern-aggregates issue
+    except ImportError:
+        return {"note": "pattern aggregates not implemented yet: not measured"}
+    return bench_write_batch(env.engine, n=1000, reps=reps)
+
+
+def measure_incremental(env: BenchEnv, day_start: datetime, devices: int, hz: float) -> dict:
+    """The minute job on a fresh open hour, and a late-data correction of hour + day."""
+    catalogue = load_catalogue("hydroponics")
+    now = datetime.now(UTC)
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    spec = simulator.SimulationSpec(
+        start=hour,
+        days=max((now - hour).total_seconds(), 60) / 86400,
+        devices=devices,
+        hz=hz,
+        seed=9,
+        fields=BENCH_FIELDS,
+    )
+    simulator.write(env.engine, catalogue, spec)
+    open_hour = run_dagster(
+        env, "agg_pipeline.definitions", "readings_1m", ["--partition", f"{hour:%Y-%m-%d-%H:00}"]
+    )
+    late_hour = day_start + timedelta(hours=10)
+    with env.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO raw.readings (time, device, field, value) "
+                "SELECT :t + make_interval(secs => g), 'arduino_001', 'temperature', 21.5 "
+                "FROM generate_series(0, 59) AS g"
+            ),
+            {"t": late_hour + timedelta(minutes=17, milliseconds=500)},
+        )
+    hourly = run_dagster(
+        env,
+        "agg_pipeline.definitions",
+        "readings_1m,readings_5m,rollup_hourly",
+        ["--partition", f"{late_hour:%Y-%m-%d-%H:00}"],
+    )
+    daily = run_dagster(
+        env,
+        "agg_pipeline.definitions",
+        "rollup_daily,conditions_daily",
+        ["--partition", f"{day_start:%Y-%m-%d}"],
+    )
+    return {
+        "open_hour_refresh_s": open_hour["seconds"],
+        "late_hour_s": hourly["seconds"],
+        "late_day_s": daily["seconds"],
+        "late_correction_total_s": hourly["seconds"] + daily["seconds"],
+    }
+
+
+# --------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    mem = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem = round(int(f.readline().split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gb": mem,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def ratios(r: dict) -> dict:
+    out = {
+        "pipeline_over_floor": r["pipeline"]["total_s"] / r["floor"]["total_s"],
+        "old_way_over_pipeline": r["old_way"]["total_s_scaled"] / r["pipeline"]["total_s"],
+        "backfill_overhead_pct": r["backfill"]["overhead_pct"],
+        "read_speedup": r["reads"]["speedup_geomean"],
+        "read_p50_ms": r["reads"]["worst_rollup_p50_ms"],
+        "worker_peak_rss_mb": r["pipeline"]["worker_peak_rss_mb"],
+        "pattern_write_1000_s": r["pattern_writes"].get("postgres_s"),
+    }
+    return out
+
+
+def verdicts(ratios_: dict) -> dict:
+    out = {}
+    for name, (op, target) in TARGETS.items():
+        value = ratios_.get(name)
+        if value is None:
+            out[name] = "not measured"
+            continue
+        met = {"<=": value <= target, ">=": value >= target, "<": value < target}[op]
+        out[name] = "met" if met else "MISSED"
+    return out
+
+
+def render(result: dict) -> str:
+    r, v = result["ratios"], result["verdicts"]
+    d = result["dataset"]
+    lines = [
+        f"agg_pipeline benchmark - {d['readings']:,} readings ({d['devices']} devices x "
+        f"{len(d['fields'])} fields at {d['hz']:g} Hz, {d['days']:g} day(s)), "
+        f"{result['machine']['cpus']} CPUs",
+        "",
+        f"{'measure':<44}{'value':>14}  target   verdict",
+    ]
+
+    def row(label: str, key: str, fmt: str) -> None:
+        value = r.get(key)
+        op, target = TARGETS[key]
+        shown = "-" if value is None else format(value, fmt)
+        lines.append(f"{label:<44}{shown:>14}  {op}{target:<6g} {v[key]}")
+
+    row("pipeline / floor", "pipeline_over_floor", ".2f")
+    row("old way / pipeline", "old_way_over_pipeline", ".1f")
+    row("backfill per-partition overhead (%)", "backfill_overhead_pct", ".2f")
+    row("read speedup, rollups vs raw (geomean)", "read_speedup", ".0f")
+    row("read p50, worst dashboard query (ms)", "read_p50_ms", ".2f")
+    row("run worker peak RSS (MB)", "worker_peak_rss_mb", ".0f")
+    row("1000 pattern aggregates, one batch (s)", "pattern_write_1000_s", ".3f")
+    f, p, o, b = result["floor"], result["pipeline"], result["old_way"], result["backfill"]
+    lines += [
+        "",
+        f"floor: 1m GROUP BY {f['partials_1m_s']:.2f} s + daily percentile_cont "
+        f"{f['daily_median_s']:.2f} s = {f['total_s']:.2f} s",
+        "pipeline: "
+        + " + ".join(f"{x['assets'].split(',')[0]}.. {x['seconds']:.2f} s" for x in p["runs"])
+        + f" = {p['total_s']:.2f} s",
+        f"old way: {o['per_hour_s']:.2f} s per hourly run x {o['hours']} = "
+        f"{o['total_s_scaled']:.1f} s ({o['note']})",
+        f"backfill: {b['partitions']} partitions in one run {b['one_run_s']:.1f} s "
+        f"({b['per_partition_in_one_run_s'] * 1000:.1f} ms each) vs "
+        f"{b['run_per_partition_s']:.2f} s per single-partition run",
+    ]
+    for name, q in result["reads"]["queries"].items():
+        lines.append(
+            f"read {name}: rollup p50 {q['rollup_p50_ms']:.2f} ms / p95 "
+            f"{q['rollup_p95_ms']:.2f} ms, raw p50 {q['raw_p50_ms']:.0f} ms "
+            f"({q['speedup']:.0f}x)"
+        )
+    pw = result["pattern_writes"]
+    lines.append(
+        "pattern writes: "
+        + (pw["note"] if "note" in pw and "postgres_s" not in pw else json.dumps(pw))
+    )
+    i = result["incremental"]
+    lines.append(
+        f"incremental: open hour refresh {i['open_hour_refresh_s']:.2f} s; late reading -> "
+        f"hour {i['late_hour_s']:.2f} s + day {i['late_day_s']:.2f} s"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m agg_pipeline.bench", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--days", type=float, default=1.0)
+    parser.add_argument("--devices", type=int, default=20)
+    parser.add_argument("--hz", type=float, default=1.0)
+    parser.add_argument("--start", type=date.fromisoformat, help="first day (default: yesterday)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of the costly steps")
+    parser.add_argument("--read-reps", type=int, default=60)
+    parser.add_argument("--old-way-hours", type=int, default=3)
+    parser.add_argument("--backfill-partitions", type=int, default=2160)
+    parser.add_argument("--backfill-sample-runs", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark databases")
+    args = parser.parse_args(argv)
+
+    first = args.start or (datetime.now(UTC).date() - timedelta(days=math.ceil(args.days)))
+    start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    end = start + timedelta(days=args.days)
+    env = BenchEnv(args.keep)
+    try:
+        progress(f"databases {env.names}; migrating")
+        migrate.migrate(env.engine)
+        progress(f"seeding {args.devices} devices x {len(BENCH_FIELDS)} fields at {args.hz:g} Hz")
+        spec = simulator.SimulationSpec(
+            start=start,
+            days=args.days,
+            devices=args.devices,
+            hz=args.hz,
+            seed=42,
+            fields=BENCH_FIELDS,
+        )
+        readings = simulator.write(env.engine, load_catalogue("hydroponics"), spec)
+        with env.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text("VACUUM ANALYZE raw.readings"))
+        result: dict = {
+            "dataset": {
+                "readings": readings,
+                "devices": args.devices,
+                "fields": list(BENCH_FIELDS),
+                "hz": args.hz,
+                "days": args.days,
+                "start": start.isoformat(),
+            },
+            "machine": machine(),
+        }
+        progress("floor: bare 1m GROUP BY and daily percentile_cont")
+        result["floor"] = measure_floor(env, start, end, args.reps)
+        progress(f"pipeline: whole graph through Dagster ({args.reps} repetitions)")
+        result["pipeline"] = measure_pipeline(env, start, end, args.reps)
+        progress(f"old way: {args.old_way_hours} hourly pandas runs")
+        result["old_way"] = measure_old_way(env, start, end, args.old_way_hours)
+        progress(f"backfill bookkeeping: {args.backfill_partitions} partitions")
+        result["backfill"] = measure_backfill(
+            env, args.backfill_partitions, args.backfill_sample_runs
+        )
+        progress("read path")
+        result["reads"] = measure_reads(env, start, end, args.read_reps)
+        progress("write path")
+        result["pattern_writes"] = measure_pattern_writes(env, args.reps)
+        progress("incremental refresh")
+        result["incremental"] = measure_incremental(env, start, args.devices, args.hz)
+        result["ratios"] = ratios(result)
+        result["verdicts"] = verdicts(result["ratios"])
+    finally:
+        env.close()
+    print(render(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+        progress(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
