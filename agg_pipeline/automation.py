@@ -19,6 +19,8 @@ import dagster as dg
 from agg_pipeline import clock, partitions
 from agg_pipeline.assets import (
     dashboard_views,
+    device_performance_hourly,
+    diagnostic_summary_daily,
     readings_1m,
     readings_5m,
     rollup_hourly,
@@ -51,8 +53,8 @@ readings_5m_job = dg.define_asset_job(
 )
 hourly_rollup_job = dg.define_asset_job(
     "hourly_rollup",
-    selection=[readings_1m, readings_5m, rollup_hourly],
-    description="Completes an hour at every level: 1m, 5m, hourly rollup.",
+    selection=[readings_1m, readings_5m, rollup_hourly, device_performance_hourly],
+    description="Completes an hour at every level: 1m, 5m, hourly rollup, device metrics.",
     tags=_max_runtime(3600),
 )
 # rollup_daily and conditions_daily share one pass over the day's raw readings: one job,
@@ -68,7 +70,7 @@ _DAILY_SELECTED = [
 ] or ["rollup_daily", "conditions_daily"]
 daily_job = dg.define_asset_job(
     "daily_rollup",
-    selection=dg.AssetSelection.assets(*_DAILY_SELECTED),
+    selection=dg.AssetSelection.assets(*_DAILY_SELECTED, diagnostic_summary_daily),
     tags=_max_runtime(2 * 3600),
 )
 weekly_rollup_job = dg.define_asset_job(

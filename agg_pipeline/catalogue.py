@@ -77,6 +77,16 @@ class FieldSpec(_Strict):
         return self
 
 
+class DerivedMetric(_Strict):
+    """A per-device hourly metric computed from the device's hourly rollups (formulas.py)."""
+
+    formula: str = Field(min_length=1, max_length=2000)
+    unit: str = Field(min_length=1, max_length=32)
+    description: str = ""
+    min: float | None = Field(default=None, description="Declared lower bound (checked).")
+    max: float | None = Field(default=None, description="Declared upper bound (checked).")
+
+
 class PostgresSource(_Strict):
     """Raw readings in a long PostgreSQL table: one row per (time, device, field, value)."""
 
@@ -105,6 +115,10 @@ class Catalogue(_Strict):
         gt=0, description="Expected interval between two readings of one sensor (coverage)."
     )
     fields: dict[FieldName, FieldSpec] = Field(min_length=1)
+    derived: dict[Identifier, DerivedMetric] = Field(
+        default_factory=dict,
+        description="Derived hourly metrics per device (device_performance_hourly).",
+    )
 
     @field_validator("fields")
     @classmethod
@@ -118,6 +132,19 @@ class Catalogue(_Strict):
                 )
             seen[spec.sensor_type] = name
         return fields
+
+    @model_validator(mode="after")
+    def _formulas_parse(self) -> Catalogue:
+        from agg_pipeline.compute.formulas import FormulaError, parse
+
+        for name, metric in self.derived.items():
+            try:
+                parse(metric.formula, list(self.fields))
+            except FormulaError as exc:
+                raise ValueError(f"derived.{name}.formula: {exc}") from None
+            if metric.min is not None and metric.max is not None and metric.max <= metric.min:
+                raise ValueError(f"derived.{name}: max must be greater than min")
+        return self
 
     @property
     def field_names(self) -> list[str]:

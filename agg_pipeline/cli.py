@@ -3,6 +3,7 @@
     agg-pipeline db start|stop|url [--dagster]   the local embedded PostgreSQL
     agg-pipeline migrate                          apply sql/ (safe to repeat)
     agg-pipeline seed --days N [...]              simulated readings into raw.readings
+    agg-pipeline seed-diagnostics --days N [...]  simulated diagnoses into raw.diagnostics
     agg-pipeline status [--json] [--days N]       what is stale, missing, failed or failing
     agg-pipeline dev [--port 3000]                all of the above, then `dagster dev`
 
@@ -67,6 +68,12 @@ def _progress(total: int, until: datetime) -> None:
     print(f"\r  {total:>12,} rows, up to {until:%Y-%m-%d %H:%M} UTC", end="", flush=True)
 
 
+def _table_empty(table: str) -> bool:
+    with _warehouse_engine().connect() as conn:
+        # `table` is one of ours, not user input.
+        return not conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {table})")).scalar()
+
+
 def cmd_seed(args: argparse.Namespace) -> int:
     engine = _warehouse_engine()
     catalogue = get_catalogue()
@@ -94,6 +101,21 @@ def cmd_seed(args: argparse.Namespace) -> int:
     )
     total = simulator.write(engine, catalogue, spec, progress=_progress)
     print(f"\nwrote {total:,} readings")
+    return 0
+
+
+def cmd_seed_diagnostics(args: argparse.Namespace) -> int:
+    engine = _warehouse_engine()
+    catalogue = get_catalogue()
+    start = (
+        datetime.combine(args.start, datetime.min.time(), tzinfo=UTC)
+        if args.start
+        else simulator.default_start(args.days)
+    )
+    n = simulator.write_diagnostics(
+        engine, catalogue, start, args.days, args.devices, args.per_day, args.seed
+    )
+    print(f"wrote {n:,} diagnoses for {args.devices} devices from {start:%Y-%m-%d %H:%M} UTC")
     return 0
 
 
@@ -135,7 +157,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
             fields=None,
             if_empty=True,
         )
-        cmd_seed(seed_args)
+        if cmd_seed(seed_args) == 0 and _table_empty("raw.diagnostics"):
+            cmd_seed_diagnostics(
+                argparse.Namespace(
+                    days=args.seed_days,
+                    start=None,
+                    devices=args.seed_devices,
+                    per_day=24.0,
+                    seed=42,
+                )
+            )
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
     argv = [
         dagster,
@@ -223,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.add_argument("--days", type=int, default=7, help="look back this many days (default 7)")
     st.set_defaults(func=cmd_status)
+
+    sd = sub.add_parser("seed-diagnostics", help="write simulated diagnoses into raw.diagnostics")
+    sd.add_argument("--days", type=float, default=3.0)
+    sd.add_argument("--start", type=date.fromisoformat, help="first day, UTC")
+    sd.add_argument("--devices", type=int, default=4)
+    sd.add_argument("--per-day", type=float, default=24.0, help="diagnoses per device per day")
+    sd.add_argument("--seed", type=int, default=42)
+    sd.set_defaults(func=cmd_seed_diagnostics)
 
     dev = sub.add_parser("dev", help="local database, schema, demo data, then `dagster dev`")
     dev.add_argument("--host", default="127.0.0.1")

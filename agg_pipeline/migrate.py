@@ -51,8 +51,9 @@ def discover(path: Path | None = None) -> list[Migration]:
     return [Migration(p.name, p.read_text(encoding="utf-8")) for p in files]
 
 
-def migrate(engine: sa.Engine, path: Path | None = None) -> list[str]:
-    """Apply pending migrations; return the names of the files applied."""
+def migrate(engine: sa.Engine, path: Path | None = None, views: bool = True) -> list[str]:
+    """Apply pending migrations, then (re)install the real-time views; return the names of
+    the files applied. The views are generated from the catalogue and settings in force."""
     migrations = discover(path)
     applied: list[str] = []
     with engine.connect() as conn:
@@ -93,4 +94,10 @@ def migrate(engine: sa.Engine, path: Path | None = None) -> list[str]:
         finally:
             conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATE_LOCK})
             conn.commit()
+    if views:
+        from agg_pipeline import realtime
+        from agg_pipeline.catalogue import get_catalogue
+        from agg_pipeline.settings import get_settings
+
+        realtime.install(engine, get_catalogue(), get_settings())
     return applied

@@ -12,10 +12,12 @@ import os
 import re
 from datetime import date
 from pathlib import Path
+from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError as _SourceError
 
 ENV_PREFIX = "AGG_PIPELINE_"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -169,6 +171,12 @@ class Settings(BaseSettings):
         description="Coverage checks warn below this share of expected readings.",
     )
 
+    diagnostic_severities: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("info", "low", "medium", "high", "critical"),
+        description="Known diagnostic severities (comma-separated in the env var); others "
+        "are rejected and counted.",
+    )
+
     # --- retention -------------------------------------------------------------------
     retention_raw_days: int = Field(
         default=90, ge=1, description="Raw readings older than this many days are deleted."
@@ -190,6 +198,15 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("diagnostic_severities", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(v.strip().lower() for v in value.split(",") if v.strip())
+        if not value:
+            raise ValueError("at least one severity")
         return value
 
     @field_validator("work_mem")
@@ -225,6 +242,8 @@ def load_settings() -> Settings:
     """Build settings from the process environment; errors name the variable."""
     try:
         return Settings()
+    except _SourceError as exc:
+        raise SettingsError(f"invalid setting(s): {exc}") from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

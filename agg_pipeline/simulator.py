@@ -239,3 +239,71 @@ def default_start(days: float, now: datetime | None = None) -> datetime:
     """Start of a simulation covering the last ``days`` days up to the current hour."""
     now = now or datetime.now(UTC)
     return now.replace(minute=0, second=0, microsecond=0) - timedelta(days=days)
+
+
+# --------------------------------------------------------------------------------------
+# Diagnostics
+# --------------------------------------------------------------------------------------
+
+DIAGNOSIS_TYPES = {
+    "oil_well": (
+        "normal_operation",
+        "gas_lock",
+        "pump_wear",
+        "sand_production",
+        "low_intake_pressure",
+    ),
+    "hydroponics": ("normal_operation", "ph_drift", "ec_drift", "pump_failure", "sensor_fault"),
+}
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+
+
+def write_diagnostics(
+    engine: sa.Engine,
+    catalogue: Catalogue,
+    start: datetime,
+    days: float,
+    devices: int,
+    per_device_per_day: float = 24.0,
+    seed: int = 42,
+    bad_rate: float = 0.01,
+) -> int:
+    """Random diagnoses per device (Poisson), with a few invalid rows on purpose."""
+    rng = np.random.default_rng([seed, 77])
+    types = DIAGNOSIS_TYPES.get(catalogue.name, DIAGNOSIS_TYPES["oil_well"])
+    names = device_names(catalogue, devices)
+    rows = []
+    span = days * 86400
+    for device in names:
+        n = rng.poisson(per_device_per_day * days)
+        offsets = np.sort(rng.uniform(0, span, n))
+        kinds = rng.choice(len(types), n, p=[0.6] + [0.4 / (len(types) - 1)] * (len(types) - 1))
+        severity = rng.choice(len(SEVERITIES), n, p=[0.4, 0.25, 0.18, 0.12, 0.05])
+        confidence = np.round(rng.beta(8, 2, n), 4)
+        for off, k, sv, conf in zip(offsets, kinds, severity, confidence, strict=True):
+            c: float | None = float(conf)
+            roll = rng.random()
+            if roll < bad_rate / 2:
+                c = 1.5  # impossible confidence
+            elif roll < bad_rate:
+                c = None
+            rows.append(
+                {
+                    "t": start + timedelta(seconds=float(off)),
+                    "d": device,
+                    "k": types[k],
+                    "s": SEVERITIES[sv],
+                    "c": c,
+                    "x": '{"source": "simulator"}',
+                }
+            )
+    with engine.begin() as conn:
+        if rows:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO raw.diagnostics (time, device, diagnosis_type, severity, "
+                    "confidence, details) VALUES (:t, :d, :k, :s, :c, CAST(:x AS jsonb))"
+                ),
+                rows,
+            )
+    return len(rows)

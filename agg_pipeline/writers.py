@@ -23,11 +23,12 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from agg_pipeline import realtime
 from agg_pipeline.catalogue import Catalogue
 from agg_pipeline.compute import conditions as cond
 from agg_pipeline.compute import statements
@@ -222,6 +223,8 @@ def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
                 bounds,
             )
             conn.execute(sa.text(_INSERT_HOURLY_MEDIANS))
+            now = conn.execute(sa.text("SELECT now()")).scalar_one()
+            realtime.advance(conn, report.table, chunk.end, _floor(now, timedelta(minutes=1)))
             report.sensors.update(
                 r[0]
                 for r in conn.execute(
@@ -434,6 +437,19 @@ def _merge_chunk(
         report.sensors.add(sensor_id)
         report.saw_readings(first, last)
     report.preview = _preview(conn, level.table, level.key, chunk, zone)
+    if level in (LEVEL_HOURLY, LEVEL_DAILY):
+        now = conn.execute(sa.text("SELECT now()")).scalar_one()
+        if level is LEVEL_HOURLY:
+            open_since = _floor(now, timedelta(hours=1), origin=chunk.start)
+        else:
+            open_since = datetime.combine(now.astimezone(ctx.zone).date(), time(0), ctx.zone)
+        realtime.advance(conn, level.table, chunk.end, open_since)
+
+
+def _floor(t: datetime, step: timedelta, origin: datetime | None = None) -> datetime:
+    """Start of the ``step``-long bin containing ``t`` (bins aligned on ``origin``)."""
+    origin = origin or datetime(2000, 1, 1, tzinfo=t.tzinfo)
+    return t - (t - origin) % step
 
 
 def _hourly_medians(conn: sa.Connection, chunk: Window, params: dict, readings: int) -> bool:

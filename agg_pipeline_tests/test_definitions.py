@@ -18,6 +18,9 @@ EXPECTED_GRAPH = {
     "rollup_weekly": {"rollup_daily", "raw_readings"},
     "conditions_daily": {"raw_readings"},
     "dashboard_views": {"readings_1m"},
+    "raw_diagnostics": set(),
+    "device_performance_hourly": {"rollup_hourly", "readings_1m"},
+    "diagnostic_summary_daily": {"raw_diagnostics"},
 }
 SCHEDULES = {
     "readings_1m_every_minute": "* * * * *",
@@ -37,6 +40,8 @@ PARTITIONS = {
     "rollup_daily": "daily",
     "rollup_weekly": "weekly",
     "conditions_daily": "daily",
+    "device_performance_hourly": "hourly",
+    "diagnostic_summary_daily": "daily",
 }
 
 
@@ -59,7 +64,7 @@ def test_partitions_and_backfill_policies():
         assert {"hourly": "0 * * * *", "daily": "0 0 * * *", "weekly": "0 0 * * 1"}[grain] == (
             pdef.cron_schedule
         ), name
-        if name != "raw_readings":
+        if name not in ("raw_readings",):
             assert node.backfill_policy == dg.BackfillPolicy.single_run(), name
     hourly = graph.get(dg.AssetKey("readings_1m")).partitions_def
     assert hourly.get_first_partition_key() == "2025-01-01-00:00"
@@ -101,10 +106,10 @@ def test_every_materialized_asset_has_freshness_checks_and_automation():
     graph = defs.resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
-        if key.to_user_string() == "raw_readings":
+        if key.to_user_string() in ("raw_readings", "raw_diagnostics"):
             continue  # external: observed, not materialized
         assert node.freshness_policy is not None, key
-        if key.to_user_string() != "dashboard_views":
+        if key.to_user_string() not in ("dashboard_views", "diagnostic_summary_daily"):
             assert node.automation_condition is not None, key
             assert "late data correction" in str(node.automation_condition.get_label()), key
     check_keys = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}

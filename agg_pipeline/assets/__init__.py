@@ -1,6 +1,11 @@
 """Dagster assets, one module per family."""
 
 from agg_pipeline.assets.daily import daily_rollup_and_conditions
+from agg_pipeline.assets.devices import (
+    device_performance_hourly,
+    diagnostic_summary_daily,
+    raw_diagnostics,
+)
 from agg_pipeline.assets.downsample import readings_1m, readings_5m
 from agg_pipeline.assets.maintenance import dashboard_views
 from agg_pipeline.assets.raw import raw_readings
@@ -14,4 +19,7 @@ ALL_ASSETS = [
     daily_rollup_and_conditions,
     rollup_weekly,
     dashboard_views,
+    raw_diagnostics,
+    device_performance_hourly,
+    diagnostic_summary_daily,
 ]

@@ -111,6 +111,22 @@ class WarehouseResource(dg.ConfigurableResource):
                     )
             yield conn
 
+    def register_devices(self, devices: Sequence[str]) -> int:
+        """Register devices seen for the first time (e.g. in diagnostics); how many were new."""
+        if not devices:
+            return 0
+        with self.get_engine().begin() as conn:
+            return len(
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO iot.devices (device_code) "
+                        "SELECT DISTINCT unnest(CAST(:d AS text[])) ORDER BY 1 "
+                        "ON CONFLICT (device_code) DO NOTHING RETURNING id"
+                    ),
+                    {"d": sorted(set(devices))},
+                ).all()
+            )
+
     def register_sensors(self, catalogue: Catalogue, pairs: Sequence[tuple[str, str]]) -> int:
         """Register (device, field) pairs seen for the first time; return how many were new.
 
@@ -121,24 +137,29 @@ class WarehouseResource(dg.ConfigurableResource):
         if not known:
             return 0
         types = [
-            (spec.sensor_type, spec.unit, spec.description or name)
+            (spec.sensor_type, spec.unit, spec.description or name, spec.min, spec.max)
             for name, spec in catalogue.fields.items()
         ]
         with self.get_engine().begin() as conn:
             conn.execute(
                 sa.text(
-                    "INSERT INTO iot.sensor_types (name, unit, description) "
+                    "INSERT INTO iot.sensor_types (name, unit, description, min_value, max_value) "
                     "SELECT * FROM unnest(CAST(:n AS text[]), CAST(:u AS text[]), "
-                    "CAST(:d AS text[])) ORDER BY 1 "
+                    "CAST(:d AS text[]), CAST(:lo AS float8[]), CAST(:hi AS float8[])) ORDER BY 1 "
                     "ON CONFLICT (name) DO UPDATE SET unit = EXCLUDED.unit, "
-                    "description = EXCLUDED.description "
-                    "WHERE (iot.sensor_types.unit, iot.sensor_types.description) "
-                    "IS DISTINCT FROM (EXCLUDED.unit, EXCLUDED.description)"
+                    "description = EXCLUDED.description, min_value = EXCLUDED.min_value, "
+                    "max_value = EXCLUDED.max_value "
+                    "WHERE (iot.sensor_types.unit, iot.sensor_types.description, "
+                    "iot.sensor_types.min_value, iot.sensor_types.max_value) IS DISTINCT FROM "
+                    "(EXCLUDED.unit, EXCLUDED.description, EXCLUDED.min_value, "
+                    "EXCLUDED.max_value)"
                 ),
                 {
                     "n": [t[0] for t in types],
                     "u": [t[1] for t in types],
                     "d": [t[2] for t in types],
+                    "lo": [t[3] for t in types],
+                    "hi": [t[4] for t in types],
                 },
             )
             conn.execute(

@@ -1,0 +1,183 @@
+"""Dashboard queries: the seven questions the old continuous aggregates answered.
+
+Each is served from the rollup tables only (through the ``bi.v_*`` views and the
+``bi.device_ranking`` function in ``sql/012_dashboards.sql``, which Grafana or any BI tool
+can also query directly). Parameters are validated before anything reaches the database:
+bounded time ranges and limits, devices and metrics that exist; a bad parameter raises
+``DashboardError`` with a message that names it.
+
+    hourly_for_device(engine, device, hours=24)       hourly stats of a device's sensors
+    daily_for_device(engine, device, days=30)         daily stats (+ conditions)
+    performance_for_device(engine, device, hours=24)  derived metrics (scores) per hour
+    diagnostics_summary(engine, days=7, device=None)  diagnoses by severity / type
+    all_devices_performance(engine, hours=24)         every device's mean scores
+    ranking(engine, metric, hours=24, limit=10)       devices ranked by a metric
+    ranking_by_efficiency / ranking_by_health         the two the old API had
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import sqlalchemy as sa
+
+MAX_HOURS = 24 * 31
+MAX_DAYS = 366
+MAX_LIMIT = 100
+
+
+class DashboardError(ValueError):
+    """A dashboard query parameter is invalid; the message names it."""
+
+
+def _bounded(name: str, value: int, upper: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
+        raise DashboardError(f"{name} must be an integer from 1 to {upper}, got {value!r}")
+    return value
+
+
+def _device_id(conn: sa.Connection, device: str) -> int:
+    if not isinstance(device, str) or not device:
+        raise DashboardError("device must be a non-empty device code")
+    found = conn.execute(
+        sa.text("SELECT id FROM iot.devices WHERE device_code = :d"), {"d": device}
+    ).scalar()
+    if found is None:
+        raise DashboardError(f"unknown device {device!r}")
+    return found
+
+
+def _known_metric(conn: sa.Connection, metric: str) -> str:
+    known = conn.execute(sa.text("SELECT metric FROM bi.derived_metrics ORDER BY 1")).scalars()
+    known = list(known)
+    if metric not in known:
+        raise DashboardError(
+            f"unknown metric {metric!r}; known: {', '.join(known) or 'none materialized yet'}"
+        )
+    return metric
+
+
+def _rows(conn: sa.Connection, sql: str, params: dict) -> list[dict]:
+    return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
+
+
+def _now(now: datetime | None) -> datetime:
+    return now or datetime.now(UTC)
+
+
+def hourly_for_device(
+    engine: sa.Engine, device: str, hours: int = 24, now: datetime | None = None
+) -> list[dict]:
+    """Hourly stats of every sensor of ``device`` over the last ``hours`` hours."""
+    _bounded("hours", hours, MAX_HOURS)
+    with engine.connect() as conn:
+        _device_id(conn, device)
+        return _rows(
+            conn,
+            "SELECT field, unit, hour_start, avg_value, min_value, max_value, sample_count, "
+            "stddev_value, median_value FROM bi.v_hourly_readings "
+            "WHERE device_code = :d AND hour_start >= :since ORDER BY hour_start, field",
+            {"d": device, "since": _now(now) - timedelta(hours=hours)},
+        )
+
+
+def daily_for_device(
+    engine: sa.Engine, device: str, days: int = 30, today: date | None = None
+) -> list[dict]:
+    """Daily stats (and time in optimal / critical) of ``device`` over the last ``days``."""
+    _bounded("days", days, MAX_DAYS)
+    today = today or datetime.now(UTC).date()
+    with engine.connect() as conn:
+        _device_id(conn, device)
+        return _rows(
+            conn,
+            "SELECT field, unit, metric_date, avg_value, min_value, max_value, sample_count, "
+            "stddev_value, median_value, time_in_optimal_pct, time_in_critical_pct "
+            "FROM bi.v_daily_readings WHERE device_code = :d AND metric_date >= :since "
+            "ORDER BY metric_date, field",
+            {"d": device, "since": today - timedelta(days=days)},
+        )
+
+
+def performance_for_device(
+    engine: sa.Engine, device: str, hours: int = 24, now: datetime | None = None
+) -> list[dict]:
+    """Derived metrics (efficiency, health, anomalies...) of ``device`` per hour."""
+    _bounded("hours", hours, MAX_HOURS)
+    with engine.connect() as conn:
+        _device_id(conn, device)
+        return _rows(
+            conn,
+            "SELECT hour_start, metric, value, unit FROM bi.v_device_performance_hourly "
+            "WHERE device_code = :d AND hour_start >= :since ORDER BY hour_start, metric",
+            {"d": device, "since": _now(now) - timedelta(hours=hours)},
+        )
+
+
+def diagnostics_summary(
+    engine: sa.Engine, days: int = 7, device: str | None = None, today: date | None = None
+) -> list[dict]:
+    """Diagnoses per device and day: counts by severity and type, confidence stats."""
+    _bounded("days", days, MAX_DAYS)
+    today = today or datetime.now(UTC).date()
+    with engine.connect() as conn:
+        if device is not None:
+            _device_id(conn, device)
+        return _rows(
+            conn,
+            "SELECT device_code, metric_date, diagnostics_count, by_severity, by_type, "
+            "confidence_min, confidence_avg, confidence_max, rejected_count "
+            "FROM bi.v_diagnostic_summary_daily WHERE metric_date >= :since "
+            "AND (CAST(:d AS text) IS NULL OR device_code = :d) "
+            "ORDER BY metric_date, device_code",
+            {"since": today - timedelta(days=days), "d": device},
+        )
+
+
+def all_devices_performance(
+    engine: sa.Engine, hours: int = 24, now: datetime | None = None
+) -> list[dict]:
+    """Every device's mean of each derived metric over the last ``hours`` hours."""
+    _bounded("hours", hours, MAX_HOURS)
+    with engine.connect() as conn:
+        return _rows(
+            conn,
+            "SELECT device_code, metric, avg(value) AS value, count(value) AS hours, "
+            "min(unit) AS unit FROM bi.v_device_performance_hourly "
+            "WHERE hour_start >= :since GROUP BY 1, 2 ORDER BY 1, 2",
+            {"since": _now(now) - timedelta(hours=hours)},
+        )
+
+
+def ranking(
+    engine: sa.Engine,
+    metric: str,
+    hours: int = 24,
+    limit: int = 10,
+    descending: bool = True,
+    now: datetime | None = None,
+) -> list[dict]:
+    """Devices ranked by their mean ``metric`` over the last ``hours`` (1 = best)."""
+    _bounded("hours", hours, MAX_HOURS)
+    _bounded("limit", limit, MAX_LIMIT)
+    with engine.connect() as conn:
+        _known_metric(conn, metric)
+        return _rows(
+            conn,
+            "SELECT rank, device_code, value, hours "
+            "FROM bi.device_ranking(:m, :since, :limit, :desc)",
+            {
+                "m": metric,
+                "since": _now(now) - timedelta(hours=hours),
+                "limit": limit,
+                "desc": bool(descending),
+            },
+        )
+
+
+def ranking_by_efficiency(engine: sa.Engine, hours: int = 24, limit: int = 10, **kw):
+    return ranking(engine, "efficiency", hours, limit, **kw)
+
+
+def ranking_by_health(engine: sa.Engine, hours: int = 24, limit: int = 10, **kw):
+    return ranking(engine, "health", hours, limit, **kw)
