@@ -76,6 +76,12 @@ daily_job = dg.define_asset_job(
 weekly_rollup_job = dg.define_asset_job(
     "weekly_rollup", selection=[rollup_weekly], tags=_max_runtime(4 * 3600)
 )
+patterns_job = dg.define_asset_job(
+    "daily_patterns",
+    selection=dg.AssetSelection.groups("patterns"),
+    description="The six pattern detectors for a day (anomaly after time-based).",
+    tags=_max_runtime(3600),
+)
 dashboard_refresh_job = dg.define_asset_job(
     "dashboard_refresh", selection=[dashboard_views], tags=_max_runtime(900)
 )
@@ -85,6 +91,7 @@ JOBS = [
     readings_5m_job,
     hourly_rollup_job,
     daily_job,
+    patterns_job,
     weekly_rollup_job,
     dashboard_refresh_job,
     retention_cleanup,
@@ -202,6 +209,16 @@ SCHEDULES = [
         "At 01:30, the previous day's rollup and condition percentages, in one pass (the "
         "old daily_rollup / daily ETL). Switches: AGG_PIPELINE_SCHEDULE_ROLLUP_DAILY, "
         "AGG_PIPELINE_SCHEDULE_CONDITIONS_DAILY.",
+    ),
+    partition_schedule(
+        "patterns_at_0145",
+        "45 1 * * *",
+        patterns_job,
+        previous_day,
+        partitions.daily,
+        settings.schedule_patterns,
+        "At 01:45, the previous day's six pattern aggregates (the old detectors' daily "
+        "storage). Switch: AGG_PIPELINE_SCHEDULE_PATTERNS.",
     ),
     partition_schedule(
         "rollup_weekly_monday_0200",

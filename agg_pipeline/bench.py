@@ -346,13 +346,13 @@ DASHBOARD_RAW = {
         "avg(confidence) FROM raw.diagnostics WHERE time >= :s7 AND time < :e "
         "AND confidence BETWEEN 0 AND 1 GROUP BY 1, 2, 3, 4"
     ),
-    "dash_all_devices_performance": _RAW_DEVICE_HOURS.format(device="", group="1, device").replace(
+    "dash_all_devices_performance": _RAW_DEVICE_HOURS.format(device="", group="1, 2").replace(
         "SELECT date_trunc", "SELECT device, date_trunc"
     ),
-    "dash_ranking_by_vpd": _RAW_DEVICE_HOURS.format(device="", group="1, device").replace(
+    "dash_ranking_by_vpd": _RAW_DEVICE_HOURS.format(device="", group="1, 2").replace(
         "SELECT date_trunc", "SELECT device, date_trunc"
     ),
-    "dash_ranking_by_health": _RAW_DEVICE_HOURS.format(device="", group="1, device").replace(
+    "dash_ranking_by_health": _RAW_DEVICE_HOURS.format(device="", group="1, 2").replace(
         "SELECT date_trunc", "SELECT device, date_trunc"
     ),
 }

@@ -4,6 +4,7 @@
     agg-pipeline migrate                          apply sql/ (safe to repeat)
     agg-pipeline seed --days N [...]              simulated readings into raw.readings
     agg-pipeline seed-diagnostics --days N [...]  simulated diagnoses into raw.diagnostics
+    agg-pipeline seed-events --days N [...]       simulated home events into raw.events
     agg-pipeline status [--json] [--days N]       what is stale, missing, failed or failing
     agg-pipeline dev [--port 3000]                all of the above, then `dagster dev`
 
@@ -17,7 +18,7 @@ import argparse
 import os
 import shutil
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -116,6 +117,18 @@ def cmd_seed_diagnostics(args: argparse.Namespace) -> int:
         engine, catalogue, start, args.days, args.devices, args.per_day, args.seed
     )
     print(f"wrote {n:,} diagnoses for {args.devices} devices from {start:%Y-%m-%d %H:%M} UTC")
+    return 0
+
+
+def cmd_seed_events(args: argparse.Namespace) -> int:
+    from agg_pipeline import simulator_events
+
+    engine = _warehouse_engine()
+    zone = get_settings().zone
+    first = args.start or (datetime.now(zone).date() - timedelta(days=int(args.days)))
+    events = simulator_events.simulate(first, int(args.days), zone, seed=args.seed)
+    n = simulator_events.write(engine, events, seed=args.seed)
+    print(f"wrote {n:,} home-automation events for {int(args.days)} day(s) from {first}")
     return 0
 
 
@@ -262,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("--per-day", type=float, default=24.0, help="diagnoses per device per day")
     sd.add_argument("--seed", type=int, default=42)
     sd.set_defaults(func=cmd_seed_diagnostics)
+
+    se = sub.add_parser("seed-events", help="simulated home-automation events (raw.events)")
+    se.add_argument("--days", type=int, default=21, help="local days (default 21)")
+    se.add_argument("--start", type=date.fromisoformat, help="first day (default: DAYS ago)")
+    se.add_argument("--seed", type=int, default=42)
+    se.set_defaults(func=cmd_seed_events)
 
     dev = sub.add_parser("dev", help="local database, schema, demo data, then `dagster dev`")
     dev.add_argument("--host", default="127.0.0.1")

@@ -147,6 +147,9 @@ class Settings(BaseSettings):
         default=True, description="Monday 02:00, roll up the previous week."
     )
     schedule_retention: bool = Field(default=True, description="Daily 03:00 retention cleanup.")
+    schedule_patterns: bool = Field(
+        default=True, description="At 01:45, the previous day's pattern aggregates."
+    )
     schedule_dashboard_refresh: bool = Field(
         default=True, description="Every 15 minutes, refresh the dashboard materialized views."
     )

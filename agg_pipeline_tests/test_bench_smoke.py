@@ -47,6 +47,7 @@ def test_benchmark_runs_end_to_end(pg_server_url, monkeypatch, tmp_path, capsys)
         assert key in ratios
     assert ratios["pipeline_over_floor"] > 0 and ratios["worker_peak_rss_mb"] > 0
     assert result["dataset"]["readings"] > 0
-    assert set(result["reads"]["queries"]) == set(bench.READS)
+    assert set(result["reads"]["queries"]) == set(bench.READS) | set(bench.DASHBOARD_RAW)
+    assert result["ratios"]["pattern_write_1000_s"] > 0
     table = capsys.readouterr().out
     assert "pipeline / floor" in table and "verdict" in table

@@ -21,6 +21,13 @@ EXPECTED_GRAPH = {
     "raw_diagnostics": set(),
     "device_performance_hourly": {"rollup_hourly", "readings_1m"},
     "diagnostic_summary_daily": {"raw_diagnostics"},
+    "raw_events": set(),
+    "pattern_time_based_daily": {"raw_events"},
+    "pattern_co_occurrence_daily": {"raw_events"},
+    "pattern_sequence_daily": {"raw_events"},
+    "pattern_room_based_daily": {"raw_events"},
+    "pattern_duration_daily": {"raw_events"},
+    "pattern_anomaly_daily": {"pattern_time_based_daily"},
 }
 SCHEDULES = {
     "readings_1m_every_minute": "* * * * *",
@@ -30,6 +37,7 @@ SCHEDULES = {
     "rollup_weekly_monday_0200": "0 2 * * 1",
     "dashboard_views_every_15_minutes": "*/15 * * * *",
     "retention_cleanup_at_0300": "0 3 * * *",
+    "patterns_at_0145": "45 1 * * *",
 }
 SENSORS = {"late_data_sensor", "automation_sensor", "run_failure_alerts", "freshness_checks_sensor"}
 PARTITIONS = {
@@ -106,10 +114,12 @@ def test_every_materialized_asset_has_freshness_checks_and_automation():
     graph = defs.resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
-        if key.to_user_string() in ("raw_readings", "raw_diagnostics"):
+        if key.to_user_string() in ("raw_readings", "raw_diagnostics", "raw_events"):
             continue  # external: observed, not materialized
         assert node.freshness_policy is not None, key
-        if key.to_user_string() not in ("dashboard_views", "diagnostic_summary_daily"):
+        scheduled_only = key.to_user_string() in ("dashboard_views", "diagnostic_summary_daily")
+        # (no late-data feed for diagnostics and events: those run on their schedules)
+        if not scheduled_only and not key.to_user_string().startswith("pattern_"):
             assert node.automation_condition is not None, key
             assert "late data correction" in str(node.automation_condition.get_label()), key
     check_keys = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}

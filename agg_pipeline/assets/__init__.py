@@ -8,6 +8,7 @@ from agg_pipeline.assets.devices import (
 )
 from agg_pipeline.assets.downsample import readings_1m, readings_5m
 from agg_pipeline.assets.maintenance import dashboard_views
+from agg_pipeline.assets.patterns import pattern_anomaly_daily, pattern_detectors, raw_events
 from agg_pipeline.assets.raw import raw_readings
 from agg_pipeline.assets.rollups import rollup_hourly, rollup_weekly
 
@@ -22,4 +23,7 @@ ALL_ASSETS = [
     raw_diagnostics,
     device_performance_hourly,
     diagnostic_summary_daily,
+    raw_events,
+    pattern_detectors,
+    pattern_anomaly_daily,
 ]
