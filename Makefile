@@ -19,7 +19,14 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 dev: $(VENV)/.installed
 	$(BIN)/agg-pipeline dev
 
-test: $(VENV)/.installed
+# InfluxData's Flux parser / type checker (WASM, npm) validates every generated Flux query.
+FLUXCHECK := agg_pipeline_tests/flux/node_modules/.installed
+$(FLUXCHECK): agg_pipeline_tests/flux/package.json
+	@if command -v npm >/dev/null; then \
+		npm ci --silent --no-audit --no-fund --prefix agg_pipeline_tests/flux && touch $@; \
+	else echo "npm not found: the Flux validation tests will be skipped"; fi
+
+test: $(VENV)/.installed $(FLUXCHECK)
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
@@ -31,7 +38,7 @@ db-stop: $(VENV)/.installed
 
 clean:
 	-$(BIN)/agg-pipeline db stop
-	rm -rf $(VENV) .local
+	rm -rf $(VENV) .local agg_pipeline_tests/flux/node_modules
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m agg_pipeline.bench --json bench-results.json

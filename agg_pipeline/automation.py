@@ -28,6 +28,7 @@ from agg_pipeline.assets import (
 )
 from agg_pipeline.assets.maintenance import retention_cleanup
 from agg_pipeline.assets.raw import observe_late_hours
+from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
 
@@ -267,12 +268,12 @@ SENSOR_RUNNING = dg.DefaultSensorStatus.RUNNING
     "Switch: AGG_PIPELINE_LATE_DATA_SENSOR.",
 )
 def late_data_sensor(
-    context: dg.SensorEvaluationContext, warehouse: WarehouseResource
+    context: dg.SensorEvaluationContext, warehouse: WarehouseResource, influx: InfluxResource
 ) -> dg.SensorResult:
     from agg_pipeline import late_data
 
     seq = int(context.cursor or 0)
-    observe_late_hours(warehouse)  # drain the log into per-hour late counts
+    observe_late_hours(warehouse, influx)  # record late readings as per-hour late counts
     since = clock.now() - timedelta(days=settings.late_data_lookback_days)
     first = partitions.hourly.start_time_for_partition_key(
         partitions.hourly.get_first_partition_key()

@@ -15,6 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from agg_pipeline.catalogue import get_catalogue
+from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
 
@@ -92,6 +93,9 @@ def trivial_hourly() -> None:
 
 defs = dg.Definitions(
     assets=[old_way_hourly, trivial_hourly],
-    resources={"warehouse": WarehouseResource(database_url=dg.EnvVar("DATABASE_URL"))},
+    resources={
+        "warehouse": WarehouseResource(database_url=dg.EnvVar("DATABASE_URL")),
+        "influx": InfluxResource(),
+    },
     executor=dg.in_process_executor,
 )

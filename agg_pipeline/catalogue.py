@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 SHIPPED = ("hydroponics", "water_quality", "oil_well")
 
@@ -104,13 +113,83 @@ class PostgresSource(_Strict):
         schema, _, table = self.table.rpartition(".")
         return (schema or "public", table)
 
+    def describe(self) -> str:
+        return f"PostgreSQL table `{self.table}` (device column `{self.device_column}`)"
+
+
+# InfluxDB names (buckets, measurements, tags) are written into Flux strings and line
+# protocol: keep them to characters that need no escaping anywhere.
+InfluxName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,62}$")]
+
+
+class InfluxSource(_Strict):
+    """Raw readings in an InfluxDB 2.x bucket: one series per (device tag, field).
+
+    The old systems' layout: bucket ``water-quality``, measurement ``water_quality``,
+    device tag ``sensor_tag``; each catalogue field is an InfluxDB field (float).
+    """
+
+    kind: Literal["influxdb"]
+    bucket: InfluxName
+    measurement: InfluxName
+    device_tag: InfluxName = Field(
+        default="sensor_tag", description="The tag that identifies a device."
+    )
+
+    def describe(self) -> str:
+        return (
+            f"InfluxDB bucket `{self.bucket}`, measurement `{self.measurement}`, "
+            f"device tag `{self.device_tag}`"
+        )
+
+
+class InfluxSink(_Strict):
+    """Where agg_pipeline also writes to InfluxDB, in the shape the old Flux tasks wrote."""
+
+    bucket: InfluxName = Field(description="Bucket for the 1m / 5m downsamples.")
+    measurement: InfluxName = Field(
+        description="Base measurement: windows go to `<measurement>_1m` and `<measurement>_5m`."
+    )
+    retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Retention of the bucket when agg_pipeline creates it "
+        "(absent: keep forever). An existing bucket is left as it is.",
+    )
+    window_time: Literal["start", "stop"] = Field(
+        default="start",
+        description="Timestamp of a window's points: its start (default) or its end (what "
+        "aggregateWindow's default timeSrc stamped in the old tasks).",
+    )
+    readings_1m: bool = True
+    readings_5m: bool = True
+    patterns_bucket: InfluxName | None = Field(
+        default=None,
+        description="Bucket for the daily pattern aggregates "
+        "(e.g. pattern_aggregates_daily); absent: not written to InfluxDB.",
+    )
+    patterns_retention_days: float = Field(default=90, gt=0)
+
+
+def _source_kind(value: object) -> str:
+    # `kind` may be left out for the PostgreSQL source (the default, as before InfluxDB).
+    if isinstance(value, dict):
+        return value.get("kind", "postgres")
+    return getattr(value, "kind", "postgres")
+
 
 class Catalogue(_Strict):
     """A validated series catalogue."""
 
     name: Identifier
     description: str = ""
-    source: PostgresSource = PostgresSource()
+    source: Annotated[
+        Annotated[PostgresSource, Tag("postgres")] | Annotated[InfluxSource, Tag("influxdb")],
+        Discriminator(_source_kind),
+    ] = PostgresSource()
+    influx_sink: InfluxSink | None = Field(
+        default=None, description="Also write downsamples / pattern aggregates to InfluxDB."
+    )
     sample_interval_seconds: float = Field(
         gt=0, description="Expected interval between two readings of one sensor (coverage)."
     )
@@ -147,6 +226,11 @@ class Catalogue(_Strict):
         return self
 
     @property
+    def raw_in_postgres(self) -> bool:
+        """True when the raw readings are a PostgreSQL table of the warehouse."""
+        return isinstance(self.source, PostgresSource)
+
+    @property
     def field_names(self) -> list[str]:
         return list(self.fields)
 
@@ -160,7 +244,14 @@ class Catalogue(_Strict):
 
 
 def _format_location(loc: tuple) -> str:
-    return ".".join(str(part) for part in loc) or "(top level)"
+    # Drop the union tag pydantic adds (source.influxdb.bucket -> source.bucket).
+    parts = [
+        p for i, p in enumerate(loc) if not (i and loc[i - 1] == "source" and p in _SOURCE_KINDS)
+    ]
+    return ".".join(str(part) for part in parts) or "(top level)"
+
+
+_SOURCE_KINDS = ("postgres", "influxdb")
 
 
 def parse_catalogue(text: str, origin: str) -> Catalogue:

@@ -78,6 +78,14 @@ def _table_empty(table: str) -> bool:
 def cmd_seed(args: argparse.Namespace) -> int:
     engine = _warehouse_engine()
     catalogue = get_catalogue()
+    if not catalogue.raw_in_postgres:
+        print(
+            f"error: catalogue {catalogue.name!r} reads raw readings from "
+            f"{catalogue.source.describe()}; `seed` writes simulated readings to PostgreSQL "
+            "only (use a postgres catalogue to try agg_pipeline out)",
+            file=sys.stderr,
+        )
+        return 2
     if args.if_empty:
         table = catalogue.source.table
         with engine.connect() as conn:

@@ -17,6 +17,8 @@ warnings.filterwarnings("ignore", category=dg.SupersessionWarning)
 
 from agg_pipeline.assets import ALL_ASSETS  # noqa: E402
 from agg_pipeline.automation import FRESHNESS_CHECKS, JOBS, SCHEDULES, SENSORS  # noqa: E402
+from agg_pipeline.catalogue import get_catalogue  # noqa: E402
+from agg_pipeline.resources.influx import InfluxResource  # noqa: E402
 from agg_pipeline.resources.warehouse import WarehouseResource  # noqa: E402
 from agg_pipeline.settings import get_settings  # noqa: E402
 
@@ -29,6 +31,35 @@ def warehouse_resource() -> WarehouseResource:
     return WarehouseResource(database_url=url, work_mem=settings.work_mem)
 
 
+INFLUX_ENV = ("INFLUXDB_URL", "INFLUXDB_TOKEN", "INFLUXDB_ORG")
+
+
+def influx_resource() -> InfluxResource:
+    """InfluxDB from INFLUXDB_URL / _TOKEN / _ORG (EnvVar: read at run time, never shown).
+
+    Without INFLUXDB_URL the resource is unconfigured; a catalogue that reads from or
+    writes to InfluxDB then fails here, at load, naming the missing variables.
+    """
+    catalogue = get_catalogue()
+    needs = catalogue.source.kind == "influxdb" or catalogue.influx_sink is not None
+    missing = [name for name in INFLUX_ENV if not os.environ.get(name)]
+    if not os.environ.get("INFLUXDB_URL"):
+        if needs:
+            raise dg.DagsterInvalidDefinitionError(
+                f"catalogue {catalogue.name!r} uses InfluxDB: set {', '.join(missing)}"
+            )
+        return InfluxResource()
+    if missing:
+        raise dg.DagsterInvalidDefinitionError(
+            f"INFLUXDB_URL is set but {', '.join(missing)} is not"
+        )
+    return InfluxResource(
+        url=dg.EnvVar("INFLUXDB_URL"),
+        token=dg.EnvVar("INFLUXDB_TOKEN"),
+        org=dg.EnvVar("INFLUXDB_ORG"),
+    )
+
+
 defs = dg.Definitions(
     assets=ALL_ASSETS,
     # Steps run inside the run worker, one after the other: the work happens in
@@ -38,5 +69,5 @@ defs = dg.Definitions(
     jobs=JOBS,
     schedules=SCHEDULES,
     sensors=SENSORS,
-    resources={"warehouse": warehouse_resource()},
+    resources={"warehouse": warehouse_resource(), "influx": influx_resource()},
 )

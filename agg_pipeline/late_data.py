@@ -90,3 +90,92 @@ def late_rows_in(conn: sa.Connection, window: Window) -> tuple[int, datetime | N
         {"s": window.start, "e": window.end},
     ).one()
     return int(rows), last
+
+
+# --------------------------------------------------------------------------------------
+# InfluxDB source: fingerprints instead of a trigger's log
+# --------------------------------------------------------------------------------------
+
+_OBSERVER = "ops.influx_hour_fingerprints"  # ops.watermarks row: when observation began
+
+
+def record_fingerprints(
+    engine: sa.Engine,
+    observed: dict[datetime, tuple[int, datetime | None]],
+    since: datetime,
+    now: datetime,
+    settle: timedelta,
+) -> int:
+    """Compare the hours' fingerprints (points, last point time) over [since, now) with the
+    last ones seen; record changes to settled hours as late rows. Returns hours changed.
+
+    An hour first seen after it settled counts as late only if observation was already
+    running when the hour ended (otherwise it is history, seen for the first time).
+    """
+    late: list[dict] = []
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DRAIN_LOCK})
+        began = conn.execute(
+            sa.text(
+                "INSERT INTO ops.watermarks AS w (table_name, complete_until) VALUES (:t, :now) "
+                "ON CONFLICT (table_name) DO UPDATE SET complete_until = w.complete_until "
+                "RETURNING complete_until"
+            ),
+            {"t": _OBSERVER, "now": now},
+        ).scalar_one()
+        previous = {
+            r[0]: (int(r[1]), r[2])
+            for r in conn.execute(
+                sa.text(
+                    "SELECT hour_start, point_count, last_point_at "
+                    "FROM ops.influx_hour_fingerprints WHERE hour_start >= :since"
+                ),
+                {"since": since},
+            )
+        }
+        for hour in sorted(set(observed) | set(previous)):
+            new = observed.get(hour, (0, None))
+            old = previous.get(hour)
+            if old == new:
+                continue
+            settled = now >= hour + timedelta(hours=1) + settle
+            if settled and (old is not None or began < hour + timedelta(hours=1)):
+                old_count = old[0] if old else 0
+                late.append({"hour": hour, "rows": max(abs(new[0] - old_count), 1), "now": now})
+            conn.execute(
+                sa.text(
+                    "INSERT INTO ops.influx_hour_fingerprints AS f "
+                    "(hour_start, point_count, last_point_at, observed_at) "
+                    "VALUES (:h, :n, :last, :now) ON CONFLICT (hour_start) DO UPDATE SET "
+                    "point_count = EXCLUDED.point_count, last_point_at = EXCLUDED.last_point_at, "
+                    "observed_at = EXCLUDED.observed_at"
+                ),
+                {"h": hour, "n": new[0], "last": new[1], "now": now},
+            )
+        for item in late:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO raw.readings_late_hours AS h "
+                    "(hour_start, late_rows, last_late_at, change_seq) "
+                    "VALUES (:hour, :rows, :now, nextval('raw.readings_late_seq')) "
+                    "ON CONFLICT (hour_start) DO UPDATE SET late_rows = h.late_rows + "
+                    "EXCLUDED.late_rows, last_late_at = greatest(h.last_late_at, "
+                    "EXCLUDED.last_late_at), change_seq = EXCLUDED.change_seq"
+                ),
+                item,
+            )
+    return len(late)
+
+
+def influx_fingerprints(frames: dict) -> dict[datetime, tuple[int, datetime | None]]:
+    """Per hour start: points over all series and the latest point's time."""
+    counts = frames.get("count")
+    if counts is None or counts.empty:
+        return {}
+    per_hour = counts.groupby("_time")["_value"].sum()
+    lasts = frames.get("last")
+    last = lasts.groupby("_start")["_time"].max() if lasts is not None and not lasts.empty else {}
+    return {
+        h.to_pydatetime(): (int(n), (last[h].to_pydatetime() if h in last else None))
+        for h, n in per_hour.items()
+    }

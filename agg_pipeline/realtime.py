@@ -20,6 +20,7 @@ partition origin, future tolerance), so they are generated here and installed by
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, time
 
 import sqlalchemy as sa
@@ -57,11 +58,23 @@ def _watermark(table: str) -> str:
     )
 
 
+_NO_LIVE_READINGS = (
+    "SELECT NULL::bigint AS sensor_id, NULL::timestamptz AS t, NULL::float8 AS v WHERE false"
+)
+
+
 def view_statements(catalogue: Catalogue, settings: Settings) -> list[str]:
     src = catalogue.source
-    c = RawColumns.of(
-        src.table, src.time_column, src.device_column, src.field_column, src.value_column
-    )
+    if catalogue.raw_in_postgres:
+        c = RawColumns.of(
+            src.table, src.time_column, src.device_column, src.field_column, src.value_column
+        )
+        live = functools.partial(_live_readings, c)
+    else:
+        # Raw points live in InfluxDB: the views show the materialized windows only.
+        def live(watermark: str, tolerance_s: float) -> str:
+            return _NO_LIVE_READINGS
+
     tol = settings.future_tolerance_seconds
     tz = _literal(settings.timezone)
     # Hour bins start on local hours: any local midnight is a valid origin.
@@ -85,7 +98,7 @@ UNION ALL
 SELECT sensor_id, date_bin('1 minute', t, {origin_sql}) AS window_start,
        {stats.format(mean="mean_value")},
        coalesce(var_pop(v) * count(*), 0) AS m2, min(t), max(t), true
-FROM ({_live_readings(c, w1, tol)}) AS live
+FROM ({live(w1, tol)}) AS live
 GROUP BY 1, 2""",
         f"""
 CREATE OR REPLACE VIEW bi.hourly_sensor_agg_realtime AS
@@ -97,7 +110,7 @@ UNION ALL
 SELECT sensor_id, date_bin('1 hour', t, {origin_sql}) AS hour_start, avg(v), min(v), max(v),
        count(*), stddev_samp(v), percentile_cont(0.5) WITHIN GROUP (ORDER BY v), min(t),
        max(t), true
-FROM ({_live_readings(c, wh, tol)}) AS live
+FROM ({live(wh, tol)}) AS live
 GROUP BY 1, 2""",
         f"""
 CREATE OR REPLACE VIEW bi.daily_sensor_agg_realtime AS
@@ -109,7 +122,7 @@ UNION ALL
 SELECT sensor_id, (t AT TIME ZONE {tz})::date AS metric_date, avg(v), min(v), max(v),
        count(*), stddev_samp(v), percentile_cont(0.5) WITHIN GROUP (ORDER BY v), min(t),
        max(t), true
-FROM ({_live_readings(c, wd, tol)}) AS live
+FROM ({live(wd, tol)}) AS live
 GROUP BY 1, 2""",
     ]
 

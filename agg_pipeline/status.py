@@ -201,7 +201,9 @@ def collect(
     if reachable:
         from agg_pipeline.catalogue import get_catalogue
 
-        raw_estimate = _table_rows(engine, get_catalogue().source.table)
+        catalogue = get_catalogue()
+        if catalogue.raw_in_postgres:  # an InfluxDB source is not counted here
+            raw_estimate = _table_rows(engine, catalogue.source.table)
 
     graph = defs.resolve_asset_graph()
     check_keys = list(graph.asset_check_keys)

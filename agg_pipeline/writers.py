@@ -63,6 +63,7 @@ class WriteReport:
     kept_chunks: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     preview: list[dict] = field(default_factory=list)
+    influx_points_written: int | None = None  # the InfluxDB sink, when configured
 
     def saw_readings(self, first: datetime | None, last: datetime | None) -> None:
         if first and (self.first_reading_at is None or first < self.first_reading_at):

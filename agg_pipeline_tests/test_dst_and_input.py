@@ -14,6 +14,7 @@ from agg_pipeline import writers
 from agg_pipeline.assets import readings_1m
 from agg_pipeline.catalogue import load_catalogue
 from agg_pipeline.compute.windows import Window, day_window
+from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.sources import readings_source
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import Settings
@@ -100,7 +101,7 @@ def test_unreachable_database_fails_before_any_write():
     bad = WarehouseResource(database_url="postgresql+psycopg2://nobody:pw@127.0.0.1:1/nowhere")
     result = dg.materialize(
         [readings_1m],
-        resources={"warehouse": bad},
+        resources={"warehouse": bad, "influx": InfluxResource()},
         partition_key="2026-11-02-05:00",
         raise_on_error=False,
     )

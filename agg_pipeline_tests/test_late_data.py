@@ -26,6 +26,7 @@ from agg_pipeline.assets import (
 )
 from agg_pipeline.automation import late_data_sensor
 from agg_pipeline.definitions import defs
+from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline_tests import data
 
@@ -84,7 +85,10 @@ def frozen_now(monkeypatch):
 def test_late_reading_corrects_its_hour_day_and_week_only(
     warehouse_url, engine, frozen_now, dagster_instance
 ):
-    resources = {"warehouse": WarehouseResource(database_url=warehouse_url)}
+    resources = {
+        "warehouse": WarehouseResource(database_url=warehouse_url),
+        "influx": InfluxResource(),
+    }
     data.seed(engine, start=datetime(2026, 11, 16, tzinfo=UTC), days=7, devices=2, hz=0.005)
     instance = dagster_instance
     # Seeding is history arriving now: every hour looks late once. Observe that first,

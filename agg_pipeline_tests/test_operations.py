@@ -22,6 +22,7 @@ from agg_pipeline.assets import (
 )
 from agg_pipeline.assets.maintenance import retention_cleanup
 from agg_pipeline.definitions import defs
+from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline_tests import data
 from agg_pipeline_tests.test_rollups import run_hours, run_partition
@@ -97,7 +98,10 @@ def test_blocking_check_fails_on_bad_rows_and_stops_downstream(
     result = dg.materialize(
         [readings_5m, rollup_hourly],
         instance=instance,
-        resources={"warehouse": WarehouseResource(database_url=warehouse_url)},
+        resources={
+            "warehouse": WarehouseResource(database_url=warehouse_url),
+            "influx": InfluxResource(),
+        },
         partition_key="2026-11-02-01:00",
         raise_on_error=False,
     )
@@ -140,7 +144,11 @@ def test_dashboard_views_refresh(warehouse_url, engine):
     data.seed(engine, days=0.5)
     assert run_hours(warehouse_url, "2026-11-02-00:00", "2026-11-02-11:00", [readings_1m]).success
     result = dg.materialize(
-        [dashboard_views], resources={"warehouse": WarehouseResource(database_url=warehouse_url)}
+        [dashboard_views],
+        resources={
+            "warehouse": WarehouseResource(database_url=warehouse_url),
+            "influx": InfluxResource(),
+        },
     )
     views = result.asset_materializations_for_node("dashboard_views")[0].metadata["views"].value
     assert views["bi.sensor_latest"]["rows"] == 21
@@ -156,7 +164,7 @@ def test_dashboard_views_refresh(warehouse_url, engine):
 
 def _materialize_history(url: str) -> None:
     assert run_hours(url, "2026-11-02-00:00", "2026-11-03-23:00").success
-    resources = {"warehouse": WarehouseResource(database_url=url)}
+    resources = {"warehouse": WarehouseResource(database_url=url), "influx": InfluxResource()}
     tags = {
         "dagster/asset_partition_range_start": "2026-11-02",
         "dagster/asset_partition_range_end": "2026-11-03",
@@ -167,7 +175,7 @@ def _materialize_history(url: str) -> None:
 
 def run_retention(url: str, dry_run: bool) -> dict:
     result = retention_cleanup.execute_in_process(
-        resources={"warehouse": WarehouseResource(database_url=url)},
+        resources={"warehouse": WarehouseResource(database_url=url), "influx": InfluxResource()},
         run_config={"ops": {"retention_cleanup_op": {"config": {"dry_run": dry_run}}}},
     )
     assert result.success

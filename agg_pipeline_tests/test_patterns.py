@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from agg_pipeline import patterns, simulator_events
 from agg_pipeline.assets import pattern_anomaly_daily, pattern_detectors
 from agg_pipeline.compute import patterns as detect
+from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -225,7 +226,10 @@ def home(warehouse_url, engine):
     last = first + timedelta(days=20)
     result = dg.materialize(
         [pattern_detectors, pattern_anomaly_daily],
-        resources={"warehouse": WarehouseResource(database_url=warehouse_url)},
+        resources={
+            "warehouse": WarehouseResource(database_url=warehouse_url),
+            "influx": InfluxResource(),
+        },
         tags={
             "dagster/asset_partition_range_start": first.isoformat(),
             "dagster/asset_partition_range_end": last.isoformat(),

@@ -17,6 +17,7 @@ from agg_pipeline.assets import (
     rollup_weekly,
 )
 from agg_pipeline.catalogue import load_catalogue
+from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline_tests import data, reference
 
@@ -29,7 +30,7 @@ def run_hours(url: str, first: str, last: str, assets=HOURLY_ASSETS) -> dg.Execu
     """One run over a range of hourly partitions, as a single-run backfill executes it."""
     return dg.materialize(
         assets,
-        resources={"warehouse": WarehouseResource(database_url=url)},
+        resources={"warehouse": WarehouseResource(database_url=url), "influx": InfluxResource()},
         tags={
             "dagster/asset_partition_range_start": first,
             "dagster/asset_partition_range_end": last,
@@ -40,7 +41,7 @@ def run_hours(url: str, first: str, last: str, assets=HOURLY_ASSETS) -> dg.Execu
 def run_partition(url: str, assets, key: str, **kwargs) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         assets,
-        resources={"warehouse": WarehouseResource(database_url=url)},
+        resources={"warehouse": WarehouseResource(database_url=url), "influx": InfluxResource()},
         partition_key=key,
         **kwargs,
     )

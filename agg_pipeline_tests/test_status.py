@@ -17,6 +17,7 @@ from agg_pipeline import status as status_mod
 from agg_pipeline.assets import readings_1m, readings_5m, rollup_hourly
 from agg_pipeline.compute.cron import previous_tick
 from agg_pipeline.definitions import defs
+from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline_tests import data
 
@@ -43,7 +44,10 @@ def test_status_reports_fresh_stale_and_failing(warehouse_url, engine, dagster_i
     key = dg.HourlyPartitionsDefinition(
         start_date="2025-01-01-00:00"
     ).get_partition_key_for_timestamp(hour.timestamp())
-    resources = {"warehouse": WarehouseResource(database_url=warehouse_url)}
+    resources = {
+        "warehouse": WarehouseResource(database_url=warehouse_url),
+        "influx": InfluxResource(),
+    }
     assert dg.materialize(
         [readings_1m, readings_5m, rollup_hourly],
         instance=dagster_instance,

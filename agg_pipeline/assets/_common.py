@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from agg_pipeline import late_data
 from agg_pipeline.catalogue import get_catalogue
 from agg_pipeline.compute.windows import Window
+from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.sources import readings_source
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
@@ -39,12 +40,33 @@ def partition_window(context: dg.AssetExecutionContext) -> Window:
     return Window(tw.start, tw.end)
 
 
-def write_context(warehouse: WarehouseResource) -> WriteContext:
+def write_context(
+    warehouse: WarehouseResource, influx: InfluxResource | None = None
+) -> WriteContext:
     catalogue, settings = get_catalogue(), get_settings()
     source = readings_source(
-        catalogue, warehouse.get_engine(), settings.parallelism, warehouse.work_mem
+        catalogue, warehouse.get_engine(), settings.parallelism, warehouse.work_mem, influx
     )
     return WriteContext(warehouse, source, catalogue, settings)
+
+
+def sink_windows(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    influx: InfluxResource,
+    level: str,
+    report: WriteReport,
+) -> None:
+    """Write the run's windows to the InfluxDB sink (if the catalogue has one): after the
+    warehouse committed, so InfluxDB only ever gets what PostgreSQL holds."""
+    from agg_pipeline import influx_sink
+
+    written = influx_sink.write_windows(
+        warehouse.get_engine(), influx, get_catalogue(), level, report.window
+    )
+    if written is not None:
+        report.influx_points_written = written
+        context.log.info(f"{written} points written to InfluxDB ({level} windows)")
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -118,6 +140,8 @@ def materialize_result(
         # Why a correction ran: readings that arrived after their hour had settled.
         metadata["late_rows_found"] = dg.MetadataValue.int(late_rows)
         metadata["last_late_arrival"] = dg.MetadataValue.text(last_late.isoformat())
+    if report.influx_points_written is not None:
+        metadata["influx_points_written"] = dg.MetadataValue.int(report.influx_points_written)
     if report.new_sensors:
         metadata["new_sensors_registered"] = dg.MetadataValue.int(report.new_sensors)
     if report.median_status:

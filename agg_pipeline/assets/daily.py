@@ -24,6 +24,7 @@ from agg_pipeline.assets.raw import raw_readings
 from agg_pipeline.assets.rollups import STATS, rollup_hourly
 from agg_pipeline.automation_conditions import daily_correction
 from agg_pipeline.compute.windows import Window
+from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
 
@@ -143,9 +144,11 @@ def _local_dates(window: Window):
     can_subset=True,
     pool="bi.daily",
 )
-def daily_rollup_and_conditions(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+def daily_rollup_and_conditions(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, influx: InfluxResource
+):
     selected = {k.to_user_string() for k in context.selected_asset_keys}
-    ctx, window = write_context(warehouse), partition_window(context)
+    ctx, window = write_context(warehouse, influx), partition_window(context)
     reports = write_with_retries(
         context,
         lambda: writers.write_daily(

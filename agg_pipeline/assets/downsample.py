@@ -9,11 +9,13 @@ from agg_pipeline.assets._common import (
     BACKFILL,
     materialize_result,
     partition_window,
+    sink_windows,
     write_context,
     write_with_retries,
 )
 from agg_pipeline.assets.raw import raw_readings
 from agg_pipeline.automation_conditions import hourly_correction
+from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
 
@@ -33,7 +35,7 @@ from agg_pipeline.settings import get_settings
     code_version="1",
 )
 def readings_1m(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, influx: InfluxResource
 ) -> dg.MaterializeResult:
     """Per sensor and minute: count, mean, min, max, M2 (spread), first/last reading time.
 
@@ -45,8 +47,9 @@ def readings_1m(
     The same pass writes each sensor-hour's exact median to `bi.hourly_medians`, which
     the hourly rollup uses (no second pass over raw).
     """
-    ctx, window = write_context(warehouse), partition_window(context)
+    ctx, window = write_context(warehouse, influx), partition_window(context)
     report = write_with_retries(context, lambda: writers.write_readings_1m(ctx, window))
+    sink_windows(context, warehouse, influx, "1m", report)
     results = list(
         checks.evaluate(warehouse.get_engine(), "readings_1m", window, ctx.settings.timezone)
     )
@@ -80,15 +83,16 @@ def readings_1m(
     code_version="1",
 )
 def readings_5m(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, influx: InfluxResource
 ) -> dg.MaterializeResult:
     """Per sensor and 5 minutes: the 1-minute partials merged exactly (Chan's formula).
 
     Table: `bi.readings_5m`, same columns as `bi.readings_1m`.
     """
-    ctx, window = write_context(warehouse), partition_window(context)
+    ctx, window = write_context(warehouse, influx), partition_window(context)
     report = write_with_retries(
         context, lambda: writers.write_merged_level(ctx, writers.LEVEL_5M, window)
     )
+    sink_windows(context, warehouse, influx, "5m", report)
     results = checks.evaluate(warehouse.get_engine(), "readings_5m", window, ctx.settings.timezone)
     return materialize_result(context, report, warehouse, list(results))

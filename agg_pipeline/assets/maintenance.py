@@ -122,23 +122,11 @@ def _count(engine, table: str, where: str, params: dict) -> int:
         ).scalar_one()
 
 
-@dg.op(
-    description="Deletes raw readings, 1m/5m windows and hourly rollups past their retention "
-    "(daily and weekly rollups are kept forever), in bounded batches.",
-    tags={"kind": "maintenance"},
-)
-def retention_cleanup_op(
-    context: dg.OpExecutionContext, config: RetentionConfig, warehouse: WarehouseResource
-) -> dg.Output[dict]:
-    settings = get_settings()
+def _raw_retention(engine, source, settings, today, dry_run, batch, summary) -> dict[str, str]:
+    """Delete whole local days of raw readings past retention, only where every level that
+    needs them is complete; returns the days kept and why."""
     zone = settings.zone
-    today = datetime.now(zone).date()
-    engine = warehouse.get_engine()
-    batch = settings.retention_batch_rows
-    summary: dict[str, object] = {"dry_run": config.dry_run}
-    source = get_catalogue().source
     raw_table, raw_time = quote_ident(source.table), quote_ident(source.time_column)
-
     # Raw readings: whole local days older than the cutoff, and only safe ones.
     raw_cutoff = today - timedelta(days=settings.retention_raw_days)
     cutoff_ts = datetime.combine(raw_cutoff, time(0), tzinfo=zone)
@@ -179,10 +167,39 @@ def retention_cleanup_op(
             where = f"{raw_time} >= :s AND {raw_time} < :e"
             raw_deleted += (
                 _count(engine, raw_table, where, params)
-                if config.dry_run
+                if dry_run
                 else _delete_in_batches(engine, raw_table, where, params, batch)
             )
     summary[source.table] = {"cutoff": str(raw_cutoff), "rows": raw_deleted, "days_kept": kept}
+    return kept
+
+
+@dg.op(
+    description="Deletes raw readings, 1m/5m windows and hourly rollups past their retention "
+    "(daily and weekly rollups are kept forever), in bounded batches.",
+    tags={"kind": "maintenance"},
+)
+def retention_cleanup_op(
+    context: dg.OpExecutionContext, config: RetentionConfig, warehouse: WarehouseResource
+) -> dg.Output[dict]:
+    settings = get_settings()
+    zone = settings.zone
+    today = datetime.now(zone).date()
+    engine = warehouse.get_engine()
+    batch = settings.retention_batch_rows
+    summary: dict[str, object] = {"dry_run": config.dry_run}
+    catalogue = get_catalogue()
+    source = catalogue.source
+
+    if not catalogue.raw_in_postgres:
+        # Raw points in InfluxDB expire by the bucket's own retention rule.
+        summary["raw"] = {
+            "skipped": f"raw readings live in {source.describe()}: "
+            "the bucket's retention rule applies"
+        }
+        kept: dict[str, str] = {}
+    else:
+        kept = _raw_retention(engine, source, settings, today, config.dry_run, batch, summary)
     for day, why in kept.items():
         context.log.warning(f"raw readings of {day} kept: {why}")
 

@@ -11,13 +11,16 @@ from datetime import date, datetime, timedelta
 import dagster as dg
 import sqlalchemy as sa
 
-from agg_pipeline import partitions, patterns
+from agg_pipeline import influx_sink, partitions, patterns
 from agg_pipeline.assets._common import BACKFILL, markdown_table, partition_window
+from agg_pipeline.catalogue import get_catalogue
 from agg_pipeline.compute import patterns as detect
+from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
 
 _settings = get_settings()
+_catalogue = get_catalogue()
 BASELINE_DAYS = 14
 CHUNK_ROWS = 20_000  # events fetched per round trip (server-side cursor)
 
@@ -121,7 +124,9 @@ def run_detector(name: str, prepared: detect.DayEvents, r: detect.EventRules) ->
     can_subset=True,
     pool="bi.patterns",
 )
-def pattern_detectors(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+def pattern_detectors(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, influx: InfluxResource
+):
     selected = [
         n
         for n in EVENT_DETECTORS
@@ -132,7 +137,9 @@ def pattern_detectors(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     counts: dict[str, int] = {}
     previews: dict[str, list[dict]] = {}
     engine = warehouse.get_engine()
+    sunk: dict[str, int] = {}
     for day in _days(partition_window(context)):
+        day_rows: dict[str, list[dict]] = {}
         with engine.begin() as conn:
             now = conn.execute(sa.text("SELECT now()")).scalar_one()
             latest = now + timedelta(seconds=_settings.future_tolerance_seconds)
@@ -143,7 +150,12 @@ def pattern_detectors(context: dg.AssetExecutionContext, warehouse: WarehouseRes
             for name in selected:
                 rows = [{"day": day, **row} for row in run_detector(name, prepared, r)]
                 written[name] += patterns.replace_days(conn, patterns.DETECTORS[name], [day], rows)
-                previews[name] = rows
+                previews[name] = day_rows[name] = rows
+        # After the commit: InfluxDB gets what PostgreSQL holds.
+        for name, rows in day_rows.items():
+            n = influx_sink.write_patterns(influx, _catalogue, patterns.DETECTORS[name], rows)
+            if n is not None:
+                sunk[name] = sunk.get(name, 0) + n
         context.log.info(
             f"{day}: {prepared.counts['events']} events, "
             f"{prepared.counts['activations']} activations"
@@ -157,6 +169,7 @@ def pattern_detectors(context: dg.AssetExecutionContext, warehouse: WarehouseRes
             asset_key=f"pattern_{name}_daily",
             metadata={
                 "rows_written": written[name],
+                **({"influx_points_written": sunk.get(name, 0)} if sunk else {}),
                 "events": dg.MetadataValue.json(counts),
                 "preview": dg.MetadataValue.md(
                     markdown_table([{k: str(v)[:60] for k, v in row.items()} for row in top])
@@ -185,7 +198,7 @@ def pattern_detectors(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     + (detect.anomalies.__doc__ or ""),
 )
 def pattern_anomaly_daily(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, influx: InfluxResource
 ) -> dg.MaterializeResult:
     materialized = context.instance.get_materialized_partitions(
         dg.AssetKey("pattern_time_based_daily")
@@ -215,6 +228,9 @@ def pattern_anomaly_daily(
                 conn, patterns.DETECTORS["anomaly"], [day], [{"day": day, **f} for f in found]
             )
             flagged += [{"day": str(day), **f} for f in found]
+        influx_sink.write_patterns(
+            influx, _catalogue, patterns.DETECTORS["anomaly"], [{"day": day, **f} for f in found]
+        )
     return dg.MaterializeResult(
         metadata={
             "rows_written": written,

@@ -17,16 +17,23 @@ from agg_pipeline.settings import get_settings
 _catalogue = get_catalogue()
 
 
-def observe_late_hours(warehouse, now: datetime | None = None) -> dict[str, late_data.LateHour]:
-    """Drain the change log; the late hours within the lookback, by partition key."""
+def observe_late_hours(
+    warehouse, influx=None, now: datetime | None = None
+) -> dict[str, late_data.LateHour]:
+    """Record late readings (PostgreSQL: drain the trigger's change log; InfluxDB: compare
+    hourly fingerprints); the late hours within the lookback, by partition key."""
     settings = get_settings()
     engine = warehouse.get_engine()
     origin = partitions.hourly.start_time_for_partition_key(
         partitions.hourly.get_first_partition_key()
     )
-    late_data.drain(engine, origin, timedelta(minutes=settings.late_data_settle_minutes))
+    settle = timedelta(minutes=settings.late_data_settle_minutes)
     now = now or clock.now()
     since = now - timedelta(days=settings.late_data_lookback_days)
+    if _catalogue.raw_in_postgres:
+        late_data.drain(engine, origin, settle)
+    else:
+        observe_influx(engine, influx, since, now, settle)
     return {
         partitions.hourly.get_partition_key_for_timestamp(h.hour_start.timestamp()): h
         for h in late_data.changes_since(engine, 0, since)
@@ -34,21 +41,47 @@ def observe_late_hours(warehouse, now: datetime | None = None) -> dict[str, late
     }
 
 
+def observe_influx(engine, influx, since: datetime, now: datetime, settle: timedelta) -> int:
+    """One Flux query over the lookback: hourly point counts and last point times."""
+    from agg_pipeline.compute import flux
+    from agg_pipeline.resources.influx import InfluxError
+
+    if influx is None or not influx.enabled:
+        raise InfluxError("raw readings are in InfluxDB, but INFLUXDB_URL is not set")
+    src = _catalogue.source
+    # Whole hours on the partitions' grid, so every hour is counted completely.
+    first = partitions.hourly.start_time_for_partition_key(
+        partitions.hourly.get_partition_key_for_timestamp(max(since, _origin()).timestamp())
+    )
+    offset = timedelta(seconds=int(first.timestamp()) % 3600)
+    frames = influx.query_frames(
+        flux.hourly_fingerprints(src.bucket, src.measurement, first, now, offset)
+    )
+    return late_data.record_fingerprints(
+        engine, late_data.influx_fingerprints(frames), first, now, settle
+    )
+
+
+def _origin() -> datetime:
+    return partitions.hourly.start_time_for_partition_key(
+        partitions.hourly.get_first_partition_key()
+    )
+
+
 @dg.observable_source_asset(
     name="raw_readings",
     description=(
         "Raw sensor readings, written by the devices' own ingestion (not by agg_pipeline). "
-        f"Source: {_catalogue.source.kind} `{_catalogue.source.table}`, one row per "
-        f"(time, {_catalogue.source.device_column}, field, value). Catalogue "
+        f"Source: {_catalogue.source.describe()}. Catalogue "
         f"`{_catalogue.name}`: {', '.join(_catalogue.fields)}. Data version per hour = late "
         "rows recorded for it."
     ),
     partitions_def=partitions.hourly,
     group_name="sources",
-    required_resource_keys={"warehouse"},
-    metadata={"catalogue": _catalogue.name, "table": _catalogue.source.table},
+    required_resource_keys={"warehouse", "influx"},
+    metadata={"catalogue": _catalogue.name, "source": _catalogue.source.describe()},
 )
 def raw_readings(context) -> dg.DataVersionsByPartition:
-    late = observe_late_hours(context.resources.warehouse)
+    late = observe_late_hours(context.resources.warehouse, context.resources.influx)
     context.log.info(f"{len(late)} hour(s) with late readings in the lookback")
     return dg.DataVersionsByPartition({k: h.data_version for k, h in late.items()})

@@ -15,6 +15,7 @@ from agg_pipeline.assets._common import (
 from agg_pipeline.assets.downsample import readings_1m
 from agg_pipeline.assets.raw import raw_readings
 from agg_pipeline.automation_conditions import daily_correction, hourly_correction
+from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
 
@@ -27,8 +28,10 @@ STATS = (
 _TZ = get_settings().timezone
 
 
-def _run(context, warehouse: WarehouseResource, asset: str, level: writers.Level):
-    ctx, window = write_context(warehouse), partition_window(context)
+def _run(
+    context, warehouse: WarehouseResource, influx: InfluxResource, asset: str, level: writers.Level
+):
+    ctx, window = write_context(warehouse, influx), partition_window(context)
     report = write_with_retries(context, lambda: writers.write_merged_level(ctx, level, window))
     results = checks.evaluate(warehouse.get_engine(), asset, window, ctx.settings.timezone)
     return materialize_result(context, report, warehouse, list(results))
@@ -51,9 +54,9 @@ def _run(context, warehouse: WarehouseResource, asset: str, level: writers.Level
     + STATS,
 )
 def rollup_hourly(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, influx: InfluxResource
 ) -> dg.MaterializeResult:
-    return _run(context, warehouse, "rollup_hourly", writers.LEVEL_HOURLY)
+    return _run(context, warehouse, influx, "rollup_hourly", writers.LEVEL_HOURLY)
 
 
 @dg.asset(
@@ -73,6 +76,6 @@ def rollup_hourly(
     "keyed (sensor_id, week_start). " + STATS,
 )
 def rollup_weekly(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, influx: InfluxResource
 ) -> dg.MaterializeResult:
-    return _run(context, warehouse, "rollup_weekly", writers.LEVEL_WEEKLY)
+    return _run(context, warehouse, influx, "rollup_weekly", writers.LEVEL_WEEKLY)

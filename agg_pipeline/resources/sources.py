@@ -25,6 +25,7 @@ from agg_pipeline.catalogue import Catalogue
 from agg_pipeline.compute import statements
 from agg_pipeline.compute.conditions import ConditionBand
 from agg_pipeline.compute.windows import Window
+from agg_pipeline.resources.influx import InfluxResource
 
 
 @dataclass(frozen=True)
@@ -216,9 +217,17 @@ class PostgresReadingsSource:
 
 
 def readings_source(
-    catalogue: Catalogue, engine: sa.Engine, shards: int = 1, work_mem: str = "256MB"
+    catalogue: Catalogue,
+    engine: sa.Engine,
+    shards: int = 1,
+    work_mem: str = "256MB",
+    influx: InfluxResource | None = None,
 ) -> ReadingsSource:
-    """The source the catalogue describes (raw readings in ``engine``'s database)."""
+    """The source the catalogue describes: a table of ``engine``'s database, or InfluxDB."""
     if catalogue.source.kind == "postgres":
         return PostgresReadingsSource(catalogue, engine, shards, work_mem)
+    if catalogue.source.kind == "influxdb":
+        from agg_pipeline.resources.influx_source import InfluxReadingsSource
+
+        return InfluxReadingsSource(catalogue, influx or InfluxResource())
     raise ValueError(f"unsupported source kind {catalogue.source.kind!r}")

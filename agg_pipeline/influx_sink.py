@@ -1,0 +1,186 @@
+"""Writing back to InfluxDB in the shape the replaced systems wrote.
+
+- 1m / 5m windows (the old Flux tasks ``aggregate_1m_mean`` ...): measurement
+  ``<measurement>_1m`` / ``_5m``, tags ``<device tag>`` and ``stat_type`` = mean | min |
+  max | count, one field per catalogue field (count as an integer), stamped at the
+  window's start (or end: ``influx_sink.window_time``). Points are keyed by series and
+  time, so re-writing a window overwrites the same points: idempotent.
+- Daily pattern aggregates (the old PatternAggregateClient): measurements
+  ``time_based_daily`` ..., tag ``date`` plus the detector's key tags, lists and maps as
+  JSON strings, stamped at the day's midnight UTC (the old client stamped the write time,
+  so every re-run added a point; a fixed time makes re-runs overwrite).
+
+PostgreSQL stays the system of record: the sink runs after the warehouse transaction
+committed, and a failed sink write fails the run (Dagster retries it; the warehouse
+write is idempotent too).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+
+import sqlalchemy as sa
+
+from agg_pipeline.catalogue import Catalogue, InfluxSink
+from agg_pipeline.compute.windows import Window
+from agg_pipeline.resources.influx import InfluxError, InfluxResource
+
+STATS = ("mean", "min", "max", "count")
+_LEVELS = {"1m": ("bi.readings_1m", 60), "5m": ("bi.readings_5m", 300)}
+
+
+# ------------------------------------------------------------------------ line protocol
+def tag_value(value: str) -> str:
+    """Escape a tag key or value (commas, equals signs and spaces)."""
+    if "\n" in value or not value:
+        raise ValueError(f"unwritable InfluxDB tag value {value!r}")
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+
+
+def field_value(value: object) -> str | None:
+    """A line-protocol field value; None for values InfluxDB cannot store (NaN, inf)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value}i"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else None
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def line(measurement: str, tags: dict[str, str], fields: dict[str, object], ts: int) -> str | None:
+    """One point; tags sorted by key (what InfluxDB recommends), None without fields."""
+    rendered = [(k, field_value(v)) for k, v in fields.items() if v is not None]
+    body = ",".join(f"{tag_value(k)}={v}" for k, v in rendered if v is not None)
+    if not body:
+        return None
+    tag_part = "".join(f",{tag_value(k)}={tag_value(v)}" for k, v in sorted(tags.items()))
+    return f"{tag_value(measurement)}{tag_part} {body} {ts}"
+
+
+# ---------------------------------------------------------------------------- windows
+_WINDOWS = """
+SELECT dv.device_code AS device, s.field, t.window_start, t.mean_value AS mean,
+       t.min_value AS min, t.max_value AS max, t.sample_count AS count
+FROM {table} AS t
+JOIN iot.sensors AS s ON s.id = t.sensor_id
+JOIN iot.devices AS dv ON dv.id = s.device_id
+WHERE t.window_start >= :s AND t.window_start < :e
+ORDER BY t.window_start, dv.device_code, s.field
+"""
+
+
+def window_lines(
+    rows: Iterable[sa.Row], sink: InfluxSink, device_tag: str, level: str
+) -> list[str]:
+    """Line protocol for window rows (device, field, window_start, mean, min, max, count):
+    one point per (device, stat_type, window) carrying every field."""
+    seconds = _LEVELS[level][1]
+    shift = seconds if sink.window_time == "stop" else 0
+    points: dict[tuple[str, str, int], dict[str, object]] = {}
+    for r in rows:
+        ts = int(r.window_start.timestamp()) + shift
+        for stat in STATS:
+            value = getattr(r, stat)
+            value = int(value) if stat == "count" else float(value)
+            points.setdefault((r.device, stat, ts), {})[r.field] = value
+    measurement = f"{sink.measurement}_{level}"
+    out = []
+    for (device, stat, ts), fields in sorted(points.items(), key=lambda kv: (kv[0][2], kv[0][:2])):
+        rendered = line(measurement, {device_tag: device, "stat_type": stat}, fields, ts)
+        if rendered:
+            out.append(rendered)
+    return out
+
+
+def device_tag(catalogue: Catalogue) -> str:
+    src = catalogue.source
+    return getattr(src, "device_tag", None) or "sensor_tag"
+
+
+_ENSURED: set[tuple[str, str]] = set()
+
+
+def ensure_buckets(influx: InfluxResource, sink: InfluxSink) -> dict[str, str]:
+    """Create the sink's buckets (with their retention) unless they exist; once per process."""
+    wanted = [(sink.bucket, sink.retention_days)]
+    if sink.patterns_bucket:
+        wanted.append((sink.patterns_bucket, sink.patterns_retention_days))
+    out = {}
+    for bucket, days in wanted:
+        key = (influx.url or "", bucket)
+        if key in _ENSURED:
+            out[bucket] = "checked"
+            continue
+        out[bucket] = influx.ensure_bucket(bucket, days)
+        _ENSURED.add(key)
+    return out
+
+
+def _require(influx: InfluxResource | None, catalogue: Catalogue) -> InfluxResource:
+    if influx is None or not influx.enabled:
+        raise InfluxError(
+            f"catalogue {catalogue.name!r} has an influx_sink, but InfluxDB is not configured: "
+            "set INFLUXDB_URL, INFLUXDB_TOKEN and INFLUXDB_ORG (or remove influx_sink)"
+        )
+    return influx
+
+
+def write_windows(
+    engine: sa.Engine,
+    influx: InfluxResource | None,
+    catalogue: Catalogue,
+    level: str,
+    window: Window,
+) -> int | None:
+    """Write ``level`` ("1m" / "5m") windows in ``window`` to the sink; None if no sink."""
+    sink = catalogue.influx_sink
+    if sink is None or not getattr(sink, f"readings_{level}"):
+        return None
+    influx = _require(influx, catalogue)
+    ensure_buckets(influx, sink)
+    table = _LEVELS[level][0]
+    written = 0
+    # A day at a time: bounded memory for a long backfill.
+    start = window.start
+    while start < window.end:
+        end = min(window.end, start + timedelta(days=1))
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(_WINDOWS.format(table=table)), {"s": start, "e": end})
+            lines = window_lines(rows, sink, device_tag(catalogue), level)
+        written += influx.write_lines(sink.bucket, lines, precision="s") if lines else 0
+        start = end
+    return written
+
+
+# --------------------------------------------------------------------------- patterns
+def pattern_lines(det, rows: list[dict]) -> list[str]:
+    """Line protocol for one detector's daily aggregates (validated model dicts)."""
+    out = []
+    for row in rows:
+        model = det.model.model_validate(row)
+        data = model.model_dump()
+        day: date = data.pop("day")
+        tags = {"date": day.isoformat(), **{t: str(data.pop(t)) for t in det.tags}}
+        fields = {k: (json.dumps(v) if k in det.json_fields else v) for k, v in data.items()}
+        ts = int(datetime.combine(day, datetime.min.time(), UTC).timestamp())
+        rendered = line(det.measurement, tags, fields, ts)
+        if rendered:
+            out.append(rendered)
+    return out
+
+
+def write_patterns(
+    influx: InfluxResource | None, catalogue: Catalogue, det, rows: list[dict]
+) -> int | None:
+    sink = catalogue.influx_sink
+    if sink is None or not sink.patterns_bucket:
+        return None
+    influx = _require(influx, catalogue)
+    ensure_buckets(influx, sink)
+    lines = pattern_lines(det, rows)
+    return influx.write_lines(sink.patterns_bucket, lines, precision="s") if lines else 0
