@@ -54,6 +54,7 @@ TARGETS = {
     "read_p50_ms": ("<=", 10.0),
     "worker_peak_rss_mb": ("<=", 500.0),
     "pattern_write_1000_s": ("<", 1.0),
+    "pattern_write_1000_influx_s": ("<", 1.0),
 }
 
 
@@ -443,7 +444,61 @@ def measure_pattern_writes(env: BenchEnv, reps: int) -> dict:
         from agg_pipeline.patterns import bench_write_batch  # the pattern-aggregates issue
     except ImportError:
         return {"note": "pattern aggregates not implemented yet: not measured"}
-    return bench_write_batch(env.engine, n=1000, reps=reps)
+    result = bench_write_batch(env.engine, n=1000, reps=reps)
+    result.update(measure_influx_pattern_writes(1000, reps))
+    return result
+
+
+def measure_influx_pattern_writes(n: int, reps: int) -> dict:
+    """1000 pattern aggregates as line protocol through influxdb-client (gzip, one batch
+    per detector) to a local HTTP endpoint that accepts writes like InfluxDB (204): our
+    client-side cost plus HTTP, not InfluxDB's ingestion."""
+    import gzip
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from agg_pipeline import influx_sink, patterns
+    from agg_pipeline.resources.influx import InfluxResource
+
+    received: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            received.append(body.count(b"\n") + 1)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        influx = InfluxResource(
+            url=f"http://127.0.0.1:{server.server_address[1]}", token="bench", org="bench"
+        )
+        by_detector: dict[str, list[dict]] = {}
+        for a in patterns.sample_aggregates(n):
+            name = next(k for k, d in patterns.DETECTORS.items() if isinstance(a, d.model))
+            by_detector.setdefault(name, []).append(a.model_dump())
+
+        def once() -> float:
+            start = time.perf_counter()
+            for name, rows in by_detector.items():
+                det = patterns.DETECTORS[name]
+                influx.write_lines("pattern_aggregates_daily", influx_sink.pattern_lines(det, rows))
+            return time.perf_counter() - start
+
+        seconds = [once() for _ in range(reps)]
+    finally:
+        server.shutdown()
+    return {
+        "influx_line_protocol_s": statistics.median(seconds),
+        "influx_points_received": sum(received) // reps,
+    }
 
 
 def measure_incremental(env: BenchEnv, day_start: datetime, devices: int, hz: float) -> dict:
@@ -520,6 +575,7 @@ def ratios(r: dict) -> dict:
         "read_p50_ms": r["reads"]["worst_rollup_p50_ms"],
         "worker_peak_rss_mb": r["pipeline"]["worker_peak_rss_mb"],
         "pattern_write_1000_s": r["pattern_writes"].get("postgres_s"),
+        "pattern_write_1000_influx_s": r["pattern_writes"].get("influx_line_protocol_s"),
     }
     return out
 
@@ -560,6 +616,7 @@ def render(result: dict) -> str:
     row("read p50, worst dashboard query (ms)", "read_p50_ms", ".2f")
     row("run worker peak RSS (MB)", "worker_peak_rss_mb", ".0f")
     row("1000 pattern aggregates, one batch (s)", "pattern_write_1000_s", ".3f")
+    row("1000 pattern aggregates, line protocol (s)", "pattern_write_1000_influx_s", ".3f")
     f, p, o, b = result["floor"], result["pipeline"], result["old_way"], result["backfill"]
     lines += [
         "",

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from agg_pipeline import localdb, migrate, simulator
 from agg_pipeline.catalogue import CatalogueError, get_catalogue
+from agg_pipeline.resources.influx import InfluxError
 from agg_pipeline.resources.warehouse import (
     WarehouseUnavailable,
     check_reachable,
@@ -243,6 +244,49 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _influx():
+    from agg_pipeline.resources.influx import InfluxError, InfluxResource
+
+    env = {k: os.environ.get(f"INFLUXDB_{k.upper()}") for k in ("url", "token", "org")}
+    missing = [f"INFLUXDB_{k.upper()}" for k, v in env.items() if not v]
+    if missing:
+        raise InfluxError(f"set {', '.join(missing)} to reach InfluxDB")
+    return InfluxResource(**env)
+
+
+def cmd_influx(args: argparse.Namespace) -> int:
+    from agg_pipeline import influx_sink
+
+    influx = _influx()
+    if args.action == "ensure-buckets":
+        sink = get_catalogue().influx_sink
+        if sink is None:
+            print("the catalogue has no influx_sink: no buckets to create", file=sys.stderr)
+            return 2
+        for bucket, outcome in influx_sink.ensure_buckets(influx, sink).items():
+            print(f"{bucket}: {outcome}")
+        return 0
+    # tasks
+    tasks = influx.list_tasks(args.prefix)
+    if args.task_action == "list" or not tasks:
+        for t in tasks:
+            print(f"{t['id']}  {t['status']:<8}  every {t['every'] or '-':<5}  {t['name']}")
+        if not tasks:
+            print(f"no tasks named {args.prefix}*")
+        return 0
+    if not args.yes:
+        names = ", ".join(t["name"] for t in tasks)
+        print(f"would {args.task_action} {len(tasks)} task(s): {names}\nre-run with --yes")
+        return 1
+    for t in tasks:
+        if args.task_action == "disable":
+            influx.set_task_status(t["id"], "inactive")
+        else:
+            influx.delete_task(t["id"])
+        print(f"{args.task_action}d {t['name']} ({t['id']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agg-pipeline", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -290,6 +334,21 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--seed", type=int, default=42)
     se.set_defaults(func=cmd_seed_events)
 
+    ix = sub.add_parser(
+        "influx", help="InfluxDB 2.x: create the sink's buckets, retire the old Flux tasks"
+    )
+    ix_sub = ix.add_subparsers(dest="action", required=True)
+    ix_sub.add_parser(
+        "ensure-buckets", help="create the catalogue's influx_sink buckets with retention"
+    ).set_defaults(func=cmd_influx)
+    tasks = ix_sub.add_parser("tasks", help="the old downsampling tasks (aggregate_1m_mean ...)")
+    tasks.add_argument("task_action", choices=["list", "disable", "delete"])
+    tasks.add_argument(
+        "--prefix", default="aggregate_", help="task name prefix (default aggregate_)"
+    )
+    tasks.add_argument("--yes", action="store_true", help="disable / delete without asking")
+    tasks.set_defaults(func=cmd_influx)
+
     dev = sub.add_parser("dev", help="local database, schema, demo data, then `dagster dev`")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
@@ -305,7 +364,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SettingsError, CatalogueError, WarehouseUnavailable, migrate.MigrationError) as exc:
+    except (
+        SettingsError,
+        CatalogueError,
+        WarehouseUnavailable,
+        migrate.MigrationError,
+        InfluxError,
+    ) as exc:
         print(f"agg-pipeline: {exc}", file=sys.stderr)
         return 2
 

@@ -499,3 +499,100 @@ def test_live_influxdb_answers_like_pandas(engine):
             found = api.find_bucket_by_name(bucket)
             if found:
                 api.delete_bucket(found)
+
+
+# ------------------------------------------------------------- Dagster and the CLI
+CATALOGUE_YAML = """
+name: hydro_influx
+sample_interval_seconds: 10
+source: {kind: influxdb, bucket: hydroponics, measurement: sensor_readings,
+         device_tag: sensor_tag}
+influx_sink: {bucket: hydroponics_downsampled, measurement: sensor_readings,
+              retention_days: 30}
+fields:
+  ph: {sensor_type: PH_SENSOR, unit: pH, min: 0, max: 14, optimal: {min: 5.5, max: 6.5}}
+  ec: {sensor_type: EC_SENSOR, unit: mS/cm, min: 0, max: 10}
+"""
+
+
+def test_a_dagster_run_reads_from_and_writes_to_influxdb(influx, warehouse_url, tmp_path):
+    import numpy as np
+
+    from agg_pipeline_tests.test_cli import BIN, run
+
+    hour = pd.Timestamp("2026-11-02T10:00:00Z")
+    rng = np.random.default_rng(3)
+    raw = pd.DataFrame({
+        "time": [hour + pd.Timedelta(seconds=10 * i) for i in range(360)] * 4,
+        "device": ["dev_a"] * 720 + ["dev_b"] * 720,
+        "field": (["ph"] * 360 + ["ec"] * 360) * 2,
+        "value": rng.uniform(5.0, 7.0, 1440),
+    })  # fmt: skip
+    raw.loc[5, "value"] = 99.0  # out of bounds for pH: excluded and counted
+    influx.add_points("hydroponics", readings_to_points(raw, "sensor_readings", "sensor_tag"))
+    influx.add_task("aggregate_1m_mean")
+    influx.add_task("aggregate_5m_max")
+    (tmp_path / "catalogue.yaml").write_text(CATALOGUE_YAML)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("")
+    env = {
+        **os.environ,
+        "DATABASE_URL": warehouse_url,
+        "DAGSTER_HOME": str(home),
+        "AGG_PIPELINE_CATALOGUE": str(tmp_path / "catalogue.yaml"),
+        "INFLUXDB_URL": influx.url,
+        "INFLUXDB_TOKEN": influx.token,
+        "INFLUXDB_ORG": influx.org,
+    }
+    out = run(
+        [
+            str(BIN / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "agg_pipeline.definitions",
+            "--select",
+            "readings_1m,readings_5m",
+            "--partition",
+            "2026-11-02-10:00",
+        ],
+        env,
+    )
+    assert influx.token not in out.stdout + out.stderr  # the token is never logged
+
+    valid = raw[(raw["value"] >= 0) & ~((raw["field"] == "ph") & (raw["value"] > 14))]
+    for level, freq in (("1m", "1min"), ("5m", "5min")):
+        expected = (
+            valid.assign(w=valid["time"].dt.floor(freq))
+            .groupby(["device", "field", "w"])["value"]
+            .agg(["count", "mean"])
+        )
+        # In PostgreSQL ...
+        engine = sa.create_engine(warehouse_url)
+        with engine.connect() as conn:
+            got = pd.read_sql(sa.text(
+                f"SELECT dv.device_code AS device, s.field, t.window_start AS w, "
+                f"t.sample_count AS count, t.mean_value AS mean FROM bi.readings_{level} t "
+                "JOIN iot.sensors s ON s.id = t.sensor_id JOIN iot.devices dv "
+                "ON dv.id = s.device_id"), conn).set_index(["device", "field", "w"])  # fmt: skip
+        engine.dispose()
+        got.index = got.index.set_levels(pd.to_datetime(got.index.levels[2], utc=True), level=2)
+        pd.testing.assert_frame_equal(got.sort_index(), expected.sort_index(), check_dtype=False,
+                                      check_names=False)  # fmt: skip
+        # ... and in InfluxDB, in the old tasks' shape.
+        sunk = influx.points["hydroponics_downsampled"]
+        sunk = sunk[sunk["_measurement"] == f"sensor_readings_{level}"]
+        means = sunk[sunk["stat_type"] == "mean"].set_index(["sensor_tag", "_field", "_time"])
+        assert len(means) == len(expected)
+        assert np.allclose(means["_value"].astype(float).sort_index().to_numpy(),
+                           expected["mean"].sort_index().to_numpy(), rtol=1e-12)  # fmt: skip
+
+    cli = str(BIN / "agg-pipeline")
+    assert "hydroponics_downsampled: exists" in run([cli, "influx", "ensure-buckets"], env).stdout
+    listed = run([cli, "influx", "tasks", "list"], env).stdout
+    assert "aggregate_1m_mean" in listed and "aggregate_5m_max" in listed
+    run([cli, "influx", "tasks", "disable", "--yes"], env)
+    assert {t["status"] for t in influx.tasks.values()} == {"inactive"}
+    run([cli, "influx", "tasks", "delete", "--yes"], env)
+    assert influx.tasks == {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import random
 import time
 from collections.abc import Iterable, Iterator
@@ -30,88 +31,110 @@ class InfluxError(RuntimeError):
 
 @dataclass
 class Table:
+    """One annotation block: every table of a result that shares its columns."""
+
     result: str
     columns: list[str]
     datatypes: list[str]
-    rows: list[list[str]]
+    frame: pd.DataFrame
+
+
+_NUMERIC = {"double": "float64", "long": "Int64", "unsignedLong": "UInt64"}
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    buffer = ""
+    for chunk in chunks:
+        buffer += decoder.decode(chunk)
+        *complete, buffer = buffer.split("\n")
+        yield from complete
+    buffer += decoder.decode(b"", final=True)
+    if buffer:
+        yield buffer
 
 
 def parse_annotated_csv(chunks: Iterable[bytes]) -> Iterator[Table]:
-    """Tables from InfluxDB's annotated CSV, as the bytes arrive.
+    """Annotation blocks of InfluxDB's annotated CSV, as the bytes arrive.
 
-    Each annotation block (``#datatype``, ``#group``, ``#default``, then the header row)
-    starts a table schema; data rows name their result (or take the ``#default``) and
-    table id. An error table (header ``error``, ``reference``) raises ``InfluxError``
-    with InfluxDB's message, even inside a 200 response.
+    Each block (``#datatype``, ``#group``, ``#default``, the header row, then the rows of
+    one or more tables) is parsed by pandas' C reader in one go - the rows of an answer
+    are numerous, so no per-row Python. An error table (header ``error``, ``reference``)
+    raises ``InfluxError`` with InfluxDB's message, even inside a 200 response.
     """
-    decoder = codecs.getincrementaldecoder("utf-8")()
-
-    def lines() -> Iterator[str]:
-        buffer = ""
-        for chunk in chunks:
-            buffer += decoder.decode(chunk)
-            *complete, buffer = buffer.split("\n")
-            yield from complete
-        buffer += decoder.decode(b"", final=True)
-        if buffer:
-            yield buffer
-
     datatypes: list[str] = []
     defaults: list[str] = []
     header: list[str] | None = None
-    current: Table | None = None
-    for row in csv.reader(line.rstrip("\r") for line in lines()):
-        if not row or all(not cell for cell in row):
+    rows: list[str] = []
+
+    def flush() -> Iterator[Table]:
+        if header is None:
+            return
+        if header[:2] == ["error", "reference"]:
+            first = next(csv.reader(rows[:1]), ["", "unknown error"])
+            raise InfluxError(f"InfluxDB query error: {first[1] if len(first) > 1 else first}")
+        if not rows:
+            return
+        types = dict(zip(header, datatypes[: len(header)] if datatypes else [], strict=False))
+        numeric = {c: _NUMERIC[t] for c, t in types.items() if t in _NUMERIC}
+        frame = pd.read_csv(
+            io.StringIO("\n".join(rows)),
+            header=None,
+            names=["", *header],
+            dtype={c: numeric.get(c, str) for c in ["", *header]},
+            keep_default_na=False,
+            na_values={c: [""] for c in numeric},
+        )
+        r = header.index("result") if "result" in header else None
+        default = defaults[r] if r is not None and r < len(defaults) else ""
+        results = (
+            frame["result"].where(frame["result"] != "", default or "_result")
+            if (r is not None)
+            else pd.Series("_result", index=frame.index)
+        )
+        for name, part in frame.groupby(results, sort=False):
+            yield Table(str(name), header, datatypes, part)
+
+    for line in _lines(chunks):
+        line = line.rstrip("\r")
+        if not line or not line.strip(","):
             continue  # blank line between tables
-        if row[0].startswith("#"):
-            if header is not None:  # a new annotation block: the previous schema ends
-                header, defaults, datatypes = None, [], []
-            if row[0] == "#datatype":
-                datatypes = row[1:]
-            elif row[0] == "#default":
-                defaults = row[1:]
+        if line.startswith("#"):
+            if header is not None:  # a new annotation block: the previous one is complete
+                yield from flush()
+                header, rows, defaults, datatypes = None, [], [], []
+            cells = next(csv.reader([line]))
+            if cells[0] == "#datatype":
+                datatypes = cells[1:]
+            elif cells[0] == "#default":
+                defaults = cells[1:]
             continue
         if header is None:
-            header = row[1:]
-            if header[:2] == ["error", "reference"]:
-                header = ["error", "reference"]
+            header = next(csv.reader([line]))[1:]
             continue
-        values = row[1:]
-        if header == ["error", "reference"]:
-            raise InfluxError(f"InfluxDB query error: {values[0] if values else 'unknown'}")
-        r = header.index("result") if "result" in header else None
-        result = (
-            (values[r] if r is not None else "")
-            or (defaults[r] if r is not None and r < len(defaults) else "")
-            or "_result"
-        )
-        if current is None or current.result != result or current.columns is not header:
-            if current is not None:
-                yield current
-            current = Table(result, header, datatypes, [])
-        current.rows.append(values)
-    if current is not None:
-        yield current
+        rows.append(line)
+    yield from flush()
 
 
 def tables_to_frames(tables: Iterable[Table]) -> dict[str, pd.DataFrame]:
     """One DataFrame per result name, columns typed by the ``#datatype`` annotations."""
     parts: dict[str, list[pd.DataFrame]] = {}
     for t in tables:
-        frame = pd.DataFrame(t.rows, columns=t.columns)
+        frame = t.frame.drop(columns=["", "result", "table"], errors="ignore").copy()
         for col, dtype in zip(t.columns, t.datatypes, strict=False):
-            if col in ("", "result", "table"):
+            if col not in frame:
                 continue
-            if dtype in ("double", "long", "unsignedLong"):
-                frame[col] = pd.to_numeric(frame[col], errors="coerce")
-            elif dtype == "boolean":
+            if dtype == "boolean":
                 frame[col] = frame[col].map({"true": True, "false": False})
             elif dtype.startswith("dateTime"):
-                frame[col] = pd.to_datetime(
-                    frame[col].where(frame[col] != ""), utc=True, format="ISO8601"
-                )
-        frame = frame.drop(columns=["", "result", "table"], errors="ignore")
-        parts.setdefault(t.result, []).append(frame)
+                # Times repeat (window bounds, minutes across series): parse each once.
+                codes, uniques = pd.factorize(frame[col], use_na_sentinel=True)
+                parsed = pd.DatetimeIndex(
+                    pd.to_datetime(pd.Series(uniques).where(pd.Series(uniques) != ""), utc=True,
+                                   format="ISO8601")
+                )  # fmt: skip
+                frame[col] = parsed.take(codes, allow_fill=True, fill_value=pd.NaT)
+        parts.setdefault(t.result, []).append(frame.reset_index(drop=True))
     return {name: pd.concat(frames, ignore_index=True) for name, frames in parts.items()}
 
 
