@@ -489,6 +489,29 @@ def test_live_influxdb_answers_like_pandas(engine):
         assert frames["mean"]["_value"].tolist() == pytest.approx([6.5])
         assert frames["hour_median"]["_value"].tolist() == pytest.approx([6.5])
         assert frames["rows"]["_value"].tolist() == [4]
+        # The day-level summary: count, exact median, condition classes and held time.
+        # Band: optimal 5.5-6.5, critical below 5.0 / above 7.0. 6.0 holds 10 s (to the
+        # next point), 7.0 (acceptable) 10 s, 6.5 the max gap (300 s) before the end.
+        summary = live.query_frames(flux.period_summary(
+            bucket, "sensor_readings", "sensor_tag", {"ph": (0.0, 14.0)},
+            {"ph": (5.5, 6.5, 5.0, 7.0)}, t0, t0 + timedelta(hours=1),
+            t0 + timedelta(hours=2), 300.0))  # fmt: skip
+        assert summary["count"]["_value"].tolist() == [3]
+        assert summary["median"]["_value"].tolist() == pytest.approx([6.5])
+        classes = summary["classes"].set_index("class")
+        assert classes.loc["optimal", "n"] == 2 and classes.loc["acceptable", "n"] == 1
+        assert classes.loc["optimal", "held"] == pytest.approx(310.0)
+        assert classes.loc["acceptable", "held"] == pytest.approx(10.0)
+        # The sink's shape reads back with a plain Flux query, as Grafana panels do.
+        live.write_lines(bucket, [f"sensor_readings_1m,sensor_tag=dev_a,stat_type=mean "
+                                  f"ph=6.5 {int(t0.timestamp())}"])  # fmt: skip
+        back = live.query_frames(
+            f'from(bucket: "{bucket}") |> range(start: {flux.time(t0)}, '
+            f"stop: {flux.time(t0 + timedelta(minutes=1))}) "
+            '|> filter(fn: (r) => r._measurement == "sensor_readings_1m" and '
+            'r.stat_type == "mean")'
+        )
+        assert back["_result"]["_value"].tolist() == [6.5]
         if os.environ.get("AGG_PIPELINE_RECORD") == "1":
             (GOLDEN / "live_partials_1m.json").write_text(
                 json.dumps({k: v.astype(str).to_dict("records") for k, v in frames.items()})
