@@ -119,7 +119,7 @@ class PostgresSource(_Strict):
 
 # InfluxDB names (buckets, measurements, tags) are written into Flux strings and line
 # protocol: keep them to characters that need no escaping anywhere.
-InfluxName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,62}$")]
+InfluxName = FieldName
 
 
 class InfluxSource(_Strict):

@@ -133,15 +133,19 @@ def record_fingerprints(
                 {"since": since},
             )
         }
+        changed: list[dict] = []
         for hour in sorted(set(observed) | set(previous)):
             new = observed.get(hour, (0, None))
             old = previous.get(hour)
             if old == new:
                 continue
+            changed.append({"h": hour, "n": new[0], "last": new[1], "now": now})
             settled = now >= hour + timedelta(hours=1) + settle
             if settled and (old is not None or began < hour + timedelta(hours=1)):
                 old_count = old[0] if old else 0
                 late.append({"hour": hour, "rows": max(abs(new[0] - old_count), 1), "now": now})
+        # One executemany each (a first observation stores a whole lookback of hours).
+        if changed:
             conn.execute(
                 sa.text(
                     "INSERT INTO ops.influx_hour_fingerprints AS f "
@@ -150,9 +154,9 @@ def record_fingerprints(
                     "point_count = EXCLUDED.point_count, last_point_at = EXCLUDED.last_point_at, "
                     "observed_at = EXCLUDED.observed_at"
                 ),
-                {"h": hour, "n": new[0], "last": new[1], "now": now},
+                changed,
             )
-        for item in late:
+        if late:  # in hour order: sequence order is hour order within one observation
             conn.execute(
                 sa.text(
                     "INSERT INTO raw.readings_late_hours AS h "
@@ -162,7 +166,7 @@ def record_fingerprints(
                     "EXCLUDED.late_rows, last_late_at = greatest(h.last_late_at, "
                     "EXCLUDED.last_late_at), change_seq = EXCLUDED.change_seq"
                 ),
-                item,
+                late,
             )
     return len(late)
 

@@ -24,9 +24,7 @@ def observe_late_hours(
     hourly fingerprints); the late hours within the lookback, by partition key."""
     settings = get_settings()
     engine = warehouse.get_engine()
-    origin = partitions.hourly.start_time_for_partition_key(
-        partitions.hourly.get_first_partition_key()
-    )
+    origin = _origin()
     settle = timedelta(minutes=settings.late_data_settle_minutes)
     now = now or clock.now()
     since = now - timedelta(days=settings.late_data_lookback_days)

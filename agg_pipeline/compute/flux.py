@@ -79,15 +79,18 @@ def parse_header(query: str) -> dict:
 
 
 def _source(
-    bucket: str, measurement: str, fields: list[str], start: datetime, stop: datetime
+    bucket: str, measurement: str, fields: list[str] | None, start: datetime, stop: datetime
 ) -> str:
-    field_filter = " or ".join(f"r._field == {string(f)}" for f in fields)
-    return (
+    """``data``: the measurement's points in [start, stop), of ``fields`` (None: all)."""
+    out = (
         f"data = from(bucket: {string(bucket)})\n"
         f"    |> range(start: {time(start)}, stop: {time(stop)})\n"
         f"    |> filter(fn: (r) => r._measurement == {string(measurement)})\n"
-        f"    |> filter(fn: (r) => {field_filter})\n"
     )
+    if fields is None:
+        return out
+    field_filter = " or ".join(f"r._field == {string(f)}" for f in fields)
+    return out + f"    |> filter(fn: (r) => {field_filter})\n"
 
 
 def _valid(bounds: dict[str, tuple[float, float]]) -> str:
@@ -242,10 +245,8 @@ def hourly_fingerprints(
             stop=stop,
             hour_offset=hour_offset,
         )
-        + f"data = from(bucket: {string(bucket)})\n"
-        f"    |> range(start: {time(start)}, stop: {time(stop)})\n"
-        f"    |> filter(fn: (r) => r._measurement == {string(measurement)})\n"
-        "data\n    |> aggregateWindow(every: 1h, fn: count, createEmpty: false, "
+        + _source(bucket, measurement, None, start, stop)
+        + "data\n    |> aggregateWindow(every: 1h, fn: count, createEmpty: false, "
         f'timeSrc: "_start", offset: {duration(hour_offset)})\n    |> yield(name: "count")\n'
         f"data\n    |> window(every: 1h, offset: {duration(hour_offset)})\n    |> last()\n"
         '    |> yield(name: "last")\n'

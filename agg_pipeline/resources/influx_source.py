@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 import sqlalchemy as sa
@@ -175,7 +176,7 @@ class InfluxReadingsSource:
     # ------------------------------------------------------------------------- daily
     def _periods(self, window: Window, zone: str, grain: str):
         """(first local date, start, end) of each local day / Monday week in the window."""
-        tz = pd.Timestamp(window.start).tz_convert(zone).tz
+        tz = ZoneInfo(zone)
         day = window.start.astimezone(tz).date()
         if grain == "week":
             day -= timedelta(days=day.weekday())
