@@ -25,6 +25,8 @@ import sqlalchemy as sa
 from psycopg2.extras import execute_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agg_pipeline import retention
+
 
 class _Aggregate(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -183,7 +185,10 @@ def replace_days(conn: sa.Connection, det: Detector, days: list[date], rows: lis
     Rows are validated against the model first: a bad aggregate fails the write, not the
     reader later.
     """
-    models = [det.model.model_validate(r) for r in rows]
+    # Days whose raw events retention released keep their aggregates: they are final.
+    released = retention.released_days(conn, "raw.events", days)
+    days = [d for d in days if d not in released]
+    models = [m for m in (det.model.model_validate(r) for r in rows) if m.day not in released]
     conn.execute(
         sa.text(f"DELETE FROM {det.table} WHERE day = ANY (CAST(:days AS date[]))"),
         {"days": days},

@@ -190,8 +190,53 @@ class Settings(BaseSettings):
     retention_hourly_days: int = Field(
         default=180, ge=1, description="Hourly rollups older than this are deleted."
     )
+    retention_device_metrics_days: int = Field(
+        default=180,
+        ge=0,
+        le=36_500,
+        description="Device metrics (bi.device_metrics_hourly) older than this are deleted "
+        "(0 = kept forever).",
+    )
+    retention_diagnostic_summary_days: int = Field(
+        default=0,
+        ge=0,
+        le=36_500,
+        description="Diagnostic summaries (bi.diagnostic_summary_daily) older than this are "
+        "deleted (0 = kept forever, like the daily rollups).",
+    )
+    retention_patterns_days: int = Field(
+        default=90,
+        ge=0,
+        le=36_500,
+        description="Pattern aggregates (bi.pattern_*_daily) older than this are deleted, "
+        "as the old pattern_aggregates_daily bucket did (0 = kept forever).",
+    )
+    retention_events_days: int = Field(
+        default=90,
+        ge=1,
+        le=36_500,
+        description="Raw events (raw.events) older than this are deleted, once the pattern "
+        "assets have run for their day.",
+    )
+    retention_raw_diagnostics_days: int = Field(
+        default=90,
+        ge=1,
+        le=36_500,
+        description="Raw diagnostics (raw.diagnostics) older than this are deleted, once "
+        "diagnostic_summary_daily has run for their day.",
+    )
+    retention_staging_hours: int = Field(
+        default=24,
+        ge=1,
+        le=8_760,
+        description="Staging rows (ops.staging_*) left by a killed run are deleted after "
+        "this many hours.",
+    )
     retention_batch_rows: int = Field(
-        default=50_000, ge=100, description="Rows deleted per statement (bounded batches)."
+        default=50_000,
+        ge=100,
+        le=100_000_000,
+        description="Rows deleted per statement (bounded batches, by key range).",
     )
 
     @field_validator("timezone")

@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from agg_pipeline import realtime
+from agg_pipeline import realtime, retention
 from agg_pipeline.catalogue import Catalogue
 from agg_pipeline.compute import conditions as cond
 from agg_pipeline.compute import statements
@@ -127,6 +127,19 @@ def _has_rows(
     return bool(conn.execute(sa.text(sql), {"lo": lo, "hi": hi}).scalar_one())
 
 
+def _raw_released(conn: sa.Connection, ctx: WriteContext, chunk: Window) -> bool:
+    """True when retention released raw readings of a day in ``chunk``: its rollups are
+    final, and recomputing them from what is left of raw would lose data."""
+    if not ctx.catalogue.raw_in_postgres:
+        return False
+    source_table = ctx.catalogue.source.table
+    return bool(retention.released_days(conn, source_table, chunk.local_days(ctx.zone)))
+
+
+def _keep_released(report: WriteReport, chunk: Window) -> None:
+    report.kept_chunks.append(f"{chunk} (raw readings released by retention: rows kept)")
+
+
 def _preview(
     conn: sa.Connection, table: str, key: str, chunk: Window, zone: ZoneInfo | None
 ) -> list[dict]:
@@ -178,6 +191,9 @@ def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
     for chunk in window.chunks(ctx.zone, ctx.settings.chunk_days):
         report.chunks += 1
         with ctx.warehouse.locked_transaction(report.table, chunk.local_days(ctx.zone)) as conn:
+            if _raw_released(conn, ctx, chunk):
+                _keep_released(report, chunk)
+                continue
             ctx.source.stage_partials_1m(conn, chunk, ctx.stage_context(conn))
             summary = (
                 conn.execute(
@@ -495,6 +511,10 @@ def write_merged_level(ctx: WriteContext, level: Level, window: Window) -> Write
         chunk_days, medians = ctx.settings.chunk_days, None
     for chunk in window.chunks(ctx.zone, chunk_days):
         with ctx.warehouse.locked_transaction(level.table, chunk.local_days(ctx.zone)) as conn:
+            # The weekly median reads raw: a week with a released day keeps its row.
+            if level is LEVEL_WEEKLY and _raw_released(conn, ctx, chunk):
+                _keep_released(report, chunk)
+                continue
             _merge_chunk(conn, ctx, level, chunk, report, medians)
     return report.finish()
 
@@ -659,6 +679,10 @@ def write_daily(
         lo, hi = _local_dates(chunk, ctx.zone)
         days = [lo + timedelta(days=i) for i in range((hi - lo).days)]
         with ctx.warehouse.locked_transaction(tables, days) as conn:
+            if _raw_released(conn, ctx, chunk):
+                for r in reports.values():
+                    _keep_released(r, chunk)
+                continue
             bands = (
                 condition_bands(conn, ctx.catalogue, days, ctx.settings.critical_margin_pct)
                 if conditions

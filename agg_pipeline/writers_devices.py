@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
+from agg_pipeline import retention
 from agg_pipeline.compute import formulas
 from agg_pipeline.compute.windows import Window
 from agg_pipeline.writers import WriteContext, WriteReport, _local_dates
@@ -218,6 +219,9 @@ def write_diagnostic_summary(ctx: WriteContext, window: Window) -> WriteReport:
         lo, hi = _local_dates(chunk, ctx.zone)
         days = [lo + timedelta(days=i) for i in range((hi - lo).days)]
         with ctx.warehouse.locked_transaction(report.table, days) as conn:
+            if retention.released_days(conn, "raw.diagnostics", days):
+                report.kept_chunks.append(f"{chunk} (raw diagnostics released by retention)")
+                continue
             latest = ctx.stage_context(conn).latest_allowed
             params = {"start": chunk.start, "end": chunk.end, "latest_allowed": latest}
             devices = (

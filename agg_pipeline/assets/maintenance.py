@@ -1,13 +1,14 @@
 """Maintenance: dashboard view refresh (an asset) and retention cleanup (a job)."""
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import sqlalchemy as sa
+from pydantic import Field
 
+from agg_pipeline import partitions, retention, writers
 from agg_pipeline.assets.downsample import readings_1m
 from agg_pipeline.catalogue import get_catalogue
-from agg_pipeline.compute.statements import quote_ident
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
 
@@ -67,116 +68,77 @@ def dashboard_views(
 
 
 class RetentionConfig(dg.Config):
+    """Per-run retention; every ``*_days`` left unset comes from its AGG_PIPELINE_RETENTION_*
+    setting."""
+
     dry_run: bool = False
     """Report what would be deleted, delete nothing."""
+    retention_days: int | None = Field(default=None, ge=1, le=36_500)
+    """The old cleanup_old_data_task(retention_days=N): raw readings, raw events and raw
+    diagnostics keep N days, hourly rollups and device metrics 2 x N (unless set below)."""
+    raw_days: int | None = Field(default=None, ge=1, le=36_500)
+    downsample_days: int | None = Field(default=None, ge=1, le=36_500)
+    hourly_days: int | None = Field(default=None, ge=1, le=36_500)
+    device_metrics_days: int | None = Field(default=None, ge=0, le=36_500)
+    diagnostic_summary_days: int | None = Field(default=None, ge=0, le=36_500)
+    patterns_days: int | None = Field(default=None, ge=0, le=36_500)
+    events_days: int | None = Field(default=None, ge=1, le=36_500)
+    raw_diagnostics_days: int | None = Field(default=None, ge=1, le=36_500)
 
-
-# A raw day may go only when everything computed from it is safely stored: its daily
-# rollup exists for every sensor that had 1-minute windows, and no hourly, daily or
-# weekly median of it is missing (medians cannot be recomputed once raw is gone).
-_SAFE_DAYS = """
-WITH days AS (SELECT unnest(CAST(:days AS date[])) AS day)
-SELECT d.day,
-       EXISTS (SELECT 1 FROM bi.daily_sensor_agg a WHERE a.metric_date = d.day) AS has_daily,
-       NOT EXISTS (SELECT 1 FROM bi.daily_sensor_agg a
-                   WHERE a.metric_date = d.day AND a.median_value IS NULL) AS daily_medians,
-       NOT EXISTS (SELECT 1 FROM bi.hourly_sensor_agg h
-                   WHERE h.hour_start >= (d.day::timestamp AT TIME ZONE :tz)
-                     AND h.hour_start < ((d.day + 1)::timestamp AT TIME ZONE :tz)
-                     AND h.median_value IS NULL) AS hourly_medians,
-       NOT EXISTS (SELECT 1 FROM bi.weekly_sensor_agg w
-                   WHERE w.week_start = date_trunc('week', d.day)::date
-                     AND w.median_value IS NULL)
-         AND EXISTS (SELECT 1 FROM bi.weekly_sensor_agg w
-                     WHERE w.week_start = date_trunc('week', d.day)::date) AS weekly_medians,
-       NOT EXISTS (SELECT r.sensor_id FROM bi.readings_1m r
-                   WHERE r.window_start >= (d.day::timestamp AT TIME ZONE :tz)
-                     AND r.window_start < ((d.day + 1)::timestamp AT TIME ZONE :tz)
-                   EXCEPT SELECT a.sensor_id FROM bi.daily_sensor_agg a
-                   WHERE a.metric_date = d.day) AS all_sensors_rolled_up
-FROM days AS d ORDER BY d.day
-"""
-
-
-def _delete_in_batches(engine, table: str, where: str, params: dict, batch: int) -> int:
-    """DELETE matching rows, ``batch`` at a time, one short transaction each."""
-    total = 0
-    while True:
-        with engine.begin() as conn:
-            n = conn.execute(
-                sa.text(
-                    f"DELETE FROM {table} WHERE ctid = ANY (ARRAY("
-                    f"SELECT ctid FROM {table} WHERE {where} LIMIT :batch))"
-                ),
-                {**params, "batch": batch},
-            ).rowcount
-        total += n
-        if n < batch:
-            return total
-
-
-def _count(engine, table: str, where: str, params: dict) -> int:
-    with engine.connect() as conn:
-        return conn.execute(
-            sa.text(f"SELECT count(*) FROM {table} WHERE {where}"), params
-        ).scalar_one()
-
-
-def _raw_retention(engine, source, settings, today, dry_run, batch, summary) -> dict[str, str]:
-    """Delete whole local days of raw readings past retention, only where every level that
-    needs them is complete; returns the days kept and why."""
-    zone = settings.zone
-    raw_table, raw_time = quote_ident(source.table), quote_ident(source.time_column)
-    # Raw readings: whole local days older than the cutoff, and only safe ones.
-    raw_cutoff = today - timedelta(days=settings.retention_raw_days)
-    cutoff_ts = datetime.combine(raw_cutoff, time(0), tzinfo=zone)
-    with engine.connect() as conn:
-        oldest = conn.execute(
-            sa.text(f"SELECT min({raw_time}) FROM {raw_table} WHERE {raw_time} < :c"),
-            {"c": cutoff_ts},
-        ).scalar_one()
-    days: list[date] = []
-    if oldest is not None:
-        day = oldest.astimezone(zone).date()
-        while day < raw_cutoff:
-            days.append(day)
-            day += timedelta(days=1)
-    raw_deleted, kept = 0, {}
-    if days:
-        with engine.connect() as conn:
-            verdicts = conn.execute(
-                sa.text(_SAFE_DAYS), {"days": days, "tz": settings.timezone}
-            ).all()
-        for day, *flags in verdicts:
-            names = (
-                "daily rollup",
-                "daily medians",
-                "hourly medians",
-                "weekly medians",
-                "all sensors rolled up",
+    def policy(self) -> retention.Policy:
+        n = self.retention_days
+        old_style = {
+            "raw_days": n,
+            "events_days": n,
+            "raw_diagnostics_days": n,
+            "hourly_days": 2 * n if n else None,
+            "device_metrics_days": 2 * n if n else None,
+        }
+        explicit = {
+            k: getattr(self, k)
+            for k in (
+                "raw_days",
+                "downsample_days",
+                "hourly_days",
+                "device_metrics_days",
+                "diagnostic_summary_days",
+                "patterns_days",
+                "events_days",
+                "raw_diagnostics_days",
             )
-            missing = [n for n, ok in zip(names, flags, strict=True) if not ok]
-            if missing:
-                kept[str(day)] = "not yet: " + ", ".join(missing)
-                continue
-            start = datetime.combine(day, time(0), tzinfo=zone)
-            params = {
-                "s": start,
-                "e": datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone),
-            }
-            where = f"{raw_time} >= :s AND {raw_time} < :e"
-            raw_deleted += (
-                _count(engine, raw_table, where, params)
-                if dry_run
-                else _delete_in_batches(engine, raw_table, where, params, batch)
-            )
-    summary[source.table] = {"cutoff": str(raw_cutoff), "rows": raw_deleted, "days_kept": kept}
-    return kept
+        }
+        merged = {
+            k: explicit.get(k) if explicit.get(k) is not None else old_style.get(k)
+            for k in set(old_style) | set(explicit)
+        }
+        return retention.Policy.from_settings(get_settings(), **merged)
+
+
+_PATTERN_ASSETS = (
+    "pattern_time_based_daily",
+    "pattern_co_occurrence_daily",
+    "pattern_sequence_daily",
+    "pattern_room_based_daily",
+    "pattern_duration_daily",
+    "pattern_anomaly_daily",
+)
+
+
+def _days_materialized(instance: dg.DagsterInstance, asset_names: tuple[str, ...]) -> set[date]:
+    """Days (daily partition keys) that every one of ``asset_names`` has materialized."""
+    days: set[date] | None = None
+    for name in asset_names:
+        keys = instance.get_materialized_partitions(dg.AssetKey(name))
+        mine = {date.fromisoformat(k) for k in keys}
+        days = mine if days is None else days & mine
+    return days or set()
 
 
 @dg.op(
-    description="Deletes raw readings, 1m/5m windows and hourly rollups past their retention "
-    "(daily and weekly rollups are kept forever), in bounded batches.",
+    description="Deletes what is past its retention, never what no rollup holds: raw "
+    "readings only for days whose every rollup is complete and counts them, raw events / "
+    "diagnostics only for days their daily assets have run, derived tables by age "
+    "(daily and weekly rollups are kept forever).",
     tags={"kind": "maintenance"},
 )
 def retention_cleanup_op(
@@ -186,72 +148,98 @@ def retention_cleanup_op(
     zone = settings.zone
     today = datetime.now(zone).date()
     engine = warehouse.get_engine()
-    batch = settings.retention_batch_rows
-    summary: dict[str, object] = {"dry_run": config.dry_run}
+    policy = config.policy()
     catalogue = get_catalogue()
-    source = catalogue.source
+    results: dict[str, retention.TableResult] = {}
 
     if not catalogue.raw_in_postgres:
         # Raw points in InfluxDB expire by the bucket's own retention rule.
-        summary["raw"] = {
-            "skipped": f"raw readings live in {source.describe()}: "
-            "the bucket's retention rule applies"
-        }
-        kept: dict[str, str] = {}
-    else:
-        kept = _raw_retention(engine, source, settings, today, config.dry_run, batch, summary)
-    for day, why in kept.items():
-        context.log.warning(f"raw readings of {day} kept: {why}")
-
-    # Derived levels: by age only (they are what remains).
-    for table, key, days_kept in (
-        ("bi.readings_1m", "window_start", settings.retention_downsample_days),
-        ("bi.readings_5m", "window_start", settings.retention_downsample_days),
-        ("bi.hourly_sensor_agg", "hour_start", settings.retention_hourly_days),
-        ("bi.hourly_medians", "hour_start", settings.retention_hourly_days),
-    ):
-        cutoff = datetime.combine(today - timedelta(days=days_kept), time(0), tzinfo=zone)
-        where, params = f"{key} < :c", {"c": cutoff}
-        n = (
-            _count(engine, table, where, params)
-            if config.dry_run
-            else _delete_in_batches(engine, table, where, params, batch)
+        results["raw"] = retention.TableResult(
+            cutoff="bucket",
+            skipped=f"raw readings live in {catalogue.source.describe()}: "
+            "the bucket's retention rule applies",
         )
-        summary[table] = {"cutoff": cutoff.isoformat(), "rows": n}
-    # Staging rows of runs that crashed mid-pass (sharded staging, resources/sources.py).
-    if not config.dry_run:
-        with engine.begin() as conn:
-            for (name,) in conn.execute(
-                sa.text(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = 'ops' "
-                    "AND tablename LIKE 'staging_%'"
-                )
-            ).all():
-                quoted = conn.dialect.identifier_preparer.quote(name)
-                conn.execute(
-                    sa.text(f"DELETE FROM ops.{quoted} WHERE staged_at < now() - interval '1 day'")
-                )
+    else:
+        origin = partitions.hourly.start_time_for_partition_key(
+            partitions.hourly.get_first_partition_key()
+        )
+        results[catalogue.source.table] = retention.raw_readings(
+            engine,
+            catalogue,
+            settings,
+            policy,
+            today,
+            config.dry_run,
+            lambda conn, days: writers.condition_bands(
+                conn, catalogue, days, settings.critical_margin_pct
+            ).keys(),
+            origin,
+        )
+    for table, assets, days_kept in (
+        ("raw.events", _PATTERN_ASSETS, policy.events_days),
+        ("raw.diagnostics", ("diagnostic_summary_daily",), policy.raw_diagnostics_days),
+    ):
+        results[table] = retention.raw_by_materialized_days(
+            engine,
+            table,
+            "time",
+            days_kept,
+            today,
+            zone,
+            lambda assets=assets: _days_materialized(context.instance, assets),
+            " / ".join(assets),
+            config.dry_run,
+            policy.batch_rows,
+        )
+    for table, key, key_is_date, setting in retention.AGED_TABLES:
+        results[table] = retention.aged_table(
+            engine,
+            table,
+            key,
+            key_is_date,
+            getattr(policy, setting),
+            today,
+            zone,
+            config.dry_run,
+            policy.batch_rows,
+        )
+    results["ops.staging_*"] = retention.orphaned_staging(
+        engine, policy.staging_hours, config.dry_run
+    )
+
     verb = "would delete" if config.dry_run else "deleted"
-    for table, info in summary.items():
-        if isinstance(info, dict):
-            context.log.info(f"{table}: {verb} {info['rows']} rows (cutoff {info['cutoff']})")
+    kept: dict[str, str] = {}
+    for table, res in results.items():
+        if res.skipped:
+            context.log.info(f"{table}: {res.skipped}")
+            continue
+        dropped = (
+            f", {len(res.partitions_dropped)} partitions dropped" if res.partitions_dropped else ""
+        )
+        context.log.info(f"{table}: {verb} {res.rows} rows (cutoff {res.cutoff}){dropped}")
+        for day, why in res.days_kept.items():
+            kept[f"{table} {day}"] = why
+            context.log.warning(f"{table}: {day} kept: {why}")
+    summary: dict[str, object] = {"dry_run": config.dry_run}
+    summary.update({t: r.as_dict() for t, r in results.items()})
+    suffix = "to_delete" if config.dry_run else "deleted"
     return dg.Output(
         summary,
         metadata={
             "dry_run": config.dry_run,
-            **{
-                f"{t}_rows_{'to_delete' if config.dry_run else 'deleted'}": i["rows"]
-                for t, i in summary.items()
-                if isinstance(i, dict)
-            },
+            **{f"{t}_rows_{suffix}": r.rows for t, r in results.items() if not r.skipped},
             "raw_days_kept": dg.MetadataValue.json(kept),
+            "policy_days": dg.MetadataValue.json(
+                {k: v for k, v in vars(policy).items() if k.endswith(("_days", "_hours"))}
+            ),
         },
     )
 
 
 @dg.job(
     description="Retention cleanup (the old cleanup_old_data task). Run config "
-    "`ops: {retention_cleanup_op: {config: {dry_run: true}}}` reports without deleting.",
+    "`ops: {retention_cleanup_op: {config: {dry_run: true}}}` reports without deleting; "
+    "`retention_days: N` (or raw_days, hourly_days, ...) overrides the settings for one run.",
     tags={"dagster/max_runtime": str(2 * 3600)},
 )
 def retention_cleanup():

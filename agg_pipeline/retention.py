@@ -1,0 +1,646 @@
+"""Retention: delete what is past its time, and never what no rollup holds.
+
+The rule for raw readings is stated against raw itself. A local day of raw readings may be
+deleted only when, for every (device, field) with valid readings that day:
+
+- its daily rollup exists, counts exactly the day's valid readings and has its median;
+- where the field has an optimal band that day, its conditions row counts them too;
+- every hour of it (while hourly rollups are retained) exists, counts the hour's valid
+  readings and has its median;
+- its week is whole: every day of the week still in raw is rolled up as above, and the
+  weekly rollup counts the sum of its days and has its median (a median cannot be
+  recomputed once raw is gone).
+
+The check is set-based and runs in the same REPEATABLE READ transaction as the delete, so a
+reading that arrives meanwhile is neither counted nor deleted. Deletes go by key range
+(never ``ctid``, which is unique per partition only); on a range-partitioned raw table a
+partition that lies wholly inside released days is dropped instead. Released days are
+recorded in ``ops.raw_retention_ledger``; the writers keep the rollups of a released day
+(they are final) instead of recomputing them from what is left.
+
+Raw events and diagnostics go only after the daily assets computed from them were
+materialized for that day; derived tables go by age.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from agg_pipeline.catalogue import Catalogue, PostgresSource
+from agg_pipeline.compute import statements
+from agg_pipeline.settings import Settings
+
+# A week's check and deletes wait at most this long for a lock (e.g. dropping a partition
+# needs an exclusive lock on the parent table); then that step is skipped and retried on
+# the next run, instead of blocking ingestion behind it.
+LOCK_TIMEOUT = "10s"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Days kept per kind of table (0 = forever). Built from settings, overridable per run."""
+
+    raw_days: int
+    downsample_days: int
+    hourly_days: int
+    device_metrics_days: int
+    diagnostic_summary_days: int
+    patterns_days: int
+    events_days: int
+    raw_diagnostics_days: int
+    staging_hours: int
+    batch_rows: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: int | None) -> Policy:
+        values = {
+            "raw_days": settings.retention_raw_days,
+            "downsample_days": settings.retention_downsample_days,
+            "hourly_days": settings.retention_hourly_days,
+            "device_metrics_days": settings.retention_device_metrics_days,
+            "diagnostic_summary_days": settings.retention_diagnostic_summary_days,
+            "patterns_days": settings.retention_patterns_days,
+            "events_days": settings.retention_events_days,
+            "raw_diagnostics_days": settings.retention_raw_diagnostics_days,
+            "staging_hours": settings.retention_staging_hours,
+            "batch_rows": settings.retention_batch_rows,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass
+class TableResult:
+    """What retention did (or, in a dry run, would do) to one table."""
+
+    cutoff: str
+    rows: int = 0
+    days_kept: dict[str, str] = field(default_factory=dict)
+    partitions_dropped: list[str] = field(default_factory=list)
+    skipped: str | None = None
+
+    def as_dict(self) -> dict:
+        out: dict = {"cutoff": self.cutoff, "rows": self.rows}
+        if self.days_kept:
+            out["days_kept"] = self.days_kept
+        if self.partitions_dropped:
+            out["partitions_dropped"] = self.partitions_dropped
+        if self.skipped:
+            out["skipped"] = self.skipped
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# The ledger of released days
+# --------------------------------------------------------------------------------------
+
+
+def released_days(conn: sa.Connection, source_table: str, days: Iterable[date]) -> set[date]:
+    """The days among ``days`` whose raw rows in ``source_table`` retention released."""
+    wanted = sorted(set(days))
+    if not wanted:
+        return set()
+    rows = conn.execute(
+        sa.text(
+            "SELECT day FROM ops.raw_retention_ledger "
+            "WHERE source_table = :t AND day = ANY (CAST(:days AS date[]))"
+        ),
+        {"t": source_table, "days": wanted},
+    )
+    return {r[0] for r in rows}
+
+
+def _record_release(
+    conn: sa.Connection, source_table: str, day: date, rows: int, method: str
+) -> None:
+    conn.execute(
+        sa.text(
+            "INSERT INTO ops.raw_retention_ledger (source_table, day, rows_deleted, method) "
+            "VALUES (:t, :d, :n, :m) ON CONFLICT (source_table, day) DO UPDATE "
+            "SET rows_deleted = ops.raw_retention_ledger.rows_deleted + EXCLUDED.rows_deleted, "
+            "released_at = now()"
+        ),
+        {"t": source_table, "d": day, "n": rows, "m": method},
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Raw readings
+# --------------------------------------------------------------------------------------
+
+# Valid readings are counted exactly as the writers count them (compute/sql/
+# stage_partials_1m.sql): a catalogue field, a value inside the field's physical bounds
+# (false for NULL, NaN and +/-inf), one reading per (device, field, time).
+_RAW_VERDICT = """
+WITH catalogue AS (
+    SELECT * FROM unnest(CAST(:fields AS text[]), CAST(:lo AS float8[]), CAST(:hi AS float8[]))
+         AS c (field, lo, hi)
+),
+bands AS (
+    SELECT * FROM unnest(CAST(:band_days AS date[]), CAST(:band_fields AS text[]))
+         AS b (day, field)
+),
+hours AS (
+    SELECT v.device, v.field, v.hour, v.n, (v.hour AT TIME ZONE :tz)::date AS day,
+           s.id AS sensor_id
+    FROM (
+        SELECT r.{device}::text AS device, r.{field}::text AS field,
+               date_bin('1 hour', r.{time}, :origin) AS hour,
+               count(DISTINCT r.{time}) AS n
+        FROM {raw} AS r
+        JOIN catalogue AS c ON c.field = r.{field}::text
+        WHERE r.{time} >= :scan_start AND r.{time} < :scan_end
+          AND r.{value} >= c.lo AND r.{value} <= c.hi
+        GROUP BY 1, 2, 3
+    ) AS v
+    LEFT JOIN (
+        SELECT s.id, d.device_code, s.field
+        FROM iot.sensors AS s JOIN iot.devices AS d ON d.id = s.device_id
+    ) AS s ON s.device_code = v.device AND s.field = v.field
+),
+days AS (
+    SELECT device, field, sensor_id, day, sum(n) AS n FROM hours GROUP BY 1, 2, 3, 4
+),
+problems AS (
+    SELECT d.day, d.device, d.field,
+           CASE WHEN a.sensor_id IS NULL THEN 'no daily rollup'
+                WHEN a.sample_count <> d.n THEN 'daily rollup counts differ from raw'
+                ELSE 'daily median missing' END AS reason
+    FROM days AS d
+    LEFT JOIN bi.daily_sensor_agg AS a ON a.sensor_id = d.sensor_id AND a.metric_date = d.day
+    WHERE a.sensor_id IS NULL OR a.sample_count <> d.n OR a.median_value IS NULL
+    UNION ALL
+    SELECT d.day, d.device, d.field,
+           CASE WHEN c.sensor_id IS NULL THEN 'no conditions row'
+                ELSE 'conditions count differs from raw' END
+    FROM days AS d
+    JOIN bands AS b ON b.day = d.day AND b.field = d.field
+    LEFT JOIN bi.daily_sensor_conditions AS c
+      ON c.sensor_id = d.sensor_id AND c.metric_date = d.day
+    WHERE c.sensor_id IS NULL OR c.reading_count <> d.n
+    UNION ALL
+    SELECT h.day, h.device, h.field,
+           CASE WHEN x.sensor_id IS NULL THEN 'an hour has no hourly rollup'
+                WHEN x.sample_count <> h.n THEN 'hourly rollup counts differ from raw'
+                ELSE 'hourly median missing' END
+    FROM hours AS h
+    LEFT JOIN bi.hourly_sensor_agg AS x ON x.sensor_id = h.sensor_id AND x.hour_start = h.hour
+    WHERE h.day >= :hourly_from
+      AND (x.sensor_id IS NULL OR x.sample_count <> h.n OR x.median_value IS NULL)
+),
+weeks AS (
+    SELECT a.sensor_id, date_trunc('week', a.metric_date)::date AS week_start,
+           sum(a.sample_count) AS n
+    FROM bi.daily_sensor_agg AS a
+    WHERE a.metric_date >= :week_lo AND a.metric_date < :week_hi
+      AND a.sensor_id IN (SELECT sensor_id FROM days WHERE sensor_id IS NOT NULL)
+    GROUP BY 1, 2
+),
+week_problems AS (
+    SELECT w.week_start AS day, dv.device_code AS device, s.field,
+           CASE WHEN x.sensor_id IS NULL THEN 'no weekly rollup'
+                WHEN x.sample_count <> w.n THEN 'weekly rollup counts differ from its days'
+                ELSE 'weekly median missing' END AS reason
+    FROM weeks AS w
+    JOIN iot.sensors AS s ON s.id = w.sensor_id
+    JOIN iot.devices AS dv ON dv.id = s.device_id
+    LEFT JOIN bi.weekly_sensor_agg AS x
+      ON x.sensor_id = w.sensor_id AND x.week_start = w.week_start
+    WHERE x.sensor_id IS NULL OR x.sample_count <> w.n OR x.median_value IS NULL
+)
+SELECT 'day' AS scope, day, reason, count(*) AS series, min(device || '/' || field) AS example
+FROM problems GROUP BY 1, 2, 3
+UNION ALL
+SELECT 'week', day, reason, count(*), min(device || '/' || field)
+FROM week_problems GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3
+"""
+
+
+def _day_start(day: date, zone: ZoneInfo) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=zone)
+
+
+def _week_start(day: date) -> date:
+    return day - timedelta(days=day.weekday())
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """The quoted identifiers of a PostgreSQL raw readings table."""
+
+    table: str
+    time: str
+    device: str
+    field: str
+    value: str
+
+    @classmethod
+    def of(cls, source: PostgresSource) -> _Raw:
+        q = statements.quote_ident
+        return cls(
+            q(source.table),
+            q(source.time_column),
+            q(source.device_column),
+            q(source.field_column),
+            q(source.value_column),
+        )
+
+
+def _candidate_days(conn: sa.Connection, raw: _Raw, cutoff: date, zone: ZoneInfo) -> list[date]:
+    """Local days before ``cutoff`` that still hold raw rows (oldest first)."""
+    cutoff_ts = _day_start(cutoff, zone)
+    oldest = conn.execute(
+        sa.text(f"SELECT min({raw.time}) FROM {raw.table} WHERE {raw.time} < :c"),
+        {"c": cutoff_ts},
+    ).scalar_one()
+    if oldest is None:
+        return []
+    days, day = [], oldest.astimezone(zone).date()
+    while day < cutoff:
+        days.append(day)
+        day += timedelta(days=1)
+    # Skip empty days cheaply (one index probe each), so a gap of months costs nothing.
+    return [
+        d
+        for d in days
+        if conn.execute(
+            sa.text(
+                f"SELECT EXISTS (SELECT 1 FROM {raw.table} "
+                f"WHERE {raw.time} >= :s AND {raw.time} < :e)"
+            ),
+            {"s": _day_start(d, zone), "e": _day_start(d + timedelta(days=1), zone)},
+        ).scalar_one()
+    ]
+
+
+def raw_verdicts(
+    conn: sa.Connection,
+    catalogue: Catalogue,
+    settings: Settings,
+    candidates: Sequence[date],
+    hourly_from: date,
+    bands: Callable[[sa.Connection, list[date]], Iterable[tuple[date, str]]],
+    origin: datetime,
+) -> dict[date, list[str]]:
+    """Why each candidate day may not be deleted yet (an empty list: it may)."""
+    source = catalogue.source
+    assert isinstance(source, PostgresSource)
+    raw, zone = _Raw.of(source), settings.zone
+    week_lo = _week_start(min(candidates))
+    week_hi = _week_start(max(candidates)) + timedelta(days=7)
+    week_days = [week_lo + timedelta(days=i) for i in range((week_hi - week_lo).days)]
+    band_keys = sorted(bands(conn, week_days))
+    sql = _RAW_VERDICT.format(
+        raw=raw.table, time=raw.time, device=raw.device, field=raw.field, value=raw.value
+    )
+    rows = conn.execute(
+        sa.text(sql),
+        {
+            **catalogue.bounds_arrays(),
+            "band_days": [d for d, _ in band_keys],
+            "band_fields": [f for _, f in band_keys],
+            "tz": settings.timezone,
+            "origin": origin,
+            "scan_start": _day_start(week_lo, zone),
+            "scan_end": _day_start(week_hi, zone),
+            "hourly_from": hourly_from,
+            "week_lo": week_lo,
+            "week_hi": week_hi,
+        },
+    ).all()
+    by_week: dict[date, list[str]] = defaultdict(list)
+    own: dict[date, list[str]] = defaultdict(list)
+    for scope, day, reason, series, example in rows:
+        text = f"{reason} ({series} series, e.g. {example})"
+        if scope == "week":
+            by_week[day].append(f"week of {day}: {text}")
+        else:
+            own[day].append(text)
+            # A day of the week not rolled up blocks the week's median: every day of it.
+            by_week[_week_start(day)].append(f"{day}: {text}")
+    verdicts = {}
+    for day in candidates:
+        reasons = list(own.get(day, []))
+        reasons += [r for r in by_week.get(_week_start(day), []) if not r.startswith(f"{day}:")]
+        verdicts[day] = reasons
+    return verdicts
+
+
+_BOUND = re.compile(r"^FOR VALUES FROM \('([^']+)'\) TO \('([^']+)'\)$")
+
+
+def _time_partitions(conn: sa.Connection, source: PostgresSource) -> list[tuple[str, str, str]]:
+    """Leaf range partitions of the raw table keyed on its time column alone, as
+    (quoted name, lower, upper) - empty for a plain table."""
+    schema, table = source.schema_and_table
+    keyed_on_time = conn.execute(
+        sa.text(
+            "SELECT p.partstrat = 'r' AND p.partnatts = 1 AND a.attname = :col "
+            "FROM pg_partitioned_table AS p JOIN pg_class AS c ON c.oid = p.partrelid "
+            "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+            "JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum = p.partattrs[0] "
+            "WHERE n.nspname = :s AND c.relname = :t"
+        ),
+        {"s": schema, "t": table, "col": source.time_column},
+    ).scalar()
+    if not keyed_on_time:
+        return []
+    rows = conn.execute(
+        sa.text(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), "
+            "pg_get_expr(c.relpartbound, c.oid) "
+            "FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
+            "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+            "WHERE i.inhparent = CAST(:parent AS regclass) AND c.relkind = 'r'"
+        ),
+        {"parent": statements.quote_ident(source.table)},
+    ).all()
+    out = []
+    for name, bound in rows:
+        m = _BOUND.match(bound or "")
+        if m:  # DEFAULT and MINVALUE/MAXVALUE partitions are never dropped
+            out.append((name, m.group(1), m.group(2)))
+    return out
+
+
+def _days_overlapped(lo: datetime, hi: datetime, zone: ZoneInfo) -> list[date]:
+    first, last = lo.astimezone(zone).date(), (hi - timedelta(microseconds=1)).astimezone(zone)
+    return [first + timedelta(days=i) for i in range((last.date() - first).days + 1)]
+
+
+def _delete_day(conn: sa.Connection, raw: _Raw, day: date, zone: ZoneInfo, batch_rows: int) -> int:
+    """Delete one local day by key range, in time slices of about ``batch_rows`` rows."""
+    start, end = _day_start(day, zone), _day_start(day + timedelta(days=1), zone)
+    total = conn.execute(
+        sa.text(f"SELECT count(*) FROM {raw.table} WHERE {raw.time} >= :s AND {raw.time} < :e"),
+        {"s": start, "e": end},
+    ).scalar_one()
+    slices = max(1, -(-total // batch_rows))
+    step = (end - start) / slices
+    deleted = 0
+    for i in range(slices):
+        s = start + step * i
+        e = end if i == slices - 1 else start + step * (i + 1)
+        deleted += conn.execute(
+            sa.text(f"DELETE FROM {raw.table} WHERE {raw.time} >= :s AND {raw.time} < :e"),
+            {"s": s, "e": e},
+        ).rowcount
+    return deleted
+
+
+def raw_readings(
+    engine: sa.Engine,
+    catalogue: Catalogue,
+    settings: Settings,
+    policy: Policy,
+    today: date,
+    dry_run: bool,
+    bands: Callable[[sa.Connection, list[date]], Iterable[tuple[date, str]]],
+    origin: datetime,
+) -> TableResult:
+    """Release the safe raw days past retention (see the module docstring)."""
+    source = catalogue.source
+    assert isinstance(source, PostgresSource)
+    raw, zone = _Raw.of(source), settings.zone
+    cutoff = today - timedelta(days=policy.raw_days)
+    hourly_from = today - timedelta(days=policy.hourly_days)
+    result = TableResult(cutoff=str(cutoff))
+    with engine.connect() as conn:
+        candidates = _candidate_days(conn, raw, cutoff, zone)
+    if not candidates:
+        return result
+    # One transaction per week: the check (which must see the whole week) and the
+    # deletes of its safe days share one snapshot, so they are all-or-nothing.
+    by_week: dict[date, list[date]] = defaultdict(list)
+    for day in candidates:
+        by_week[_week_start(day)].append(day)
+    partitions_done: set[str] = set()
+    for week in sorted(by_week):
+        days = by_week[week]
+        with engine.connect() as conn:
+            conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+            conn.execute(
+                sa.text("SELECT set_config('lock_timeout', :v, true)"), {"v": LOCK_TIMEOUT}
+            )
+            verdicts = raw_verdicts(conn, catalogue, settings, days, hourly_from, bands, origin)
+            already = released_days(conn, source.table, days)
+            safe = []
+            for day in days:
+                if day in already:
+                    # Rows that arrived after the day was released are in no rollup.
+                    result.days_kept[str(day)] = (
+                        "readings arrived after this day's raw data was released; they are "
+                        "in no rollup and are kept (delete them by hand if unwanted)"
+                    )
+                elif verdicts[day]:
+                    result.days_kept[str(day)] = "not yet: " + "; ".join(verdicts[day])
+                else:
+                    safe.append(day)
+            if not safe:
+                conn.rollback()
+                continue
+            if dry_run:
+                for day in safe:
+                    result.rows += conn.execute(
+                        sa.text(
+                            f"SELECT count(*) FROM {raw.table} "
+                            f"WHERE {raw.time} >= :s AND {raw.time} < :e"
+                        ),
+                        {"s": _day_start(day, zone), "e": _day_start(day + timedelta(1), zone)},
+                    ).scalar_one()
+                conn.rollback()
+                continue
+            releasable = set(safe) | released_days(
+                conn, source.table, _all_days_between(conn, safe, zone)
+            )
+            dropped_days: set[date] = set()
+            for name, lo_text, hi_text in _time_partitions(conn, source):
+                if name in partitions_done:
+                    continue
+                lo, hi = conn.execute(
+                    sa.text("SELECT CAST(:lo AS timestamptz), CAST(:hi AS timestamptz)"),
+                    {"lo": lo_text, "hi": hi_text},
+                ).one()
+                covered = _days_overlapped(lo, hi, zone)
+                if not set(covered) <= releasable or not set(covered) & set(safe):
+                    continue
+                n = conn.execute(sa.text(f"SELECT count(*) FROM {name}")).scalar_one()
+                savepoint = conn.begin_nested()
+                try:
+                    conn.execute(sa.text(f"DROP TABLE {name}"))
+                    savepoint.commit()
+                except sa.exc.OperationalError:  # lock timeout: delete by range instead
+                    savepoint.rollback()
+                    continue
+                partitions_done.add(name)
+                result.partitions_dropped.append(name)
+                result.rows += n
+                for d in covered:
+                    if d in safe:
+                        dropped_days.add(d)
+                        _record_release(conn, source.table, d, 0, "drop partition")
+            for day in safe:
+                n = _delete_day(conn, raw, day, zone, policy.batch_rows)
+                result.rows += n
+                if day not in dropped_days:
+                    _record_release(conn, source.table, day, n, "delete")
+                elif n:
+                    _record_release(conn, source.table, day, n, "drop partition")
+            conn.commit()
+    return result
+
+
+def _all_days_between(conn: sa.Connection, safe: list[date], zone: ZoneInfo) -> list[date]:
+    """Every day from a year before the first safe day to a year after the last (the days
+    a partition around them may span)."""
+    lo, hi = min(safe) - timedelta(days=366), max(safe) + timedelta(days=366)
+    return [lo + timedelta(days=i) for i in range((hi - lo).days)]
+
+
+# --------------------------------------------------------------------------------------
+# Raw events and diagnostics: released once their daily assets ran for the day
+# --------------------------------------------------------------------------------------
+
+
+def raw_by_materialized_days(
+    engine: sa.Engine,
+    table: str,
+    time_column: str,
+    days_kept: int,
+    today: date,
+    zone: ZoneInfo,
+    materialized: Callable[[], set[date]],
+    consumers: str,
+    dry_run: bool,
+    batch_rows: int,
+) -> TableResult:
+    """Delete whole local days of ``table`` past ``days_kept`` whose consumers
+    (``materialized()``: the days every consuming asset has materialized) have run."""
+    cutoff = today - timedelta(days=days_kept)
+    result = TableResult(cutoff=str(cutoff))
+    raw = _Raw(statements.quote_ident(table), statements.quote_ident(time_column), "", "", "")
+    with engine.connect() as conn:
+        candidates = _candidate_days(conn, raw, cutoff, zone)
+    if not candidates:
+        return result
+    done = materialized()
+    with engine.connect() as conn:
+        already = released_days(conn, table, candidates)
+    for day in candidates:
+        if day in already:
+            result.days_kept[str(day)] = "rows arrived after the day was released: kept"
+            continue
+        if day not in done:
+            result.days_kept[str(day)] = f"not yet: {consumers} not materialized for {day}"
+            continue
+        # One transaction per day; a rollback (dry run) leaves everything as it was.
+        with engine.connect() as conn:
+            n = _delete_day(conn, raw, day, zone, batch_rows)
+            if dry_run:
+                conn.rollback()
+            else:
+                _record_release(conn, table, day, n, "delete")
+                conn.commit()
+        result.rows += n
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# Derived tables: by age
+# --------------------------------------------------------------------------------------
+
+# (table, key column, key is a local date, Policy field)
+AGED_TABLES: tuple[tuple[str, str, bool, str], ...] = (
+    ("bi.readings_1m", "window_start", False, "downsample_days"),
+    ("bi.readings_5m", "window_start", False, "downsample_days"),
+    ("bi.hourly_sensor_agg", "hour_start", False, "hourly_days"),
+    ("bi.hourly_medians", "hour_start", False, "hourly_days"),
+    ("bi.device_metrics_hourly", "hour_start", False, "device_metrics_days"),
+    ("bi.diagnostic_summary_daily", "metric_date", True, "diagnostic_summary_days"),
+    ("bi.pattern_time_based_daily", "day", True, "patterns_days"),
+    ("bi.pattern_co_occurrence_daily", "day", True, "patterns_days"),
+    ("bi.pattern_sequence_daily", "day", True, "patterns_days"),
+    ("bi.pattern_room_based_daily", "day", True, "patterns_days"),
+    ("bi.pattern_duration_daily", "day", True, "patterns_days"),
+    ("bi.pattern_anomaly_daily", "day", True, "patterns_days"),
+)
+
+
+def aged_table(
+    engine: sa.Engine,
+    table: str,
+    key: str,
+    key_is_date: bool,
+    days_kept: int,
+    today: date,
+    zone: ZoneInfo,
+    dry_run: bool,
+    batch_rows: int,
+) -> TableResult:
+    """Delete rows whose key is older than ``days_kept`` days (0: keep forever), by key
+    range in bounded slices: one short transaction per slice."""
+    if days_kept == 0:
+        return TableResult(cutoff="never", skipped="kept forever (retention 0)")
+    cutoff_day = today - timedelta(days=days_kept)
+    cutoff: date | datetime = cutoff_day if key_is_date else _day_start(cutoff_day, zone)
+    result = TableResult(cutoff=str(cutoff))
+    t, k = statements.quote_ident(table), statements.quote_ident(key)
+    with engine.connect() as conn:
+        oldest = conn.execute(sa.text(f"SELECT min({k}) FROM {t} WHERE {k} < :c"), {"c": cutoff})
+        oldest = oldest.scalar_one()
+        if oldest is None:
+            return result
+        if dry_run:
+            result.rows = conn.execute(
+                sa.text(f"SELECT count(*) FROM {t} WHERE {k} < :c"), {"c": cutoff}
+            ).scalar_one()
+            return result
+    # Slices of one day (derived tables are small per day), oldest first.
+    lo = oldest
+    step = timedelta(days=1)
+    while lo < cutoff:
+        hi = min(lo + step, cutoff)
+        with engine.begin() as conn:
+            result.rows += conn.execute(
+                sa.text(f"DELETE FROM {t} WHERE {k} >= :lo AND {k} < :hi"), {"lo": lo, "hi": hi}
+            ).rowcount
+        lo = hi
+    return result
+
+
+def orphaned_staging(engine: sa.Engine, hours: int, dry_run: bool) -> TableResult:
+    """Rows of ``ops.staging_*`` tables older than ``hours`` (left by killed runs: a live
+    run's staging rows are minutes old and its own to delete)."""
+    result = TableResult(cutoff=f"{hours} hours ago")
+    with engine.begin() as conn:
+        names = conn.execute(
+            sa.text(
+                "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'ops' "
+                "AND tablename LIKE 'staging\\_%'"
+            )
+        ).scalars()
+        for name in list(names):
+            where = "staged_at < now() - make_interval(hours => :h)"
+            params = {"h": hours}
+            has_column = conn.execute(
+                sa.text(
+                    "SELECT EXISTS (SELECT 1 FROM information_schema.columns "
+                    "WHERE table_schema = 'ops' AND quote_ident(table_name) = :n "
+                    "AND column_name = 'staged_at')"
+                ),
+                {"n": name},
+            ).scalar_one()
+            if not has_column:
+                continue
+            sql = "SELECT count(*)" if dry_run else "DELETE"
+            res = conn.execute(sa.text(f"{sql} FROM ops.{name} WHERE {where}"), params)
+            result.rows += res.scalar_one() if dry_run else res.rowcount
+    return result
