@@ -494,8 +494,18 @@ def raw_readings(
                     _record_release(conn, source.table, day, n, "delete")
                 elif n:
                     _record_release(conn, source.table, day, n, "drop partition")
+            # The late-data trigger logged these deletes as changes of old hours; they are
+            # not late data (the rollups are final), so this transaction's entries go too.
+            conn.execute(sa.text(_FORGET_OWN_CHANGES))
             conn.commit()
     return result
+
+
+# Rows this transaction inserted into the change log (xmin is the 32-bit transaction id).
+_FORGET_OWN_CHANGES = """
+DELETE FROM raw.readings_change_log
+WHERE xmin::text = (pg_current_xact_id()::text::bigint % 4294967296)::text
+"""
 
 
 def _all_days_between(conn: sa.Connection, safe: list[date], zone: ZoneInfo) -> list[date]:

@@ -117,8 +117,13 @@ def test_a_device_whose_day_was_never_rolled_up_keeps_its_raw_readings(
             )
         ).scalar_one()
     assert daily_late == 360
+    with engine.connect() as conn:
+        log_sql = sa.text("SELECT count(*) FROM raw.readings_change_log")
+        logged = conn.execute(log_sql).scalar_one()
     third = _retention(warehouse_url)
     assert third["raw.readings"]["rows"] == before
+    with engine.connect() as conn:  # retention's deletes are not taken for late data
+        assert conn.execute(log_sql).scalar_one() == logged
     assert _raw_count(engine) == 0
     with engine.connect() as conn:
         ledger = conn.execute(
@@ -364,3 +369,28 @@ def test_every_written_table_has_a_retention(warehouse_url, engine, dagster_inst
         assert days("SELECT batch FROM ops.staging_killed") == [2]
     assert "pattern_time_based_daily" in summary["raw.events"]["days_kept"][str(old_day)]
     assert summary["bi.diagnostic_summary_daily"]["skipped"].startswith("kept forever")
+
+
+def test_a_reading_written_while_retention_runs_is_never_deleted(
+    warehouse_url, engine, monkeypatch
+):
+    data.seed(engine, days=1)
+    _materialize_day(warehouse_url, DAY)
+    _short_retention(monkeypatch)
+    # A writer's transaction is open across the whole retention run, and commits after it.
+    writer = engine.connect()
+    writer.execute(
+        sa.text(
+            "INSERT INTO raw.readings VALUES ('2026-11-02 08:00:03+00', 'arduino_001', "
+            "'ph', 6.0)"
+        )
+    )
+    try:
+        summary = _retention(warehouse_url)
+    finally:
+        writer.commit()
+        writer.close()
+    assert summary["raw.readings"]["rows"] > 0  # the day was released...
+    with engine.connect() as conn:  # ...and the reading it could not see is still there
+        left = conn.execute(sa.text("SELECT device, field, value FROM raw.readings")).all()
+    assert left == [("arduino_001", "ph", 6.0)]
