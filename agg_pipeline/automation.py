@@ -49,8 +49,10 @@ def _max_runtime(seconds: int) -> dict[str, str]:
 readings_1m_job = dg.define_asset_job(
     "refresh_1m_open_hour", selection=[readings_1m], tags=_max_runtime(300)
 )
+# 1m first, in the same run: a 5-minute window is merged from minutes that are final (a
+# separate 1m run at the same tick could still be writing the last minute).
 readings_5m_job = dg.define_asset_job(
-    "refresh_5m_open_hour", selection=[readings_5m], tags=_max_runtime(600)
+    "refresh_5m_open_hour", selection=[readings_1m, readings_5m], tags=_max_runtime(600)
 )
 hourly_rollup_job = dg.define_asset_job(
     "hourly_rollup",
@@ -117,8 +119,11 @@ def _in_flight(instance: dg.DagsterInstance, job_name: str) -> bool:
     return bool(records)
 
 
-def open_hour(when: datetime) -> str:
-    return partitions.hourly.get_partition_key_for_timestamp(when.timestamp())
+def settling_hour(when: datetime) -> str:
+    """The hour of the minute that just closed: at 11:00 that is 10:00's hour, so the last
+    minute (and 5-minute window) of every hour is final one tick after it closes, not at
+    the :05 hourly run."""
+    return partitions.hourly.get_partition_key_for_timestamp(when.timestamp() - 60)
 
 
 def previous_hour(when: datetime) -> str:
@@ -174,21 +179,21 @@ SCHEDULES = [
         "readings_1m_every_minute",
         "* * * * *",
         readings_1m_job,
-        open_hour,
+        settling_hour,
         partitions.hourly,
         settings.schedule_readings_1m,
-        "readings_1m for the open hour, every minute (the old aggregate_1m_* Flux tasks). "
-        "Switch: AGG_PIPELINE_SCHEDULE_READINGS_1M.",
+        "readings_1m for the hour of the minute that just closed, every minute (the old "
+        "aggregate_1m_* Flux tasks). Switch: AGG_PIPELINE_SCHEDULE_READINGS_1M.",
     ),
     partition_schedule(
         "readings_5m_every_5_minutes",
         "*/5 * * * *",
         readings_5m_job,
-        open_hour,
+        settling_hour,
         partitions.hourly,
         settings.schedule_readings_5m,
-        "readings_5m for the open hour, every 5 minutes (the old aggregate_5m_* Flux tasks). "
-        "Switch: AGG_PIPELINE_SCHEDULE_READINGS_5M.",
+        "readings_1m + readings_5m for the hour of the window that just closed, every 5 "
+        "minutes (the old aggregate_5m_* Flux tasks). Switch: AGG_PIPELINE_SCHEDULE_READINGS_5M.",
     ),
     partition_schedule(
         "rollup_hourly_at_05",

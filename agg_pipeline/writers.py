@@ -136,6 +136,20 @@ def _raw_released(conn: sa.Connection, ctx: WriteContext, chunk: Window) -> bool
     return bool(retention.released_days(conn, source_table, chunk.local_days(ctx.zone)))
 
 
+def _closed_part(conn: sa.Connection, chunk: Window, step: timedelta) -> Window | None:
+    """The part of ``chunk`` whose ``step``-long windows have closed (database clock).
+
+    A still-open window is never written: a reader, a check or the InfluxDB sink would take
+    a partial value for final. The schedules come back a minute later to finish it."""
+    now = conn.execute(sa.text("SELECT now()")).scalar_one()
+    closed_until = _floor(now, step, origin=chunk.start)
+    if chunk.end <= closed_until:
+        return chunk
+    if closed_until <= chunk.start:
+        return None
+    return Window(chunk.start, closed_until)
+
+
 def _keep_released(report: WriteReport, chunk: Window) -> None:
     report.kept_chunks.append(f"{chunk} (raw readings released by retention: rows kept)")
 
@@ -175,7 +189,7 @@ INSERT INTO bi.readings_1m (sensor_id, window_start, sample_count, mean_value, m
 SELECT s.id, st.window_start, st.sample_count, st.mean_value, st.min_value, st.max_value,
        st.m2, st.first_reading_at, st.last_reading_at
 FROM stage_1m AS st {_JOIN_SENSORS}
-WHERE st.kind = 'minute'
+WHERE st.kind = 'minute' AND st.window_start < :closed_until
 """
 _INSERT_HOURLY_MEDIANS = f"""
 INSERT INTO bi.hourly_medians (sensor_id, hour_start, reading_count, median_value)
@@ -234,7 +248,14 @@ def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
                 ),
                 bounds,
             ).rowcount
-            report.rows_written += conn.execute(sa.text(_INSERT_1M)).rowcount
+            # Every reading is read and accounted for, but a still-open minute is not
+            # written: a reader or the InfluxDB sink would take it for final. The schedule
+            # comes back a minute later to finish it.
+            closed = _closed_part(conn, chunk, timedelta(minutes=1))
+            closed_until = closed.end if closed else chunk.start
+            report.rows_written += conn.execute(
+                sa.text(_INSERT_1M), {"closed_until": closed_until}
+            ).rowcount
             conn.execute(
                 sa.text("DELETE FROM bi.hourly_medians WHERE hour_start >= :s AND hour_start < :e"),
                 bounds,
@@ -515,6 +536,12 @@ def write_merged_level(ctx: WriteContext, level: Level, window: Window) -> Write
             if level is LEVEL_WEEKLY and _raw_released(conn, ctx, chunk):
                 _keep_released(report, chunk)
                 continue
+            if level is LEVEL_5M:  # as for minutes: an open 5-minute window waits
+                closed = _closed_part(conn, chunk, timedelta(minutes=5))
+                if closed is None:
+                    report.notes.append(f"{chunk}: its first 5 minutes are still open")
+                    continue
+                chunk = closed
             _merge_chunk(conn, ctx, level, chunk, report, medians)
     return report.finish()
 

@@ -83,7 +83,8 @@ def test_future_readings_are_not_used(warehouse_url, engine):
     now = datetime.now(UTC).replace(microsecond=0)
     hour = now.replace(minute=0, second=0)
     rows = [
-        (now - timedelta(seconds=30), "arduino_001", "ph", 6.0),
+        # (90 s back: a closed minute; the open minute is not written yet)
+        (now - timedelta(seconds=90), "arduino_001", "ph", 6.0),
         (now + timedelta(days=2), "arduino_001", "ph", 7.0),  # clock far ahead
     ]
     data.insert(engine, rows)

@@ -49,6 +49,23 @@ def schedule(name: str) -> dg.ScheduleDefinition:
             datetime(2026, 11, 20, 10, 35, tzinfo=UTC),
             "2026-11-20-10:00",
         ),
+        # At the top of the hour, the hour that just closed: its last minute and last
+        # 5-minute window become final now, not at the :05 hourly run.
+        (
+            "readings_1m_every_minute",
+            datetime(2026, 11, 20, 11, 0, tzinfo=UTC),
+            "2026-11-20-10:00",
+        ),
+        (
+            "readings_1m_every_minute",
+            datetime(2026, 11, 20, 11, 1, tzinfo=UTC),
+            "2026-11-20-11:00",
+        ),
+        (
+            "readings_5m_every_5_minutes",
+            datetime(2026, 11, 20, 11, 0, tzinfo=UTC),
+            "2026-11-20-10:00",
+        ),
         ("rollup_hourly_at_05", datetime(2026, 11, 20, 0, 5, tzinfo=UTC), "2026-11-19-23:00"),
         ("daily_at_0130", datetime(2026, 11, 20, 1, 30, tzinfo=UTC), "2026-11-19"),
         ("rollup_weekly_monday_0200", datetime(2026, 11, 23, 2, 0, tzinfo=UTC), "2026-11-16"),

@@ -381,8 +381,7 @@ def test_a_reading_written_while_retention_runs_is_never_deleted(
     writer = engine.connect()
     writer.execute(
         sa.text(
-            "INSERT INTO raw.readings VALUES ('2026-11-02 08:00:03+00', 'arduino_001', "
-            "'ph', 6.0)"
+            "INSERT INTO raw.readings VALUES ('2026-11-02 08:00:03+00', 'arduino_001', 'ph', 6.0)"
         )
     )
     try:
