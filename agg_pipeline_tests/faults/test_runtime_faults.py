@@ -161,17 +161,24 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = 90.0) 
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def blocked_by(conn: sa.Connection) -> list[tuple[int, str]]:
-    """(pid, statement) of every backend waiting on a lock ``conn`` holds."""
-    return [
-        (r[0], r[1])
-        for r in conn.execute(
-            sa.text(
-                "SELECT pid, query FROM pg_stat_activity "
-                "WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
-            )
-        ).all()
-    ]
+def blocked_by(holder: sa.Connection) -> list[tuple[int, str]]:
+    """(pid, statement) of every backend waiting on a lock ``holder`` holds.
+
+    Read on a connection of its own: inside ``holder``'s open transaction,
+    pg_stat_activity would be the snapshot of its first read (stale statements).
+    """
+    holder_pid = holder.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    with holder.engine.connect() as conn:
+        return [
+            (r[0], r[1])
+            for r in conn.execute(
+                sa.text(
+                    "SELECT pid, query FROM pg_stat_activity "
+                    "WHERE CAST(:h AS int) = ANY(pg_blocking_pids(pid))"
+                ),
+                {"h": holder_pid},
+            ).all()
+        ]
 
 
 def agg_backends(engine: sa.Engine) -> list[int]:
