@@ -525,7 +525,9 @@ def test_unreachable_database_never_shows_the_password(
         code = cli.main(argv)
         assert code != 0
     out = capsys.readouterr()
-    assert "***" in out.out + out.err
+    assert "agg:***@127.0.0.1" in out.out and "UNREACHABLE" in out.out  # status
+    assert "agg-pipeline: cannot reach the warehouse at" in out.err  # migrate
+    assert "cannot reach the warehouse" in logs and "agg:***@" in logs
 
     for where, text in {
         "failure": message,
