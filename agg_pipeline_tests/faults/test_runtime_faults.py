@@ -123,8 +123,18 @@ def late_rows() -> list[tuple]:
     ]
 
 
-def assert_converged(engine: sa.Engine) -> int:
-    """1m, 5m and hourly rows equal pandas over raw; returns the number of rows checked."""
+ROLLUPS = ("bi.readings_1m", "bi.readings_5m", "bi.hourly_sensor_agg")
+
+
+def assert_converged(engine: sa.Engine, old: dict[str, tuple[int, str]] | None = None) -> int:
+    """1m, 5m and hourly rows equal pandas over raw; returns the number of rows checked.
+
+    With ``old`` (the checksums a failed run had to keep), also asserts that the re-run
+    did change those tables: the late readings made "unchanged" a real claim.
+    """
+    if old is not None:
+        now = checksums(engine, list(ROLLUPS))
+        assert all(now[t] != old[t] for t in ROLLUPS), "the re-run wrote nothing new"
     raw = reference.load_raw(engine, START, END)
     valid = reference.valid_readings(raw, CATALOGUE, datetime.now(UTC))
     checked = 0
@@ -227,7 +237,7 @@ def row_locker(engine: sa.Engine) -> Iterator[sa.Connection]:
 
 
 def test_backend_terminated_mid_write_keeps_old_rows_and_rerun_converges(
-    warehouse_url, engine, old_data, row_locker, monkeypatch
+    warehouse_url, engine, old_data, row_locker, monkeypatch, record_property
 ):
     # Retries are the product's answer to a dropped connection (5 s, 10 s, 20 s); with
     # none the first termination fails the run, which is the state under test.
@@ -246,10 +256,13 @@ def test_backend_terminated_mid_write_keeps_old_rows_and_rerun_converges(
     row_locker.rollback()
 
     compared = assert_unchanged(engine, old_data)
+    record_property("rows_unchanged", compared)
     assert compared > 10_000
 
     assert materialize(warehouse_url).success
-    assert assert_converged(engine) > 1000
+    checked = assert_converged(engine, old_data)
+    record_property("rows_vs_pandas", checked)
+    assert checked > 1000
 
 
 # --- 2. kill -9 of the run worker ------------------------------------------------------
@@ -311,7 +324,7 @@ def _staging_rows(engine: sa.Engine) -> int:
 
 @pytest.mark.parametrize("kill_point", ["staging", "write"])
 def test_kill_9_of_the_run_worker_leaves_old_rows_and_rerun_converges(
-    kill_point, warehouse_url, engine, tmp_path, monkeypatch
+    kill_point, warehouse_url, engine, tmp_path, monkeypatch, record_property
 ):
     # Two shards per pass: staging goes through ops.staging_* (sources.py).
     monkeypatch.setenv("AGG_PIPELINE_PARALLELISM", "2")
@@ -383,6 +396,7 @@ def test_kill_9_of_the_run_worker_leaves_old_rows_and_rerun_converges(
     wait_for(lambda: not agg_backends(engine), "the killed worker's backends to exit", 30)
 
     compared = assert_unchanged(engine, before)
+    record_property("rows_unchanged", compared)
     assert compared > 10_000
     leftover = _staging_rows(engine)
     if kill_point == "staging":
@@ -391,7 +405,9 @@ def test_kill_9_of_the_run_worker_leaves_old_rows_and_rerun_converges(
             conn.execute(sa.text("DROP FUNCTION ops.fault_gate() CASCADE"))
     # The re-run stages under a new batch id: the killed run's rows are never read.
     assert materialize(warehouse_url).success
-    assert assert_converged(engine) > 1000
+    checked = assert_converged(engine, before)
+    record_property("rows_vs_pandas", checked)
+    assert checked > 1000
     assert _staging_rows(engine) == leftover  # left for retention, not consumed
 
 
@@ -399,7 +415,7 @@ def test_kill_9_of_the_run_worker_leaves_old_rows_and_rerun_converges(
 
 
 def test_two_concurrent_overlapping_backfills_end_equal_to_the_reference(
-    warehouse_url, engine, old_data
+    warehouse_url, engine, old_data, record_property
 ):
     # Both runs are held at their first write (readings_1m, day 2026-11-02) until both
     # wait, then released together: they really overlap, and the advisory locks of
@@ -429,7 +445,9 @@ def test_two_concurrent_overlapping_backfills_end_equal_to_the_reference(
     for run in runs:
         run.join(timeout=120)
     assert results["early"].success and results["late"].success
-    assert assert_converged(engine) > 1000
+    checked = assert_converged(engine, old_data)
+    record_property("rows_vs_pandas", checked)
+    assert checked > 1000
 
 
 # --- 4. read-only database -------------------------------------------------------------
@@ -437,7 +455,7 @@ def test_two_concurrent_overlapping_backfills_end_equal_to_the_reference(
 
 @pytest.mark.parametrize("how", ["select_only_role", "read_only_database"])
 def test_read_only_database_fails_clearly_and_changes_nothing(
-    how, pg_server_url, warehouse_url, engine, old_data
+    how, pg_server_url, warehouse_url, engine, old_data, record_property
 ):
     admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
     database = sa.make_url(warehouse_url).database
@@ -469,7 +487,7 @@ def test_read_only_database_fails_clearly_and_changes_nothing(
         assert not result.success
         message = failures(result)
         assert expected in message and named in message, message[-2000:]
-        assert_unchanged(engine, old_data)
+        record_property("rows_unchanged", assert_unchanged(engine, old_data))
     finally:
         if how == "select_only_role":
             engine_for(url).dispose()
@@ -485,7 +503,9 @@ def test_read_only_database_fails_clearly_and_changes_nothing(
             engine_for(warehouse_url).dispose()
         admin.dispose()
     assert materialize(warehouse_url).success
-    assert assert_converged(engine) > 1000
+    checked = assert_converged(engine, old_data)
+    record_property("rows_vs_pandas", checked)
+    assert checked > 1000
 
 
 # --- 5. unreachable database, password masked ------------------------------------------
@@ -500,7 +520,7 @@ def _closed_port() -> int:
 
 
 def test_unreachable_database_never_shows_the_password(
-    warehouse_url, engine, dagster_instance, monkeypatch, capsys, caplog
+    warehouse_url, engine, dagster_instance, monkeypatch, capsys, caplog, record_property
 ):
     data.seed(engine, days=HOURS / 24, devices=DEVICES, hz=0.05)
     before = snapshot(engine)
@@ -540,9 +560,11 @@ def test_unreachable_database_never_shows_the_password(
 
     monkeypatch.setenv("DATABASE_URL", warehouse_url)
     get_settings.cache_clear()
-    assert_unchanged(engine, before)
+    record_property("rows_unchanged", assert_unchanged(engine, before))
     assert materialize(warehouse_url).success
-    assert assert_converged(engine) > 1000
+    checked = assert_converged(engine, before)
+    record_property("rows_vs_pandas", checked)
+    assert checked > 1000
 
 
 # --- 6. SQL in catalogue names and formulas --------------------------------------------
@@ -603,11 +625,11 @@ def test_sql_in_catalogue_names_and_formulas_fails_at_load_naming_the_key(key, n
     with pytest.raises(CatalogueError) as err:
         parse_catalogue(text, "evil.yaml")
     message = str(err.value)
-    assert message.startswith("catalogue 'evil.yaml': ") and named in message, message
+    assert message.startswith(f"catalogue 'evil.yaml': {named}"), message
 
 
 def test_a_run_with_an_injected_catalogue_executes_nothing(
-    warehouse_url, engine, old_data, tmp_path, monkeypatch
+    warehouse_url, engine, old_data, tmp_path, monkeypatch, record_property
 ):
     path = tmp_path / "evil.yaml"
     path.write_text(_evil_catalogue("source.table"), encoding="utf-8")
@@ -627,7 +649,8 @@ def test_a_run_with_an_injected_catalogue_executes_nothing(
     )
     assert not result.success
     assert "source.table:" in failures(result)
-    assert_unchanged(engine, old_data)  # raw.readings is still there, every row of it
+    # raw.readings is still there, every row of it
+    record_property("rows_unchanged", assert_unchanged(engine, old_data))
 
     monkeypatch.delenv("AGG_PIPELINE_CATALOGUE")
     get_settings.cache_clear()
@@ -635,7 +658,9 @@ def test_a_run_with_an_injected_catalogue_executes_nothing(
     # A device *value* with SQL in it is data: bound, stored and rolled up as it is.
     data.insert(engine, [(START + timedelta(minutes=30), EVIL, "temperature", 21.5)])
     assert materialize(warehouse_url).success
-    assert assert_converged(engine) > 1000
+    checked = assert_converged(engine, old_data)
+    record_property("rows_vs_pandas", checked)
+    assert checked > 1000
     with engine.connect() as conn:
         assert (
             conn.execute(
