@@ -362,6 +362,7 @@ def test_kill_9_of_the_run_worker_leaves_old_rows_and_rerun_converges(
         "AGG_PIPELINE_HOME": str(tmp_path / "home"),
         "AGG_PIPELINE_PARALLELISM": "2",
     }
+    log = (tmp_path / "worker.log").open("w")  # a file, not a pipe: never fills and blocks
     worker = subprocess.Popen(
         [
             str(BIN / "dagster"),
@@ -375,12 +376,16 @@ def test_kill_9_of_the_run_worker_leaves_old_rows_and_rerun_converges(
             f"{FIRST}...{LAST}",
         ],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: SIGKILL reaches every child
     )
     try:
-        victims = wait_for(lambda: blocked_by(locker), f"the worker to block at {kill_point}")
+        try:
+            victims = wait_for(lambda: blocked_by(locker), f"the worker to block at {kill_point}")
+        except AssertionError as exc:
+            tail = (tmp_path / "worker.log").read_text()[-3000:]
+            raise AssertionError(f"{exc}; worker exit {worker.poll()}, log:\n{tail}") from None
         expected = "INSERT INTO ops.staging_" if kill_point == "staging" else "DELETE FROM bi."
         assert any(expected in q for _, q in victims), victims
         os.killpg(worker.pid, signal.SIGKILL)
@@ -388,7 +393,7 @@ def test_kill_9_of_the_run_worker_leaves_old_rows_and_rerun_converges(
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
-        worker.stderr.close()
+        log.close()
     locker.rollback()
     locker.execute(sa.text("SELECT pg_advisory_unlock_all()"))
     locker.close()
@@ -440,6 +445,7 @@ def test_two_concurrent_overlapping_backfills_end_equal_to_the_reference(
         run.start()
     waiting = wait_for(lambda: len(blocked_by(gate)) >= 2 and blocked_by(gate), "both runs")
     assert len(waiting) == 2
+    record_property("runs_waiting_at_once", len(waiting))
     gate.execute(sa.text("SELECT pg_advisory_unlock_all()"))
     gate.close()
     for run in runs:
@@ -464,14 +470,19 @@ def test_read_only_database_fails_clearly_and_changes_nothing(
     try:
         if how == "select_only_role":
             with admin.connect() as conn:
-                conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+                # A password, for servers (TEST_DATABASE_URL) that do not trust local roles.
+                conn.execute(sa.text(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{role}'"))
             with engine.begin() as conn:
                 for schema in ("raw", "iot", "crop", "bi", "ops"):
                     conn.execute(sa.text(f'GRANT USAGE ON SCHEMA {schema} TO "{role}"'))
                     conn.execute(
                         sa.text(f'GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO "{role}"')
                     )
-            url = sa.make_url(warehouse_url).set(username=role).render_as_string(False)
+            url = (
+                sa.make_url(warehouse_url)
+                .set(username=role, password=role)
+                .render_as_string(hide_password=False)
+            )
             # Before any write, one message naming the role, a table and what to grant.
             expected = f"role '{role}' may not write the warehouse at"
             named = "no INSERT, UPDATE and DELETE on bi."
