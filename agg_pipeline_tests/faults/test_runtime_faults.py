@@ -114,13 +114,50 @@ def failures(result: dg.ExecuteInProcessResult) -> str:
     )
 
 
+# A minute with no readings of one sensor in the old data, filled by a late reading: the
+# re-run inserts a 1m row there, so an uncommitted row of the test at that key makes the
+# run's INSERT wait - after its DELETE has removed every old row of the window.
+HOLE, HOLE_DEVICE, HOLE_FIELD = START + timedelta(hours=3, minutes=45), "arduino_001", "temperature"
+
+
 def late_rows() -> list[tuple]:
-    """Readings of known devices inside hour 01:00 that move its statistics (the new data)."""
+    """Readings of known devices that move hour 01:00's statistics and fill the hole."""
     t = START + timedelta(hours=1, minutes=20, seconds=3)
     return [
         (t + timedelta(seconds=i), f"arduino_{1 + i % DEVICES:03d}", "temperature", 30.0 + i)
         for i in range(12)
-    ]
+    ] + [(HOLE + timedelta(seconds=10), HOLE_DEVICE, HOLE_FIELD, 22.0)]
+
+
+def seed_with_hole(engine: sa.Engine) -> None:
+    data.seed(engine, days=HOURS / 24, devices=DEVICES, hz=0.05)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "DELETE FROM raw.readings WHERE device = :d AND field = :f "
+                "AND time >= :s AND time < :s + interval '1 minute'"
+            ),
+            {"d": HOLE_DEVICE, "f": HOLE_FIELD, "s": HOLE},
+        )
+
+
+def hold_insert(engine: sa.Engine) -> sa.Connection:
+    """A connection whose open transaction inserted the hole's 1m row (a copy of another
+    row of that sensor): the run's INSERT of the same key waits for it to end."""
+    conn = engine.connect()
+    inserted = conn.execute(
+        sa.text(
+            "INSERT INTO bi.readings_1m "
+            "SELECT (jsonb_populate_record(NULL::bi.readings_1m, "
+            "to_jsonb(t) || jsonb_build_object('window_start', CAST(:h AS timestamptz)))).* "
+            "FROM bi.readings_1m AS t JOIN iot.sensors AS s ON s.id = t.sensor_id "
+            "JOIN iot.devices AS d ON d.id = s.device_id "
+            "WHERE d.device_code = :d AND s.field = :f LIMIT 1"
+        ),
+        {"h": HOLE, "d": HOLE_DEVICE, "f": HOLE_FIELD},
+    ).rowcount
+    assert inserted == 1
+    return conn
 
 
 ROLLUPS = ("bi.readings_1m", "bi.readings_5m", "bi.hourly_sensor_agg")
@@ -211,23 +248,15 @@ def old_data(warehouse_url: str, engine: sa.Engine) -> dict[str, tuple[int, str]
 
     Returns the checksums of every table at that point: what a failed run must leave.
     """
-    data.seed(engine, days=HOURS / 24, devices=DEVICES, hz=0.05)
+    seed_with_hole(engine)
     assert materialize(warehouse_url).success
     data.insert(engine, late_rows())
     return snapshot(engine)
 
 
 @pytest.fixture
-def row_locker(engine: sa.Engine) -> Iterator[sa.Connection]:
-    """A connection holding FOR UPDATE locks on the last hour's 1m rows (open transaction):
-    the run's DELETE of the window blocks on them after deleting the hours before."""
-    conn = engine.connect()
-    conn.execute(
-        sa.text(
-            "SELECT 1 FROM bi.readings_1m WHERE window_start >= :s AND window_start < :e FOR UPDATE"
-        ),
-        {"s": END - timedelta(hours=1), "e": END},
-    )
+def insert_holder(engine: sa.Engine) -> Iterator[sa.Connection]:
+    conn = hold_insert(engine)
     yield conn
     conn.rollback()
     conn.close()
@@ -237,7 +266,7 @@ def row_locker(engine: sa.Engine) -> Iterator[sa.Connection]:
 
 
 def test_backend_terminated_mid_write_keeps_old_rows_and_rerun_converges(
-    warehouse_url, engine, old_data, row_locker, monkeypatch, record_property
+    warehouse_url, engine, old_data, insert_holder, monkeypatch, record_property
 ):
     # Retries are the product's answer to a dropped connection (5 s, 10 s, 20 s); with
     # none the first termination fails the run, which is the state under test.
@@ -245,15 +274,17 @@ def test_backend_terminated_mid_write_keeps_old_rows_and_rerun_converges(
     outcome: dict[str, dg.ExecuteInProcessResult] = {}
     run = threading.Thread(target=lambda: outcome.update(r=materialize(warehouse_url)))
     run.start()
-    victims = wait_for(lambda: blocked_by(row_locker), "the run's write to block")
-    assert any("DELETE FROM bi.readings_1m" in q for _, q in victims), victims
+    victims = wait_for(lambda: blocked_by(insert_holder), "the run's write to block")
+    # Mid-write: the window's old rows are deleted (in the run's transaction), new ones
+    # are being inserted.
+    assert any("INSERT INTO bi.readings_1m" in q for _, q in victims), victims
     for pid, _ in victims:
-        row_locker.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        insert_holder.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
     run.join(timeout=120)
     result = outcome["r"]
     assert not result.success
     assert "terminat" in failures(result)  # "terminating connection due to administrator command"
-    row_locker.rollback()
+    insert_holder.rollback()
 
     compared = assert_unchanged(engine, old_data)
     record_property("rows_unchanged", compared)
@@ -329,7 +360,7 @@ def test_kill_9_of_the_run_worker_leaves_old_rows_and_rerun_converges(
     # Two shards per pass: staging goes through ops.staging_* (sources.py).
     monkeypatch.setenv("AGG_PIPELINE_PARALLELISM", "2")
     get_settings.cache_clear()
-    data.seed(engine, days=HOURS / 24, devices=DEVICES, hz=0.05)
+    seed_with_hole(engine)
     with engine.connect() as conn:
         shards = conn.execute(
             sa.text("SELECT count(DISTINCT (hashtext(device) & 2147483647) % 2) FROM raw.readings")
@@ -339,18 +370,12 @@ def test_kill_9_of_the_run_worker_leaves_old_rows_and_rerun_converges(
     data.insert(engine, late_rows())
     before = snapshot(engine)
 
-    locker = engine.connect()
     if kill_point == "staging":
         assert _install_staging_gate(engine) > 0
+        locker = engine.connect()
         locker.execute(sa.text(f"SELECT pg_advisory_lock({GATE_LOCK})"))
     else:
-        locker.execute(
-            sa.text(
-                "SELECT 1 FROM bi.readings_1m WHERE window_start >= :s AND window_start < :e "
-                "FOR UPDATE"
-            ),
-            {"s": END - timedelta(hours=1), "e": END},
-        )
+        locker = hold_insert(engine)
     engine_for(warehouse_url).dispose()  # no pipeline connections but the worker's
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -386,7 +411,7 @@ def test_kill_9_of_the_run_worker_leaves_old_rows_and_rerun_converges(
         except AssertionError as exc:
             tail = (tmp_path / "worker.log").read_text()[-3000:]
             raise AssertionError(f"{exc}; worker exit {worker.poll()}, log:\n{tail}") from None
-        expected = "INSERT INTO ops.staging_" if kill_point == "staging" else "DELETE FROM bi."
+        expected = "INSERT INTO ops.staging_" if kill_point == "staging" else "INSERT INTO bi."
         assert any(expected in q for _, q in victims), victims
         os.killpg(worker.pid, signal.SIGKILL)
         assert worker.wait(timeout=30) == -signal.SIGKILL
