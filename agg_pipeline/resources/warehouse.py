@@ -98,9 +98,9 @@ def check_writable(engine: sa.Engine) -> None:
             sa.text(
                 "SELECT current_user, "
                 "array_agg(n.nspname || '.' || c.relname ORDER BY n.nspname, c.relname) "
-                "FILTER (WHERE NOT (has_table_privilege(c.oid, 'INSERT') "
-                "AND has_table_privilege(c.oid, 'UPDATE') "
-                "AND has_table_privilege(c.oid, 'DELETE'))) "
+                # INSERT only: every written table gets inserts, while which also need
+                # UPDATE or DELETE varies; a narrower grant must not be refused here.
+                "FILTER (WHERE NOT has_table_privilege(c.oid, 'INSERT')) "
                 "FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace "
                 "WHERE n.nspname = ANY(:schemas) AND c.relkind IN ('r', 'p')"
             ),
@@ -109,8 +109,8 @@ def check_writable(engine: sa.Engine) -> None:
     if denied:
         shown = ", ".join(denied[:5]) + (f" and {len(denied) - 5} more" if len(denied) > 5 else "")
         raise WarehouseReadOnly(
-            f"role {user!r} may not write the warehouse at {where}: no INSERT, UPDATE and "
-            f"DELETE on {shown} (GRANT them on all tables in schemas "
+            f"role {user!r} may not write the warehouse at {where}: no INSERT on {shown} "
+            "(GRANT SELECT, INSERT, UPDATE, DELETE on all tables in schemas "
             f"{', '.join(_WRITTEN_SCHEMAS)})"
         )
 

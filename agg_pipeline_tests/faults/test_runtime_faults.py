@@ -9,9 +9,10 @@ in one transaction, so a failed write leaves the old rows, never half of the new
 Then the fault is removed and a re-run must converge: its rows equal the pandas
 computation over raw (``reference.py``).
 
-Faults are made deterministic with locks, not timing: a connection of the test holds a
-row lock (or an advisory lock) that the run's write blocks on, so "mid-write" is a known
-point - the run's transaction has begun and already deleted rows - when the fault hits.
+Faults are made deterministic with locks, not timing: a connection of the test holds an
+uncommitted row at a key the run will insert (or an advisory lock) that the run's write
+waits on, so "mid-write" is a known point - the run's transaction has deleted the window's
+old rows and is inserting the new ones - when the fault hits.
 """
 
 from __future__ import annotations
@@ -510,7 +511,7 @@ def test_read_only_database_fails_clearly_and_changes_nothing(
             )
             # Before any write, one message naming the role, a table and what to grant.
             expected = f"role '{role}' may not write the warehouse at"
-            named = "no INSERT, UPDATE and DELETE on bi."
+            named = "no INSERT on bi."
         else:
             with admin.connect() as conn:
                 conn.execute(
