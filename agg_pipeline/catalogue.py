@@ -268,7 +268,9 @@ def parse_catalogue(text: str, origin: str) -> Catalogue:
         problems = []
         for err in exc.errors():
             msg = re.sub(r"^Value error, ", "", err["msg"])
-            problems.append(f"{_format_location(err['loc'])}: {msg}")
+            # Catalogue-wide checks (no location) name their key in the message itself.
+            where = f"{_format_location(err['loc'])}: " if err["loc"] else ""
+            problems.append(f"{where}{msg}")
         raise CatalogueError(f"catalogue {origin!r}: " + "; ".join(problems)) from None
 
 

@@ -100,7 +100,8 @@ def parse(formula: str, fields: list[str]) -> ast.Expression:
                 raise FormulaError(f"unknown statistic {node.attr!r} (one of {', '.join(STATS)})")
         elif isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
-                name = getattr(node.func, "id", "?")
+                # Name what was called (``__import__('os').system``), not just "?".
+                name = ast.unparse(node.func)
                 raise FormulaError(
                     f"unknown function {name!r} (one of {', '.join(sorted(FUNCTIONS))})"
                 )

@@ -31,6 +31,10 @@ class WarehouseUnavailable(RuntimeError):
     """The warehouse cannot be reached; raised before any write."""
 
 
+class WarehouseReadOnly(WarehouseUnavailable):
+    """The warehouse is reachable but may not be written; raised before any write."""
+
+
 def masked(url: str) -> str:
     """A URL safe to print: the password, if any, hidden."""
     try:
@@ -69,6 +73,48 @@ def check_reachable(engine: sa.Engine) -> None:
         ) from None
 
 
+# The schemas whose tables every run writes (rollups, devices and sensors, staging).
+_WRITTEN_SCHEMAS = ("bi", "iot", "ops")
+
+
+def check_writable(engine: sa.Engine) -> None:
+    """Fail with one readable message when the connection may not write the warehouse.
+
+    Without it a read-only database or a SELECT-only role fails deep inside the first
+    write (after the staging work), with a driver message naming an internal table.
+    """
+    where = masked(engine.url.render_as_string(False))
+    with engine.connect() as conn:
+        if (
+            conn.execute(sa.text("SELECT current_setting('transaction_read_only')")).scalar()
+            == "on"
+        ):
+            raise WarehouseReadOnly(
+                f"the warehouse at {where} is read-only (transaction_read_only = on: a standby, "
+                "or default_transaction_read_only set for the database or role); runs write "
+                f"the {', '.join(_WRITTEN_SCHEMAS)} schemas"
+            )
+        user, denied = conn.execute(
+            sa.text(
+                "SELECT current_user, "
+                "array_agg(n.nspname || '.' || c.relname ORDER BY n.nspname, c.relname) "
+                # INSERT only: every written table gets inserts, while which also need
+                # UPDATE or DELETE varies; a narrower grant must not be refused here.
+                "FILTER (WHERE NOT has_table_privilege(c.oid, 'INSERT')) "
+                "FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = ANY(:schemas) AND c.relkind IN ('r', 'p')"
+            ),
+            {"schemas": list(_WRITTEN_SCHEMAS)},
+        ).one()
+    if denied:
+        shown = ", ".join(denied[:5]) + (f" and {len(denied) - 5} more" if len(denied) > 5 else "")
+        raise WarehouseReadOnly(
+            f"role {user!r} may not write the warehouse at {where}: no INSERT on {shown} "
+            "(GRANT SELECT, INSERT, UPDATE, DELETE on all tables in schemas "
+            f"{', '.join(_WRITTEN_SCHEMAS)})"
+        )
+
+
 class WarehouseResource(dg.ConfigurableResource):
     """PostgreSQL warehouse: the bi/iot/crop tables and, for the postgres source, raw readings.
 
@@ -90,6 +136,7 @@ class WarehouseResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         # Fail fast, with a readable message, before any asset starts writing.
         check_reachable(self.get_engine())
+        check_writable(self.get_engine())
 
     @contextmanager
     def locked_transaction(
