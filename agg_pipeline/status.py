@@ -276,7 +276,8 @@ def collect(
         raw_estimate = _guarded(problems, "raw readings", lambda: _raw_rows(engine), None)
 
     graph = _guarded(problems, "asset graph", defs.resolve_asset_graph, None)
-    check_keys = list(graph.asset_check_keys) if graph is not None else []
+    # Sorted: a set's order changes between processes, and so would the report's.
+    check_keys = sorted(graph.asset_check_keys, key=str) if graph is not None else []
     asset_keys = graph.materializable_asset_keys if graph is not None else []
     assets: list[AssetStatus] = []
     if instance is None:
