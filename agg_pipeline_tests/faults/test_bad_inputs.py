@@ -20,7 +20,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import dashboard, patterns
+from agg_pipeline import dashboard, partitions, patterns
 from agg_pipeline import status as status_mod
 from agg_pipeline.assets import readings_1m, readings_5m, rollup_hourly
 from agg_pipeline.definitions import defs
@@ -239,6 +239,63 @@ def test_misaligned_partition_key_is_refused_before_any_write(
             {"t": DAY + timedelta(hours=1)},
         ).scalar_one()
     assert hour1 == 0  # the hour after the named one was not written either
+
+
+NYC = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00", timezone="America/New_York")
+
+
+@pytest.mark.parametrize(
+    ("pdef", "key", "message"),
+    [
+        (
+            partitions.daily,
+            "2026-11-2",
+            "partition key '2026-11-2' is not a partition of a: expected YYYY-MM-DD (daily "
+            "partitions are local days, in UTC); did you mean '2026-11-02'?",
+        ),
+        (
+            partitions.weekly,
+            "2026-11-05",
+            "partition key '2026-11-05' is not a partition of a: expected YYYY-MM-DD (weekly "
+            "partitions start on Mondays, in UTC); did you mean '2026-11-02'?",
+        ),
+        (
+            partitions.hourly,
+            "2026-11-02 10:00",
+            "partition key '2026-11-02 10:00' is not a partition of a: expected "
+            "YYYY-MM-DD-HH:00 (hourly partitions start on the hour, in UTC)",
+        ),
+        (
+            NYC,
+            "2026-11-01-01:30",
+            "partition key '2026-11-01-01:30' is not a partition of a: expected "
+            "YYYY-MM-DD-HH:00 (hourly partitions start on the hour, in America/New_York); "
+            "did you mean '2026-11-01-01:00'?",
+        ),
+    ],
+)
+def test_partition_key_check_names_the_key_and_format(pdef, key, message):
+    with pytest.raises(PartitionKeyError) as err:
+        partitions.check_partition_key(pdef, key, "a")
+    assert str(err.value) == message
+
+
+def test_partition_key_check_accepts_every_real_key():
+    """Including the repeated 01:00 of a DST fall-back day (Dagster's key carries -0500)."""
+    fall_back = NYC.get_partition_keys_in_range(
+        dg.PartitionKeyRange("2026-11-01-00:00", "2026-11-01-03:00")
+    )
+    assert "2026-11-01-01:00-0500" in fall_back and len(fall_back) == 5
+    week = partitions.hourly.get_partition_keys_in_range(
+        dg.PartitionKeyRange(HOUR0, f"{DAY + timedelta(days=6):%Y-%m-%d}-23:00")
+    )
+    for pdef, keys in [
+        (NYC, fall_back),
+        (partitions.hourly, week),
+        (partitions.daily, ["2026-11-02"]),
+    ]:
+        for key in keys:
+            partitions.check_partition_key(pdef, key, "a")
 
 
 def test_misaligned_end_of_a_backfill_range_is_refused(warehouse_url, engine, one_hour_done):
