@@ -2,9 +2,15 @@
 
 Each is served from the rollup tables only (through the ``bi.v_*`` views and the
 ``bi.device_ranking`` function in ``sql/012_dashboards.sql``, which Grafana or any BI tool
-can also query directly). Parameters are validated before anything reaches the database:
-bounded time ranges and limits, devices and metrics that exist; a bad parameter raises
-``DashboardError`` with a message that names it.
+can also query directly). Parameters are validated before anything reaches the database,
+and a bad one raises ``DashboardError`` (a ``ValueError``) with a message that names it:
+
+- ``hours`` an int from 1 to 744 (31 days), ``days`` an int from 1 to 366, ``limit`` an
+  int from 1 to 100 (a bool is not an int here);
+- ``now`` a timezone-aware ``datetime`` (naive ones are refused), ``today`` a
+  ``datetime.date`` (not a datetime, not a string), both 1970-01-01 or later;
+- ``device`` / ``metric`` non-empty strings without NUL characters (at most 1000), for a
+  device / derived metric that exists; ``descending`` a real bool (``"false"`` is refused).
 
     hourly_for_device(engine, device, hours=24)       hourly stats of a device's sensors
     daily_for_device(engine, device, days=30)         daily stats (+ conditions)
@@ -20,6 +26,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
+
+from agg_pipeline import read_params
 
 MAX_HOURS = 24 * 31
 MAX_DAYS = 366
@@ -37,8 +45,7 @@ def _bounded(name: str, value: int, upper: int) -> int:
 
 
 def _device_id(conn: sa.Connection, device: str) -> int:
-    if not isinstance(device, str) or not device:
-        raise DashboardError("device must be a non-empty device code")
+    read_params.text("device", device, DashboardError)
     found = conn.execute(
         sa.text("SELECT id FROM iot.devices WHERE device_code = :d"), {"d": device}
     ).scalar()
@@ -48,6 +55,7 @@ def _device_id(conn: sa.Connection, device: str) -> int:
 
 
 def _known_metric(conn: sa.Connection, metric: str) -> str:
+    read_params.text("metric", metric, DashboardError)
     known = conn.execute(sa.text("SELECT metric FROM bi.derived_metrics ORDER BY 1")).scalars()
     known = list(known)
     if metric not in known:
@@ -62,7 +70,15 @@ def _rows(conn: sa.Connection, sql: str, params: dict) -> list[dict]:
 
 
 def _now(now: datetime | None) -> datetime:
-    return now or datetime.now(UTC)
+    if now is None:
+        return datetime.now(UTC)
+    return read_params.instant("now", now, DashboardError)
+
+
+def _today(today: date | None) -> date:
+    if today is None:
+        return datetime.now(UTC).date()
+    return read_params.day("today", today, DashboardError)
 
 
 def hourly_for_device(
@@ -70,6 +86,7 @@ def hourly_for_device(
 ) -> list[dict]:
     """Hourly stats of every sensor of ``device`` over the last ``hours`` hours."""
     _bounded("hours", hours, MAX_HOURS)
+    since = _now(now) - timedelta(hours=hours)
     with engine.connect() as conn:
         _device_id(conn, device)
         return _rows(
@@ -77,7 +94,7 @@ def hourly_for_device(
             "SELECT field, unit, hour_start, avg_value, min_value, max_value, sample_count, "
             "stddev_value, median_value FROM bi.v_hourly_readings "
             "WHERE device_code = :d AND hour_start >= :since ORDER BY hour_start, field",
-            {"d": device, "since": _now(now) - timedelta(hours=hours)},
+            {"d": device, "since": since},
         )
 
 
@@ -86,7 +103,7 @@ def daily_for_device(
 ) -> list[dict]:
     """Daily stats (and time in optimal / critical) of ``device`` over the last ``days``."""
     _bounded("days", days, MAX_DAYS)
-    today = today or datetime.now(UTC).date()
+    today = _today(today)
     with engine.connect() as conn:
         _device_id(conn, device)
         return _rows(
@@ -104,13 +121,14 @@ def performance_for_device(
 ) -> list[dict]:
     """Derived metrics (efficiency, health, anomalies...) of ``device`` per hour."""
     _bounded("hours", hours, MAX_HOURS)
+    since = _now(now) - timedelta(hours=hours)
     with engine.connect() as conn:
         _device_id(conn, device)
         return _rows(
             conn,
             "SELECT hour_start, metric, value, unit FROM bi.v_device_performance_hourly "
             "WHERE device_code = :d AND hour_start >= :since ORDER BY hour_start, metric",
-            {"d": device, "since": _now(now) - timedelta(hours=hours)},
+            {"d": device, "since": since},
         )
 
 
@@ -119,7 +137,7 @@ def diagnostics_summary(
 ) -> list[dict]:
     """Diagnoses per device and day: counts by severity and type, confidence stats."""
     _bounded("days", days, MAX_DAYS)
-    today = today or datetime.now(UTC).date()
+    today = _today(today)
     with engine.connect() as conn:
         if device is not None:
             _device_id(conn, device)
@@ -139,13 +157,14 @@ def all_devices_performance(
 ) -> list[dict]:
     """Every device's mean of each derived metric over the last ``hours`` hours."""
     _bounded("hours", hours, MAX_HOURS)
+    since = _now(now) - timedelta(hours=hours)
     with engine.connect() as conn:
         return _rows(
             conn,
             "SELECT device_code, metric, avg(value) AS value, count(value) AS hours, "
             "min(unit) AS unit FROM bi.v_device_performance_hourly "
             "WHERE hour_start >= :since GROUP BY 1, 2 ORDER BY 1, 2",
-            {"since": _now(now) - timedelta(hours=hours)},
+            {"since": since},
         )
 
 
@@ -160,6 +179,8 @@ def ranking(
     """Devices ranked by their mean ``metric`` over the last ``hours`` (1 = best)."""
     _bounded("hours", hours, MAX_HOURS)
     _bounded("limit", limit, MAX_LIMIT)
+    read_params.flag("descending", descending, DashboardError)
+    since = _now(now) - timedelta(hours=hours)
     with engine.connect() as conn:
         _known_metric(conn, metric)
         return _rows(
@@ -168,9 +189,9 @@ def ranking(
             "FROM bi.device_ranking(:m, :since, :limit, :desc)",
             {
                 "m": metric,
-                "since": _now(now) - timedelta(hours=hours),
+                "since": since,
                 "limit": limit,
-                "desc": bool(descending),
+                "desc": descending,
             },
         )
 

@@ -8,7 +8,8 @@ configured zone, so a daily partition is 23 h or 25 h on DST days; weeks start o
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 
@@ -28,3 +29,43 @@ weekly = dg.WeeklyPartitionsDefinition(
     timezone=_zone,
     day_offset=1,
 )
+
+_GRAINS = {
+    "0 * * * *": "hourly partitions start on the hour",
+    "0 0 * * *": "daily partitions are local days",
+    "0 0 * * 1": "weekly partitions start on Mondays",
+}
+
+
+class PartitionKeyError(ValueError):
+    """A partition key that is not one of the definition's keys; the message names it."""
+
+
+def check_partition_key(pdef: dg.TimeWindowPartitionsDefinition, key: str, asset: str) -> None:
+    """Refuse ``key`` unless it is exactly the key of a partition of ``pdef``.
+
+    Dagster 1.13 checks a key against its format only: ``2026-11-01-10:30`` passes as an
+    hourly key (``has_partition_key`` says True) and its window silently becomes
+    11:00-12:00. A key is accepted when it is the key of its own window's start.
+    """
+    try:
+        start = pdef.time_window_for_partition_key(key).start
+        canonical = pdef.get_partition_key_for_timestamp(start.timestamp())
+    except (ValueError, TypeError):
+        canonical = None
+    if canonical == key:
+        return
+    expected = pdef.fmt
+    for code, shown in (("%Y", "YYYY"), ("%m", "MM"), ("%d", "DD"), ("%H", "HH"), ("%M", "00")):
+        expected = expected.replace(code, shown)
+    grain = _GRAINS.get(pdef.cron_schedule, pdef.cron_schedule)
+    try:
+        # The partition holding the instant the key names (10:30 -> the 10:00 hour).
+        named = datetime.strptime(key, pdef.fmt).replace(tzinfo=ZoneInfo(pdef.timezone))
+        hint = f"; did you mean {pdef.get_partition_key_for_timestamp(named.timestamp())!r}?"
+    except (ValueError, TypeError):
+        hint = ""
+    raise PartitionKeyError(
+        f"partition key {key!r} is not a partition of {asset}: expected {expected} "
+        f"({grain}, in {pdef.timezone}){hint}"
+    )

@@ -10,6 +10,13 @@ Detector types: time_based, co_occurrence, sequence, room_based, duration, anoma
 maps to ``bi.pattern_<type>_daily`` keyed by (day, key); queries filter by date range and
 optionally by entity, device pair or area; ``aggregate`` sums / averages / counts a numeric
 field over the range per key.
+
+Read parameters are checked before any query, and a bad one raises ``PatternQueryError`` (a
+``ValueError``) whose message names it: ``start`` / ``end`` are ``datetime.date`` values (not
+datetimes, not strings), 1970-01-01 or later, ``end >= start``, at most ``MAX_DAYS`` = 366
+days per query, both ends included; ``detector_type``, ``metric``, ``entity_id``,
+``device_pair`` and ``area_id`` are non-empty strings without NUL characters (at most 1000);
+``how`` is "sum", "mean" or "count".
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ import sqlalchemy as sa
 from psycopg2.extras import execute_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agg_pipeline import retention
+from agg_pipeline import read_params, retention
+
+MAX_DAYS = 366  # days per query, both ends included
 
 
 class _Aggregate(BaseModel):
@@ -160,12 +169,15 @@ DETECTORS = {
 
 
 class PatternQueryError(ValueError):
-    pass
+    """A pattern query parameter is invalid; the message names it."""
 
 
 def detector(name: str) -> Detector:
+    read_params.text("detector_type", name, PatternQueryError)
     if name not in DETECTORS:
-        raise PatternQueryError(f"unknown detector type {name!r}; one of {', '.join(DETECTORS)}")
+        raise PatternQueryError(
+            f"detector_type: unknown detector type {name!r}; one of {', '.join(DETECTORS)}"
+        )
     return DETECTORS[name]
 
 
@@ -250,11 +262,14 @@ def query(
     """Aggregates of one detector type for days in [start, end] (end inclusive; default
     start), optionally for one entity (its pairs and sequences included), pair or area."""
     det = detector(detector_type)
-    end = end or start
-    if end < start:
-        raise PatternQueryError(f"end {end} is before start {start}")
-    if (end - start).days > 366:
-        raise PatternQueryError("at most 366 days per query")
+    start, end = _date_range(start, end)
+    for name, value in (
+        ("entity_id", entity_id),
+        ("device_pair", device_pair),
+        ("area_id", area_id),
+    ):
+        if value is not None:
+            read_params.text(name, value, PatternQueryError)
     where = ["day >= :start", "day <= :end"]
     params: dict[str, Any] = {"start": start, "end": end}
     if entity_id is not None:
@@ -296,6 +311,20 @@ def query(
     return result
 
 
+def _date_range(start: date, end: date | None) -> tuple[date, date]:
+    start = read_params.day("start", start, PatternQueryError)
+    end = start if end is None else read_params.day("end", end, PatternQueryError)
+    if end < start:
+        raise PatternQueryError(f"end {end} is before start {start}")
+    days = (end - start).days + 1
+    if days > MAX_DAYS:
+        raise PatternQueryError(
+            f"end: at most {MAX_DAYS} days per query (start and end included), "
+            f"{start} .. {end} is {days}"
+        )
+    return start, end
+
+
 def aggregate(
     engine: sa.Engine,
     detector_type: str,
@@ -306,9 +335,13 @@ def aggregate(
 ) -> dict[str, float]:
     """``how`` of ``metric`` per detector key over the days in [start, end]."""
     det = detector(detector_type)
+    read_params.text("metric", metric, PatternQueryError)
+    if how not in ("sum", "mean", "count"):
+        raise PatternQueryError(f"how must be sum, mean or count, not {how!r}")
     if metric not in det.numeric_fields:
         raise PatternQueryError(
-            f"{metric!r} is not a numeric field of {det.name}: {', '.join(det.numeric_fields)}"
+            f"metric {metric!r} is not a numeric field of {det.name}: "
+            + ", ".join(det.numeric_fields)
         )
     rows = query(engine, detector_type, start, end).rows
     values: dict[str, list[float]] = {}
@@ -318,9 +351,7 @@ def aggregate(
         return {k: sum(v) for k, v in values.items()}
     if how == "mean":
         return {k: statistics.fmean(v) for k, v in values.items()}
-    if how == "count":
-        return {k: float(len(v)) for k, v in values.items()}
-    raise PatternQueryError(f"how must be sum, mean or count, not {how!r}")
+    return {k: float(len(v)) for k, v in values.items()}
 
 
 # --------------------------------------------------------------------------------------

@@ -10,17 +10,25 @@ from __future__ import annotations
 import functools
 import os
 import re
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError as _SourceError
 
 ENV_PREFIX = "AGG_PIPELINE_"
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+# Bounds of the numeric settings (also in each field's description and the README): finite,
+# and far enough from the limits of timedelta and PostgreSQL that no value inside them can
+# fail later, in the middle of a run.
+EARLIEST_START = date(1970, 1, 1)
+DAY_SECONDS = 86_400
+MAX_RETENTION_DAYS = 36_500  # a century
+WORK_MEM_KB = (64, 2_147_483_647)
 
 
 class SettingsError(ValueError):
@@ -72,7 +80,10 @@ class Settings(BaseSettings):
 
     # --- partitions --------------------------------------------------------------------
     start_date: date = Field(
-        default=date(2025, 1, 1), description="First partition (any earlier data is ignored)."
+        default=date(2025, 1, 1),
+        ge=EARLIEST_START,
+        description="First partition (any earlier data is ignored): from 1970-01-01 to today "
+        "(a later one would leave the daily and weekly assets without partitions).",
     )
     timezone: str = Field(
         default="UTC",
@@ -84,46 +95,55 @@ class Settings(BaseSettings):
     future_tolerance_seconds: float = Field(
         default=300.0,
         ge=0,
+        le=DAY_SECONDS,
+        allow_inf_nan=False,
         description="Readings stamped further than this in the future (vs the database clock) "
-        "are not used, and counted as `future`.",
+        "are not used, and counted as `future`. 0 to 86400 (one day).",
     )
     max_gap_seconds: float = Field(
         default=300.0,
         gt=0,
+        le=DAY_SECONDS,
+        allow_inf_nan=False,
         description="Time-weighted conditions: a reading holds until the next one, at most this "
-        "long.",
+        "long. Above 0, at most 86400 (one day: a reading never holds past its day anyway).",
     )
     critical_margin_pct: float = Field(
         default=20.0,
         ge=0,
+        le=1000,
+        allow_inf_nan=False,
         description="A value is critical when it lies more than this percentage beyond an optimal "
-        "bound (|bound| * pct / 100).",
+        "bound (|bound| * pct / 100). 0 to 1000.",
     )
 
     # --- execution -----------------------------------------------------------------------
     work_mem: str = Field(
         default="256MB",
-        description="PostgreSQL work_mem for the aggregation statements (SET LOCAL).",
+        description="PostgreSQL work_mem for the aggregation statements (SET LOCAL): a size in "
+        "kB, MB or GB within PostgreSQL's range, 64kB to 2147483647kB.",
     )
     median_max_readings: int = Field(
         default=100_000_000,
         ge=0,
+        le=1_000_000_000,
         description="Exact medians hold a chunk's readings in memory (~16 bytes each); above "
-        "this many readings in one chunk the median is skipped (NULL) and the run says so.",
+        "this many readings in one chunk the median is skipped (NULL) and the run says so. "
+        "0 (never) to 10^9 (~16 GB).",
     )
     parallelism: int = Field(
         default_factory=lambda: max(1, min(4, os.cpu_count() or 1)),
         ge=1,
         le=16,
         description="Connections that share each pass over raw readings, split by device "
-        "(default: CPU cores, at most 4). 1 = one statement.",
+        "(default: CPU cores, at most 4). 1 = one statement; at most 16.",
     )
     chunk_days: int = Field(
         default=1,
         ge=1,
         le=31,
         description="A multi-partition run writes its window in chunks of this many days, one "
-        "transaction each, so a long backfill never holds a table lock for long.",
+        "transaction each, so a long backfill never holds a table lock for long. 1 to 31.",
     )
 
     # --- automation: the old feature flags (each schedule / sensor on or off) ------------
@@ -159,19 +179,25 @@ class Settings(BaseSettings):
     late_data_lookback_days: float = Field(
         default=7.0,
         gt=0,
+        le=366,
+        allow_inf_nan=False,
         description="Late readings for hours older than this are not corrected automatically "
-        "(backfill them).",
+        "(backfill them). Above 0, at most 366.",
     )
     late_data_settle_minutes: float = Field(
         default=10.0,
         ge=0,
-        description="A reading is late when it arrives this long after its hour ended.",
+        le=1440,
+        allow_inf_nan=False,
+        description="A reading is late when it arrives this long after its hour ended. 0 to "
+        "1440 (one day).",
     )
     coverage_warn_pct: float = Field(
         default=90.0,
         ge=0,
         le=100,
-        description="Coverage checks warn below this share of expected readings.",
+        allow_inf_nan=False,
+        description="Coverage checks warn below this share of expected readings (0 to 100).",
     )
 
     diagnostic_severities: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -182,61 +208,71 @@ class Settings(BaseSettings):
 
     # --- retention -------------------------------------------------------------------
     retention_raw_days: int = Field(
-        default=90, ge=1, description="Raw readings older than this many days are deleted."
+        default=90,
+        ge=1,
+        le=MAX_RETENTION_DAYS,
+        description="Raw readings older than this many days are deleted (1 to 36500).",
     )
     retention_downsample_days: int = Field(
-        default=30, ge=1, description="1m and 5m windows older than this are deleted."
+        default=30,
+        ge=1,
+        le=MAX_RETENTION_DAYS,
+        description="1m and 5m windows older than this are deleted (1 to 36500).",
     )
     retention_hourly_days: int = Field(
-        default=180, ge=1, description="Hourly rollups older than this are deleted."
+        default=180,
+        ge=1,
+        le=MAX_RETENTION_DAYS,
+        description="Hourly rollups older than this are deleted (1 to 36500).",
     )
     retention_device_metrics_days: int = Field(
         default=180,
         ge=0,
-        le=36_500,
+        le=MAX_RETENTION_DAYS,
         description="Device metrics (bi.device_metrics_hourly) older than this are deleted "
-        "(0 = kept forever).",
+        "(0 = kept forever; 0 to 36500).",
     )
     retention_diagnostic_summary_days: int = Field(
         default=0,
         ge=0,
-        le=36_500,
+        le=MAX_RETENTION_DAYS,
         description="Diagnostic summaries (bi.diagnostic_summary_daily) older than this are "
-        "deleted (0 = kept forever, like the daily rollups).",
+        "deleted (0 = kept forever, like the daily rollups; 0 to 36500).",
     )
     retention_patterns_days: int = Field(
         default=90,
         ge=0,
-        le=36_500,
+        le=MAX_RETENTION_DAYS,
         description="Pattern aggregates (bi.pattern_*_daily) older than this are deleted, "
-        "as the old pattern_aggregates_daily bucket did (0 = kept forever).",
+        "as the old pattern_aggregates_daily bucket did (0 = kept forever; 0 to 36500).",
     )
     retention_events_days: int = Field(
         default=90,
         ge=1,
-        le=36_500,
+        le=MAX_RETENTION_DAYS,
         description="Raw events (raw.events) older than this are deleted, once the pattern "
-        "assets have run for their day.",
+        "assets have run for their day (1 to 36500).",
     )
     retention_raw_diagnostics_days: int = Field(
         default=90,
         ge=1,
-        le=36_500,
+        le=MAX_RETENTION_DAYS,
         description="Raw diagnostics (raw.diagnostics) older than this are deleted, once "
-        "diagnostic_summary_daily has run for their day.",
+        "diagnostic_summary_daily has run for their day (1 to 36500).",
     )
     retention_staging_hours: int = Field(
         default=24,
         ge=1,
         le=8_760,
         description="Staging rows (ops.staging_*) left by a killed run are deleted after "
-        "this many hours.",
+        "this many hours (1 to 8760).",
     )
     retention_batch_rows: int = Field(
         default=50_000,
         ge=100,
-        le=100_000_000,
-        description="Rows deleted per statement (bounded batches, by key range).",
+        le=10_000_000,
+        description="About this many rows deleted per statement (bounded batches, by key "
+        "range): 100 to 10^7.",
     )
 
     @field_validator("timezone")
@@ -260,8 +296,13 @@ class Settings(BaseSettings):
     @field_validator("work_mem")
     @classmethod
     def _memory_size(cls, value: str) -> str:
-        if not re.fullmatch(r"\d+(kB|MB|GB)", value):
+        match = re.fullmatch(r"(\d{1,12})(kB|MB|GB)", value)
+        if not match:
             raise ValueError(f"expected a PostgreSQL size such as 256MB, got {value!r}")
+        kb = int(match[1]) * {"kB": 1, "MB": 1024, "GB": 1024 * 1024}[match[2]]
+        # PostgreSQL's own bounds: outside them every aggregation statement would fail.
+        if not WORK_MEM_KB[0] <= kb <= WORK_MEM_KB[1]:
+            raise ValueError(f"{value} is outside PostgreSQL's range 64kB .. 2147483647kB")
         return value
 
     @field_validator("database_url")
@@ -269,11 +310,16 @@ class Settings(BaseSettings):
     def _driver_named(cls, value: str | None) -> str | None:
         return normalize_database_url(value) if value else None
 
-    @model_validator(mode="after")
-    def _start_is_past(self) -> Settings:
-        if self.start_date.year < 1970:
-            raise ValueError("start_date must be 1970 or later")
-        return self
+    @field_validator("start_date")
+    @classmethod
+    def _start_is_past(cls, value: date) -> date:
+        # A field validator, not a model validator: its error carries the field, so the
+        # message names AGG_PIPELINE_START_DATE. Today in UTC+14, the earliest zone: a
+        # start date no zone has reached yet is in the future everywhere.
+        latest = datetime.now(UTC).date() + timedelta(days=1)
+        if value > latest:
+            raise ValueError(f"{value} is in the future (no partition would exist yet)")
+        return value
 
     @property
     def zone(self) -> ZoneInfo:
@@ -295,9 +341,16 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
-            var = env_name(field) if field in Settings.model_fields else field
-            problems.append(f"{var}: {err['msg']}")
+            if not err["loc"]:
+                # A model-level rule spans several settings: its message names them.
+                problems.append(err["msg"])
+                continue
+            field = str(err["loc"][0])
+            info = Settings.model_fields.get(field)
+            var = env_name(field) if info else field
+            # The value given, unless the field hides it (a URL may carry a password).
+            shown = f" (got {err['input']!r})" if info and info.repr and "input" in err else ""
+            problems.append(f"{var}: {err['msg']}{shown}")
         raise SettingsError("invalid setting(s): " + "; ".join(problems)) from None
 
 

@@ -4,12 +4,19 @@ Per asset: the latest materialized partition, freshness against its FreshnessPol
 partitions missing or failed in the last N days, failing checks, and the row
 count of its table; plus whether the warehouse is reachable. ``ok`` is False - and the
 command exits non-zero - when anything is unreachable, stale, missing, failed or failing.
+
+Status is most needed when something just broke, so it never crashes: each part (the
+warehouse, raw rows, and per asset its materializations, partitions, checks and rows) is
+read on its own, and a part that cannot be read is reported as a problem, naming the part
+and the error, while the others are still shown.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import dagster as dg
 import sqlalchemy as sa
@@ -45,7 +52,11 @@ class AssetStatus:
     failed_partitions: list[str] = field(default_factory=list)
     failing_checks: list[str] = field(default_factory=list)
     warning_checks: list[str] = field(default_factory=list)
+    # Checks whose latest run ended before evaluating them: "<check> (run <id> <status>)".
+    unevaluated_checks: list[str] = field(default_factory=list)
     rows: int | None = None
+    # Parts of this asset's status that could not be read: "<part>: <error>".
+    unreadable: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -54,6 +65,8 @@ class AssetStatus:
             and not self.missing_partitions
             and not self.failed_partitions
             and not self.failing_checks
+            and not self.unevaluated_checks
+            and not self.unreadable
         )
 
 
@@ -119,15 +132,62 @@ def _table_rows(engine: sa.Engine, table: str) -> int | None:
                 ),
                 {"s": schema, "t": name},
             ).scalar()
-            return int(est) if est is not None and est >= 0 else None
+            if est is None:
+                raise  # no such table: not a timeout, nothing to estimate
+            return int(est) if est >= 0 else None
+
+
+def _raw_rows(engine: sa.Engine) -> int | None:
+    from agg_pipeline.catalogue import get_catalogue
+
+    catalogue = get_catalogue()
+    if not catalogue.raw_in_postgres:  # an InfluxDB source is not counted here
+        return None
+    return _table_rows(engine, catalogue.source.table)
+
+
+_T = TypeVar("_T")
+
+
+def _error(exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {first[0]}" if first else type(exc).__name__
+
+
+def _guarded(unreadable: list[str], part: str, read: Callable[[], _T], default: _T) -> _T:
+    """``read()``, or ``default`` with "<part>: <error>" noted when it raises."""
+    try:
+        return read()
+    except Exception as exc:  # status reports what it cannot read; it never crashes
+        unreadable.append(f"{part}: {_error(exc)}")
+        return default
 
 
 def asset_status(
     instance: dg.DagsterInstance, node, check_keys, days: int, now: datetime
 ) -> AssetStatus:
-    key = node.key
-    status = AssetStatus(key.to_user_string())
-    event = instance.get_latest_materialization_event(key)
+    status = AssetStatus(node.key.to_user_string())
+    unreadable = status.unreadable
+    _guarded(
+        unreadable, "materializations", lambda: _materializations(instance, node, status, now), None
+    )
+    if isinstance(node.partitions_def, dg.TimeWindowPartitionsDefinition):
+        _guarded(
+            unreadable, "partitions", lambda: _partitions(instance, node, status, days, now), None
+        )
+    for check_key in check_keys:
+        if check_key.asset_key == node.key:
+            _guarded(
+                unreadable,
+                f"check {check_key.name}",
+                lambda k=check_key: _check(instance, k, status),
+                None,
+            )
+    return status
+
+
+def _materializations(instance: dg.DagsterInstance, node, status: AssetStatus, now: datetime):
+    event = instance.get_latest_materialization_event(node.key)
     last = None
     if event is not None:
         last = datetime.fromtimestamp(event.timestamp, UTC)
@@ -135,48 +195,59 @@ def asset_status(
         status.latest_partition = event.asset_materialization.partition
     status.freshness, status.freshness_detail = freshness(node.freshness_policy, last, now)
 
-    pdef = node.partitions_def
-    if isinstance(pdef, dg.TimeWindowPartitionsDefinition):
-        grace = GRACE.get(pdef.cron_schedule, timedelta(hours=3))
-        window = dg.TimeWindow(now - timedelta(days=days), now - grace)
-        keys = [
-            k
-            for k in pdef.get_partition_keys_in_time_window(window)
-            if pdef.time_window_for_partition_key(k).end <= now - grace
-        ]
-        if keys:
-            by_key = instance.get_status_by_partition(key, keys, pdef) or {}
-            for k in keys:
-                state = by_key.get(k)
-                if state == dg.AssetPartitionStatus.FAILED:
-                    status.failed_partitions.append(k)
-                elif state not in (
-                    dg.AssetPartitionStatus.MATERIALIZED,
-                    dg.AssetPartitionStatus.IN_PROGRESS,
-                ):
-                    status.missing_partitions.append(k)
-        # The latest partition in time (the latest event may be an old partition's
-        # late-data correction).
-        materialized = instance.get_materialized_partitions(key)
-        status.latest_partition = max(
-            (k for k in materialized if pdef.has_partition_key(k)),
-            key=lambda k: pdef.time_window_for_partition_key(k).start,
-            default=None,
-        )
 
-    for check_key in check_keys:
-        if check_key.asset_key != key:
-            continue
-        record = instance.get_latest_asset_check_evaluation_record(check_key)
-        evaluation = record.evaluation if record else None
-        if evaluation is not None and not evaluation.passed:
-            target = (
-                status.warning_checks
-                if evaluation.severity == dg.AssetCheckSeverity.WARN
-                else status.failing_checks
-            )
-            target.append(check_key.name)
-    return status
+def _partitions(
+    instance: dg.DagsterInstance, node, status: AssetStatus, days: int, now: datetime
+) -> None:
+    key, pdef = node.key, node.partitions_def
+    grace = GRACE.get(pdef.cron_schedule, timedelta(hours=3))
+    window = dg.TimeWindow(now - timedelta(days=days), now - grace)
+    keys = [
+        k
+        for k in pdef.get_partition_keys_in_time_window(window)
+        if pdef.time_window_for_partition_key(k).end <= now - grace
+    ]
+    if keys:
+        by_key = instance.get_status_by_partition(key, keys, pdef) or {}
+        for k in keys:
+            state = by_key.get(k)
+            if state == dg.AssetPartitionStatus.FAILED:
+                status.failed_partitions.append(k)
+            elif state not in (
+                dg.AssetPartitionStatus.MATERIALIZED,
+                dg.AssetPartitionStatus.IN_PROGRESS,
+            ):
+                status.missing_partitions.append(k)
+    # The latest partition in time (the latest event may be an old partition's
+    # late-data correction).
+    materialized = instance.get_materialized_partitions(key)
+    status.latest_partition = max(
+        (k for k in materialized if pdef.has_partition_key(k)),
+        key=lambda k: pdef.time_window_for_partition_key(k).start,
+        default=None,
+    )
+
+
+def _check(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, status: AssetStatus):
+    record = instance.get_latest_asset_check_evaluation_record(check_key)
+    if record is None:
+        return
+    evaluation = record.evaluation
+    if not isinstance(evaluation, dg.AssetCheckEvaluation):
+        # Only planned (the record holds the run's AssetCheckEvaluationPlanned): normal in
+        # a run still going; in a finished run (it failed before its checks) it never ran.
+        run = instance.get_run_by_id(record.run_id)
+        if run is None or run.is_finished:
+            state = run.status.value if run is not None else "deleted"
+            status.unevaluated_checks.append(f"{check_key.name} (run {record.run_id[:8]} {state})")
+        return
+    if not evaluation.passed:
+        target = (
+            status.warning_checks
+            if evaluation.severity == dg.AssetCheckSeverity.WARN
+            else status.failing_checks
+        )
+        target.append(check_key.name)
 
 
 def collect(
@@ -196,25 +267,31 @@ def collect(
     except sa.exc.OperationalError as exc:
         reachable = False
         problems.append(f"warehouse unreachable: {str(exc.orig).strip().splitlines()[0]}")
+    except Exception as exc:
+        reachable = False
+        problems.append(f"warehouse unreachable: {_error(exc)}")
 
     raw_estimate = None
     if reachable:
-        from agg_pipeline.catalogue import get_catalogue
+        raw_estimate = _guarded(problems, "raw readings", lambda: _raw_rows(engine), None)
 
-        catalogue = get_catalogue()
-        if catalogue.raw_in_postgres:  # an InfluxDB source is not counted here
-            raw_estimate = _table_rows(engine, catalogue.source.table)
-
-    graph = defs.resolve_asset_graph()
-    check_keys = list(graph.asset_check_keys)
+    graph = _guarded(problems, "asset graph", defs.resolve_asset_graph, None)
+    # Sorted: a set's order changes between processes, and so would the report's.
+    check_keys = sorted(graph.asset_check_keys, key=str) if graph is not None else []
+    asset_keys = graph.materializable_asset_keys if graph is not None else []
     assets: list[AssetStatus] = []
     if instance is None:
         problems.append("Dagster instance unavailable (set DAGSTER_HOME)")
     else:
-        for key in sorted(graph.materializable_asset_keys, key=lambda k: k.to_user_string()):
+        for key in sorted(asset_keys, key=lambda k: k.to_user_string()):
             st = asset_status(instance, graph.get(key), check_keys, days, now)
             if reachable and st.asset in TABLES:
-                st.rows = _table_rows(engine, TABLES[st.asset])
+                st.rows = _guarded(
+                    st.unreadable,
+                    f"rows of {TABLES[st.asset]}",
+                    lambda t=TABLES[st.asset]: _table_rows(engine, t),
+                    None,
+                )
             assets.append(st)
             if st.freshness == "FAIL":
                 problems.append(f"{st.asset}: stale ({st.freshness_detail})")
@@ -230,11 +307,21 @@ def collect(
                 )
             if st.failing_checks:
                 problems.append(f"{st.asset}: failing checks {', '.join(st.failing_checks)}")
+            if st.unevaluated_checks:
+                problems.append(
+                    f"{st.asset}: checks not evaluated, their run ended first: "
+                    + ", ".join(st.unevaluated_checks)
+                )
+            problems.extend(f"{st.asset}: cannot read {part}" for part in st.unreadable)
     return Status(
         checked_at=now.isoformat(timespec="seconds"),
         warehouse=warehouse_label,
         warehouse_reachable=reachable,
-        dagster_instance="unavailable" if instance is None else type(instance.run_storage).__name__,
+        dagster_instance="unavailable"
+        if instance is None
+        else _guarded(
+            problems, "dagster instance", lambda: type(instance.run_storage).__name__, "?"
+        ),
         raw_rows_estimate=raw_estimate,
         assets=assets,
         problems=problems,
@@ -258,7 +345,9 @@ def render(status: Status) -> str:
     for a in status.assets:
         checks = (
             ", ".join(
-                [f"FAIL {c}" for c in a.failing_checks] + [f"warn {c}" for c in a.warning_checks]
+                [f"FAIL {c}" for c in a.failing_checks]
+                + [f"warn {c}" for c in a.warning_checks]
+                + [f"not run {c.split()[0]}" for c in a.unevaluated_checks]
             )
             or "ok"
         )

@@ -9,7 +9,7 @@ import dagster as dg
 import psycopg2.errors
 import sqlalchemy as sa
 
-from agg_pipeline import late_data
+from agg_pipeline import late_data, partitions
 from agg_pipeline.catalogue import get_catalogue
 from agg_pipeline.compute.windows import Window
 from agg_pipeline.resources.influx import InfluxResource
@@ -35,7 +35,18 @@ MAX_RETRIES = 3
 
 
 def partition_window(context: dg.AssetExecutionContext) -> Window:
-    """The run's whole time window: one partition, or the range of a backfill run."""
+    """The run's whole time window: one partition, or the range of a backfill run.
+
+    Both ends of the range must be real partition keys (``dagster asset materialize
+    --partition 2026-11-01-10:30`` would otherwise write the 11:00 hour): checked here,
+    before anything is read or written.
+    """
+    pdef = context.assets_def.partitions_def
+    if isinstance(pdef, dg.TimeWindowPartitionsDefinition):
+        keys = context.partition_key_range
+        asset = ", ".join(sorted(k.to_user_string() for k in context.selected_asset_keys))
+        for key in dict.fromkeys((keys.start, keys.end)):
+            partitions.check_partition_key(pdef, key, asset)
     tw = context.partition_time_window
     return Window(tw.start, tw.end)
 
