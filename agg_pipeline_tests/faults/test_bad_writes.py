@@ -275,14 +275,32 @@ class Holder:
     def __init__(self, engine: sa.Engine, statement: str, params: dict | None = None):
         self.conn = engine.connect()
         self.conn.execute(sa.text("SET application_name = 'lock-holder-test'"))
+        self.conn.commit()
         self.trans = self.conn.begin()
         self.conn.execute(sa.text(statement), params or {})
         self.pid = self.conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
 
-    def release_after(self, seconds: float) -> threading.Timer:
-        timer = threading.Timer(seconds, self.release)
-        timer.start()
-        return timer
+    def release_once_waited_on(self, engine: sa.Engine, seconds: float) -> threading.Thread:
+        """Release ``seconds`` after another session starts waiting on a lock (so the
+        waiter's lock timeout fires at least once first)."""
+
+        def run() -> None:
+            deadline = time.monotonic() + 60
+            with engine.connect() as probe:
+                while time.monotonic() < deadline and self.trans.is_active:
+                    waiting = probe.execute(
+                        sa.text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                    ).scalar_one()
+                    probe.rollback()
+                    if waiting:
+                        break
+                    time.sleep(0.05)
+            time.sleep(seconds)
+            self.release()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
 
     def release(self) -> None:
         if self.trans.is_active:
@@ -297,11 +315,11 @@ def test_held_advisory_lock_is_logged_and_the_run_proceeds_once_released(
     warehouse_url, seeded, dagster_instance, short_locks
 ):
     holder = Holder(seeded, ADVISORY, {"d": DAY_NUMBER})
-    timer = holder.release_after(1.2)
+    releaser = holder.release_once_waited_on(seeded, 1.0)
     try:
         result = materialize(warehouse_url, [readings_1m], dagster_instance, partition_key=HOUR_KEY)
     finally:
-        timer.cancel()
+        releaser.join(timeout=90)
         holder.release()
     assert result.success
     waits = [m for m in logs(dagster_instance, result.run_id, logging.WARNING) if "waited" in m]
@@ -350,11 +368,11 @@ def test_table_lock_held_by_another_session_is_named(
     warehouse_url, seeded, dagster_instance, short_locks
 ):
     holder = Holder(seeded, "LOCK TABLE bi.readings_1m IN ACCESS EXCLUSIVE MODE")
-    timer = holder.release_after(1.5)
+    releaser = holder.release_once_waited_on(seeded, 1.0)
     try:
         result = materialize(warehouse_url, [readings_1m], dagster_instance, partition_key=HOUR_KEY)
     finally:
-        timer.cancel()
+        releaser.join(timeout=90)
         holder.release()
     assert result.success
     waits = [m for m in logs(dagster_instance, result.run_id, logging.WARNING) if "waited" in m]
