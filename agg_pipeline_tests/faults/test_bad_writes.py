@@ -436,7 +436,8 @@ def test_backfill_gives_each_partition_its_own_figures(warehouse_url, seeded, da
         own = valid[(valid["time"] >= start) & (valid["time"] < start + timedelta(hours=1))]
         assert md["partition_rows_written"].value == per_hour[pd.Timestamp(start)]
         assert md["partition_series"].value == own.groupby(["device", "field"]).ngroups
-        assert md["partition_window"].value.startswith(start.isoformat())
+        end = start + timedelta(hours=1)
+        assert md["partition_window"].value == f"[{start.isoformat()}, {end.isoformat()})"
         assert md["partition_time_span"].value == (
             f"{own['time'].min().isoformat()} .. {own['time'].max().isoformat()}"
         )
