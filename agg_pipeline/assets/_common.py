@@ -176,14 +176,13 @@ def _previous_materializations(
     context: dg.AssetExecutionContext, key: dg.AssetKey, partitions: list[str]
 ) -> dict[str, float]:
     """When each of ``partitions`` was last materialized before this run (if ever)."""
-    before = [k for k in partitions if k in context.instance.get_materialized_partitions(key)]
     latest: dict[str, float] = {}
     cursor = None
-    for _ in range(_MAX_MATERIALIZATION_PAGES):
-        if not before or len(latest) == len(before):
+    for _ in range(_MAX_MATERIALIZATION_PAGES):  # newest first: the first pages suffice
+        if not partitions or len(latest) == len(partitions):
             break
         page = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(key, asset_partitions=before), limit=1000, cursor=cursor
+            dg.AssetRecordsFilter(key, asset_partitions=partitions), limit=1000, cursor=cursor
         )
         for record in page.records:  # newest first
             if record.partition_key:

@@ -24,7 +24,12 @@ import pytest
 import sqlalchemy as sa
 
 from agg_pipeline import late_data
-from agg_pipeline.assets import daily_rollup_and_conditions, readings_1m, rollup_hourly
+from agg_pipeline.assets import (
+    daily_rollup_and_conditions,
+    diagnostic_summary_daily,
+    readings_1m,
+    rollup_hourly,
+)
 from agg_pipeline.catalogue import load_catalogue
 from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource, is_transient
@@ -163,6 +168,32 @@ def test_too_long_device_name_is_rejected_and_every_other_device_written(
     assert checksums(seeded, ["raw.readings"]) == before
     warnings = logs(dagster_instance, result.run_id, logging.WARNING)
     assert any("25 rows rejected as bad_device" in m for m in warnings)
+
+
+def test_too_long_device_name_in_diagnostics_is_rejected(warehouse_url, engine):
+    t = HOUR + timedelta(minutes=1)
+    rows = [(t, "arduino_001", "drift", "low", 0.9), (t, "arduino_001", "drift", "high", 0.7)]
+    rows += [(t + timedelta(seconds=i), LONG_NAME, "drift", "low", 0.5) for i in range(4)]
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO raw.diagnostics (time, device, diagnosis_type, severity, "
+                "confidence) VALUES (:t, :d, :k, :s, :c)"
+            ),
+            [dict(zip("tdksc", r, strict=True)) for r in rows],
+        )
+    before = checksums(engine, ["raw.diagnostics"])
+    result = materialize(warehouse_url, [diagnostic_summary_daily], partition_key=DAY_KEY)
+    assert result.success
+    md = result.asset_materializations_for_node("diagnostic_summary_daily")[0].metadata
+    assert md["rejected_by_reason"].value == {"bad_device": 4}
+    assert md["raw_rows_read"].value == 6
+    with engine.connect() as conn:
+        summary = conn.execute(
+            sa.text("SELECT device_code, diagnostics_count FROM bi.v_diagnostic_summary_daily")
+        ).all()
+    assert [tuple(r) for r in summary] == [("arduino_001", 2)]
+    assert checksums(engine, ["raw.diagnostics"]) == before
 
 
 # --------------------------------------------------------------------------------------
