@@ -136,8 +136,9 @@ def _record_release(
 # --------------------------------------------------------------------------------------
 
 # Valid readings are counted exactly as the writers count them (compute/sql/
-# stage_partials_1m.sql): a catalogue field, a value inside the field's physical bounds
-# (false for NULL, NaN and +/-inf), one reading per (device, field, time).
+# stage_partials_1m.sql): a device name that is not a `bad_device`, a catalogue field, a
+# value inside the field's physical bounds (false for NULL, NaN and +/-inf), one reading per
+# (device, field, time).
 _RAW_VERDICT = """
 WITH catalogue AS (
     SELECT * FROM unnest(CAST(:fields AS text[]), CAST(:lo AS float8[]), CAST(:hi AS float8[]))
@@ -158,6 +159,8 @@ hours AS (
         JOIN catalogue AS c ON c.field = r.{field}::text
         WHERE r.{time} >= :scan_start AND r.{time} < :scan_end
           AND r.{value} >= c.lo AND r.{value} <= c.hi
+          AND octet_length(r.{device}::text) BETWEEN 1 AND :max_name_bytes
+          AND r.{device}::text !~ :bad_name_pattern
         GROUP BY 1, 2, 3
     ) AS v
     LEFT JOIN (
@@ -305,6 +308,7 @@ def raw_verdicts(
         sa.text(sql),
         {
             **catalogue.bounds_arrays(),
+            **statements.name_params(),
             "band_days": [d for d, _ in band_keys],
             "band_fields": [f for _, f in band_keys],
             "tz": settings.timezone,

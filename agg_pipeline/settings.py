@@ -145,6 +145,23 @@ class Settings(BaseSettings):
         description="A multi-partition run writes its window in chunks of this many days, one "
         "transaction each, so a long backfill never holds a table lock for long. 1 to 31.",
     )
+    lock_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        allow_inf_nan=False,
+        le=3600,
+        description="A write waiting this long for a lock (another run's advisory lock on a "
+        "(table, day), or a table lock held by another session) stops waiting, logs what it "
+        "waited for and who holds it, and tries again.",
+    )
+    lock_retries: int = Field(
+        default=10,
+        ge=0,
+        le=1000,
+        description="How many times a write waits again for a lock before the run fails, "
+        "naming the lock (at most (retries + 1) x AGG_PIPELINE_LOCK_TIMEOUT_SECONDS of "
+        "waiting; 0 to 1000).",
+    )
 
     # --- automation: the old feature flags (each schedule / sensor on or off) ------------
     schedule_readings_1m: bool = Field(

@@ -39,7 +39,18 @@ from agg_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
-REJECT_REASONS = ("unknown_field", "future", "null", "nan", "inf", "out_of_bounds", "duplicate")
+# In the order a raw row is judged (stage_partials_1m.sql); bad_device: see
+# statements.MAX_NAME_BYTES.
+REJECT_REASONS = (
+    "bad_device",
+    "unknown_field",
+    "future",
+    "null",
+    "nan",
+    "inf",
+    "out_of_bounds",
+    "duplicate",
+)
 PREVIEW_ROWS = 8
 
 
@@ -55,13 +66,15 @@ class WriteReport:
     raw_rows_read: int | None = None
     rejected: Counter = field(default_factory=Counter)
     unknown_fields: Counter = field(default_factory=Counter)
+    bad_devices: Counter = field(default_factory=Counter)  # shown name -> rows rejected
     new_sensors: int = 0
     median_status: Counter = field(default_factory=Counter)
     first_reading_at: datetime | None = None
     last_reading_at: datetime | None = None
     chunks: int = 0
     kept_chunks: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth a warning
+    info: list[str] = field(default_factory=list)  # informational (e.g. ranges in force)
     preview: list[dict] = field(default_factory=list)
     influx_points_written: int | None = None  # the InfluxDB sink, when configured
 
@@ -111,6 +124,10 @@ class WriteContext:
             latest_allowed=now + timedelta(seconds=self.settings.future_tolerance_seconds),
             max_gap_seconds=self.settings.max_gap_seconds,
         )
+
+
+def _shown_field(name: str) -> str:
+    return name if len(name) <= 63 else statements.shown_name(name)
 
 
 def _local_dates(window: Window, zone: ZoneInfo) -> tuple[date, date]:
@@ -226,10 +243,19 @@ def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
                 raw_rows += int(row["raw_rows"])
                 for reason in REJECT_REASONS:
                     report.rejected[reason] += int(row[reason] or 0)
-                if not row["known"]:
-                    report.unknown_fields[row["field"]] += int(row["raw_rows"])
+                if not row["known"] and row["unknown_field"]:
+                    # Only the rows rejected as unknown_field (a bad device's rows are
+                    # bad_device); a long unknown name is shown cut.
+                    report.unknown_fields[_shown_field(row["field"])] += int(row["unknown_field"])
                 report.saw_readings(row["first_at"], row["last_at"])
             report.raw_rows_read += raw_rows
+            for device, n in conn.execute(
+                sa.text(
+                    "SELECT device, sum(bad_device) FROM stage_1m WHERE bad_device > 0 "
+                    "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10"
+                )
+            ):
+                report.bad_devices[statements.shown_name(device)] += int(n)
 
             if raw_rows == 0 and _has_rows(conn, report.table, "window_start", chunk):
                 report.kept_chunks.append(str(chunk))
@@ -629,9 +655,13 @@ def _write_conditions_chunk(
 ) -> None:
     report.chunks += 1
     lo, hi = days[0], days[-1] + timedelta(days=1)
-    staged = conn.execute(
-        sa.text("SELECT count(*) FROM stage_daily WHERE opt_min IS NOT NULL")
-    ).scalar_one()
+    staged, first_at, last_at = conn.execute(
+        sa.text(
+            "SELECT count(*), min(first_reading_at), max(last_reading_at) FROM stage_daily "
+            "WHERE opt_min IS NOT NULL"
+        )
+    ).one()
+    report.saw_readings(first_at, last_at)
     if staged == 0 and _has_rows(conn, report.table, "metric_date", chunk, ctx.zone):
         report.kept_chunks.append(str(chunk))
         return
@@ -678,7 +708,7 @@ def _write_conditions_chunk(
         ).mappings()
     ]
     if report.chunks == 1:
-        report.notes.extend(
+        report.info.extend(
             sorted(
                 {
                     f"{f}: optimal {b.optimal_min:g}..{b.optimal_max:g}, critical below "

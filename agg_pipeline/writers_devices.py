@@ -11,7 +11,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from agg_pipeline import retention
-from agg_pipeline.compute import formulas
+from agg_pipeline.compute import formulas, statements
 from agg_pipeline.compute.windows import Window
 from agg_pipeline.writers import WriteContext, WriteReport, _local_dates
 
@@ -235,7 +235,23 @@ def write_diagnostic_summary(ctx: WriteContext, window: Window) -> WriteReport:
                 .scalars()
                 .all()
             )
-            report.new_sensors += ctx.warehouse.register_devices(devices)
+            # A device name that cannot be registered (statements.MAX_NAME_BYTES) must not
+            # fail every device's summary: its rows are counted as bad_device instead.
+            bad = [d for d in devices if statements.is_bad_name(d)]
+            if bad:
+                for device, n in conn.execute(
+                    sa.text(
+                        "SELECT device, count(*) FROM raw.diagnostics WHERE time >= :start "
+                        "AND time < :end AND device = ANY (CAST(:bad AS text[])) GROUP BY 1"
+                    ),
+                    {**params, "bad": bad},
+                ):
+                    report.rejected["bad_device"] += int(n)
+                    report.raw_rows_read += int(n)
+                    report.bad_devices[statements.shown_name(device)] += int(n)
+            report.new_sensors += ctx.warehouse.register_devices(
+                [d for d in devices if not statements.is_bad_name(d)]
+            )
             report.rows_deleted += conn.execute(
                 sa.text(
                     "DELETE FROM bi.diagnostic_summary_daily "

@@ -28,13 +28,24 @@ def load_raw(engine: sa.Engine, start: datetime, end: datetime) -> pd.DataFrame:
         )
 
 
+MAX_NAME_BYTES = 200  # the documented device-name limit (README), restated on purpose
+
+
+def bad_device(raw: pd.DataFrame) -> pd.Series:
+    """Device name empty, longer than MAX_NAME_BYTES (UTF-8) or with control characters."""
+    size = raw["device"].map(lambda d: len(d.encode("utf-8")))
+    control = raw["device"].str.contains(r"[\x00-\x1f\x7f]", regex=True)
+    return (size < 1) | (size > MAX_NAME_BYTES) | control
+
+
 def valid_readings(raw: pd.DataFrame, catalogue: Catalogue, latest: datetime) -> pd.DataFrame:
     """Valid rows, duplicates collapsed to one reading (their mean)."""
     lo = raw["field"].map({k: v.min for k, v in catalogue.fields.items()})
     hi = raw["field"].map({k: v.max for k, v in catalogue.fields.items()})
     v = raw["value"].astype(float)
     ok = (
-        raw["field"].isin(list(catalogue.fields))
+        ~bad_device(raw)
+        & raw["field"].isin(list(catalogue.fields))
         & (raw["time"] <= pd.Timestamp(latest))
         & v.notna()
         & np.isfinite(v)
@@ -46,7 +57,8 @@ def valid_readings(raw: pd.DataFrame, catalogue: Catalogue, latest: datetime) ->
 
 
 def rejected_by_reason(raw: pd.DataFrame, catalogue: Catalogue, latest: datetime) -> dict:
-    known = raw["field"].isin(list(catalogue.fields))
+    bad = bad_device(raw)
+    known = ~bad & raw["field"].isin(list(catalogue.fields))
     future = known & (raw["time"] > pd.Timestamp(latest))
     rest = known & ~future
     v = raw["value"].astype(float)
@@ -60,7 +72,8 @@ def rejected_by_reason(raw: pd.DataFrame, catalogue: Catalogue, latest: datetime
     valid = rest & ~(null | nan | inf | oob)
     dup = int(valid.sum()) - len(raw[valid].drop_duplicates(["device", "field", "time"]))
     return {
-        "unknown_field": int((~known).sum()),
+        "bad_device": int(bad.sum()),
+        "unknown_field": int((~bad & ~known).sum()),
         "future": int(future.sum()),
         "null": int(null.sum()),
         "nan": int(nan.sum()),

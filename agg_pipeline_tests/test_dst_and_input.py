@@ -139,4 +139,4 @@ def test_conditions_use_widest_range_of_active_batches(warehouse_url, engine):
     assert ranges.loc["humidity"].tolist() == [50.0, 75.0]
     assert ranges.loc["temperature"].tolist() == [17.0, 24.0]
     assert ranges.loc["ec"].tolist() == [0.8, 2.0]
-    assert any("ph: optimal 5.5..6.5" in n for n in report.notes)
+    assert any("ph: optimal 5.5..6.5" in n for n in report.info)

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 import dagster as dg
-import psycopg2.errors
 import sqlalchemy as sa
 
-from agg_pipeline import late_data, partitions
+from agg_pipeline import partitions
 from agg_pipeline.catalogue import get_catalogue
+from agg_pipeline.compute import statements
 from agg_pipeline.compute.windows import Window
 from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.sources import readings_source
-from agg_pipeline.resources.warehouse import WarehouseResource
+from agg_pipeline.resources.warehouse import (
+    LockWaitTimeout,
+    WarehouseResource,
+    is_transient,
+    lock_wait_log,
+    pg_message,
+    sqlstate,
+)
 from agg_pipeline.settings import get_settings
 from agg_pipeline.writers import WriteContext, WriteReport
 
@@ -24,13 +33,9 @@ from agg_pipeline.writers import WriteContext, WriteReport
 # requires exactly this policy.
 BACKFILL = dg.BackfillPolicy.single_run()
 
-# Errors worth retrying (the database restarted, a deadlock or serialization conflict
-# with another writer); anything else fails the run at once with its message.
-TRANSIENT = (
-    sa.exc.OperationalError,
-    psycopg2.errors.DeadlockDetected,
-    psycopg2.errors.SerializationFailure,
-)
+# Transient database errors (connection lost, deadlock, serialization failure: see
+# warehouse.is_transient) are retried with backoff; anything else fails the run at once
+# with PostgreSQL's message. Lock waits are retried in-process (warehouse.LockWaitTimeout).
 MAX_RETRIES = 3
 
 
@@ -105,13 +110,163 @@ def run_reason(context: dg.AssetExecutionContext) -> str:
 
 
 def write_with_retries(context: dg.AssetExecutionContext, write: Callable[[], WriteReport]):
+    settings = get_settings()
+    token = lock_wait_log.set(context.log.warning)  # lock waits go to the run's log
     try:
-        return write()
-    except TRANSIENT as exc:
-        # Exponential backoff with jitter: 5 s, 10 s, 20 s (+/- 20 %).
-        wait = 5 * 2**context.retry_number * random.uniform(0.8, 1.2)
-        context.log.warning(f"transient database error, retrying in {wait:.0f} s: {exc}")
-        raise dg.RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=wait) from exc
+        waits = 0
+        while True:
+            try:
+                return write()
+            except LockWaitTimeout as exc:
+                # A chunk's statement waited out the lock timeout and rolled back; the
+                # chunks before it are committed and the write is idempotent: run it again.
+                waits += 1
+                if exc.exhausted or waits > settings.lock_retries:
+                    raise dg.Failure(
+                        description=(
+                            f"gave up waiting for a lock: {exc}. Each wait lasts "
+                            f"AGG_PIPELINE_LOCK_TIMEOUT_SECONDS={settings.lock_timeout_seconds:g}"
+                            f", retried AGG_PIPELINE_LOCK_RETRIES={settings.lock_retries} times. "
+                            "End the session holding it (pg_terminate_backend(pid)) or raise "
+                            "the settings, then re-run: nothing of this chunk was written."
+                        ),
+                        metadata={"lock": exc.what},
+                    ) from exc
+                context.log.warning(f"{exc}; trying the write again ({waits}/"
+                                    f"{settings.lock_retries})")  # fmt: skip
+    except sa.exc.DBAPIError as exc:
+        code, message = sqlstate(exc), pg_message(exc)
+        if is_transient(exc):
+            # Exponential backoff with jitter: 5 s, 10 s, 20 s (+/- 20 %).
+            wait = 5 * 2**context.retry_number * random.uniform(0.8, 1.2)
+            context.log.warning(
+                f"transient database error ({code or 'connection lost'}), retrying in "
+                f"{wait:.0f} s: {message}"
+            )
+            raise dg.RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=wait) from exc
+        raise dg.Failure(
+            description=f"PostgreSQL error {code or ''}: {message} (not retried: the same "
+            "write would fail the same way; nothing of the failed chunk was written)",
+            metadata={"sqlstate": code or "", "postgres_message": message},
+        ) from exc
+    finally:
+        lock_wait_log.reset(token)
+
+
+# Per-partition figures of a multi-partition run, read back from the target table:
+# (bucket column, series column, has first/last reading times).
+_PARTITION_FIGURES = {
+    "bi.readings_1m": ("window_start", "sensor_id", True),
+    "bi.readings_5m": ("window_start", "sensor_id", True),
+    "bi.hourly_sensor_agg": ("hour_start", "sensor_id", True),
+    "bi.daily_sensor_agg": ("metric_date", "sensor_id", True),
+    "bi.weekly_sensor_agg": ("week_start", "sensor_id", True),
+    "bi.daily_sensor_conditions": ("metric_date", "sensor_id", False),
+    "bi.device_metrics_hourly": ("hour_start", "device_id", False),
+    "bi.diagnostic_summary_daily": ("metric_date", "device_id", False),
+}
+_MAX_MATERIALIZATION_PAGES = 20
+
+
+def _span(first: datetime | None, last: datetime | None) -> str:
+    return f"{first.isoformat()} .. {last.isoformat()}" if first and last else "no readings"
+
+
+def _run_partitions(context: dg.AssetExecutionContext) -> dict[str, Window]:
+    """The run's partitions and their windows, in order."""
+    pdef = context.assets_def.partitions_def
+    if pdef is None or not isinstance(pdef, dg.TimeWindowPartitionsDefinition):
+        return {}
+    windows = {}
+    for key in context.partition_keys:
+        tw = pdef.time_window_for_partition_key(key)
+        windows[key] = Window(tw.start, tw.end)
+    return windows
+
+
+def _previous_materializations(
+    context: dg.AssetExecutionContext, key: dg.AssetKey, partitions: list[str]
+) -> dict[str, float]:
+    """When each of ``partitions`` was last materialized before this run (if ever)."""
+    latest: dict[str, float] = {}
+    cursor = None
+    for _ in range(_MAX_MATERIALIZATION_PAGES):  # newest first: the first pages suffice
+        if not partitions or len(latest) == len(partitions):
+            break
+        page = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(key, asset_partitions=partitions), limit=1000, cursor=cursor
+        )
+        for record in page.records:  # newest first
+            if record.partition_key:
+                latest.setdefault(record.partition_key, record.timestamp)
+        if not page.has_more:
+            break
+        cursor = page.cursor
+    return latest
+
+
+def _late_rows(
+    conn: sa.Connection, windows: dict[str, Window], previous: dict[str, float]
+) -> dict[str, tuple[int, datetime]]:
+    """Per partition: late rows recorded for its hours that arrived after it was last
+    materialized. A partition never materialized before has none: its rows, however late
+    they were loaded, are read for the first time (a first backfill corrects nothing)."""
+    keys = [k for k in windows if k in previous]
+    if not keys:
+        return {}
+    starts = [windows[k].start for k in keys]
+    out: dict[str, tuple[int, datetime]] = {}
+    for hour, rows, last in conn.execute(
+        sa.text(
+            "SELECT hour_start, late_rows, last_late_at FROM raw.readings_late_hours "
+            "WHERE hour_start >= :s AND hour_start < :e ORDER BY hour_start"
+        ),
+        {"s": min(starts), "e": max(windows[k].end for k in keys)},
+    ):
+        i = bisect.bisect_right(starts, hour) - 1
+        if i < 0 or hour >= windows[keys[i]].end or last.timestamp() <= previous[keys[i]]:
+            continue
+        n, latest = out.get(keys[i], (0, last))
+        out[keys[i]] = (n + int(rows), max(latest, last))
+    return out
+
+
+def _partition_figures(
+    conn: sa.Connection, table: str, windows: dict[str, Window]
+) -> dict[str, dict[str, object]]:
+    """rows_written, series and time_span of each partition, from what the table holds."""
+    if table not in _PARTITION_FIGURES or not windows:
+        return {}
+    key, series, timed = _PARTITION_FIGURES[table]
+    zone = get_settings().zone
+    first = next(iter(windows.values()))
+    is_date = key in ("metric_date", "week_start")
+    if is_date:
+        by_bucket = {w.start.astimezone(zone).date(): k for k, w in windows.items()}
+        lo, hi = min(by_bucket), max(w.end for w in windows.values()).astimezone(zone).date()
+        bucket = statements.quote_ident(key)
+    else:
+        by_bucket = {w.start: k for k, w in windows.items()}
+        lo, hi = first.start, max(w.end for w in windows.values())
+        bucket = f"date_bin('1 hour', {statements.quote_ident(key)}, :origin)"
+    times = "min(first_reading_at), max(last_reading_at)" if timed else "NULL, NULL"
+    rows = conn.execute(
+        sa.text(
+            f"SELECT {bucket} AS b, count(*), count(DISTINCT {statements.quote_ident(series)}), "
+            f"{times} FROM {statements.quote_ident(table)} "
+            f"WHERE {statements.quote_ident(key)} >= :lo AND {statements.quote_ident(key)} < :hi "
+            "GROUP BY 1"
+        ),
+        {"lo": lo, "hi": hi, "origin": first.start},
+    ).all()
+    found = {by_bucket[b]: (int(n), int(m), t0, t1) for b, n, m, t0, t1 in rows if b in by_bucket}
+    out: dict[str, dict[str, object]] = {}
+    for k in windows:
+        n, n_series, t0, t1 = found.get(k, (0, 0, None, None))
+        out[k] = {"rows_written": n, "series": n_series}
+        if timed:
+            out[k]["time_span"] = _span(t0, t1)
+    return out
 
 
 def materialize_result(
@@ -121,12 +276,14 @@ def materialize_result(
     checks: Sequence[dg.AssetCheckResult] = (),
     asset_key: str | None = None,
 ) -> dg.MaterializeResult:
-    """Metadata every materialization records, and a log line an operator can read."""
-    span = (
-        f"{report.first_reading_at.isoformat()} .. {report.last_reading_at.isoformat()}"
-        if report.first_reading_at and report.last_reading_at
-        else "no readings"
-    )
+    """Metadata every materialization records, and a log line an operator can read.
+
+    A multi-partition run (a backfill) records its totals on every partition, as Dagster
+    does for every range run: ``totals_of`` says so, and each partition also gets its own
+    ``partition_window``, ``partition_rows_written``, ``partition_series``,
+    ``partition_time_span`` and ``partition_late_rows_found``.
+    """
+    key = dg.AssetKey.from_user_string(asset_key) if asset_key else context.asset_key
     metadata: dict[str, object] = {
         "table": dg.MetadataValue.text(report.table),
         "window": dg.MetadataValue.text(str(report.window)),
@@ -134,7 +291,7 @@ def materialize_result(
         "rows_written": dg.MetadataValue.int(report.rows_written),
         "rows_replaced": dg.MetadataValue.int(report.rows_deleted),
         "series": dg.MetadataValue.int(len(report.sensors)),
-        "time_span": dg.MetadataValue.text(span),
+        "time_span": dg.MetadataValue.text(_span(report.first_reading_at, report.last_reading_at)),
         "chunks": dg.MetadataValue.int(report.chunks),
         "preview": dg.MetadataValue.md(markdown_table(report.preview)),
     }
@@ -145,11 +302,18 @@ def materialize_result(
             {k: report.rejected.get(k, 0) for k in sorted(report.rejected)}
         )
         metadata["unknown_fields"] = dg.MetadataValue.json(dict(report.unknown_fields))
+    if report.bad_devices:
+        # Which names were refused (cut and escaped), so the operator can find the rows.
+        metadata["bad_devices"] = dg.MetadataValue.json(dict(report.bad_devices))
+    windows = _run_partitions(context)
     with warehouse.get_engine().connect() as conn:
-        late_rows, last_late = late_data.late_rows_in(conn, report.window)
+        late = _late_rows(conn, windows, _previous_materializations(context, key, list(windows)))
+        figures = _partition_figures(conn, report.table, windows) if len(windows) > 1 else {}
+    late_rows = sum(n for n, _ in late.values())
     if late_rows:
         # Why a correction ran: readings that arrived after their hour had settled.
         metadata["late_rows_found"] = dg.MetadataValue.int(late_rows)
+        last_late = max(t for _, t in late.values())
         metadata["last_late_arrival"] = dg.MetadataValue.text(last_late.isoformat())
     if report.influx_points_written is not None:
         metadata["influx_points_written"] = dg.MetadataValue.int(report.influx_points_written)
@@ -157,13 +321,35 @@ def materialize_result(
         metadata["new_sensors_registered"] = dg.MetadataValue.int(report.new_sensors)
     if report.median_status:
         metadata["median_status"] = dg.MetadataValue.json(dict(report.median_status))
+    if report.info:
+        metadata["condition_ranges"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in report.info))
+        for line in report.info:
+            context.log.info(line)
     if report.notes:
         metadata["notes"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in report.notes))
         for note in report.notes:
             context.log.warning(note)
+    if report.rejected.get("bad_device"):
+        context.log.warning(
+            f"{report.rejected['bad_device']} rows rejected as bad_device (name empty, over "
+            f"{statements.MAX_NAME_BYTES} bytes or with control characters): "
+            + ", ".join(report.bad_devices)
+        )
+    if len(windows) > 1:
+        # Dagster records a range run's metadata on every partition: say that these are
+        # the run's totals, and give each partition its own figures next to them.
+        metadata["totals_of"] = dg.MetadataValue.text(
+            f"the whole run: {len(windows)} partitions, {report.window}; this partition's "
+            "own figures are the partition_* entries"
+        )
+        for pk, w in windows.items():
+            own: dict[str, object] = {"partition_window": str(w)}
+            own.update({f"partition_{k}": v for k, v in figures.get(pk, {}).items()})
+            own["partition_late_rows_found"] = late[pk][0] if pk in late else 0
+            context.add_asset_metadata(own, asset_key=key, partition_key=pk)
     context.log.info(
         f"{report.table} {report.window}: {report.rows_written} rows written "
         f"({report.rows_deleted} replaced), {len(report.sensors)} series"
-        + (f"; {late_rows} late rows recorded in the window" if late_rows else "")
+        + (f"; {late_rows} late rows arrived since the last run" if late_rows else "")
     )
     return dg.MaterializeResult(asset_key=asset_key, metadata=metadata, check_results=list(checks))

@@ -23,6 +23,37 @@ def quote_ident(name: str) -> str:
     return ".".join('"' + p + '"' for p in parts)
 
 
+# Device names from raw readings become iot.devices.device_code and, joined with the field,
+# iot.sensors.sensor_code: both UNIQUE btree keys. A btree entry holds at most 2704 bytes (a
+# third of an 8 kB page; TOAST compression helps repetitive names, not random ones), so one
+# longer name failed the whole window's write. Names are capped far below that, leaving room
+# for ':' and a 63-byte field name; a reading whose device name is empty, longer, or holds
+# control characters is rejected as `bad_device` (counted, never written). PostgreSQL text
+# cannot hold NUL at all, so NUL only reaches us from other sources (InfluxDB tags).
+MAX_NAME_BYTES = 200
+BAD_NAME_PATTERN = r"[\x01-\x1f\x7f]"  # PostgreSQL regex (~): control characters
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def name_params() -> dict[str, object]:
+    """The bound parameters the staging statements use to tell bad device names."""
+    return {"max_name_bytes": MAX_NAME_BYTES, "bad_name_pattern": BAD_NAME_PATTERN}
+
+
+def is_bad_name(name: str) -> bool:
+    """Python twin of the SQL rule, for names that do not come from a raw table."""
+    return not 1 <= len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES or bool(
+        _BAD_NAME.search(name)
+    )
+
+
+def shown_name(name: str, limit: int = 40) -> str:
+    """A bad name, printable in metadata and logs: escaped, cut, with its length."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    text = name[:limit].encode("unicode_escape").decode("ascii")
+    return text + (f"... ({size} bytes)" if len(name) > limit else "") if name else "(empty)"
+
+
 _COMMENT = re.compile(r"--[^\n]*")
 
 

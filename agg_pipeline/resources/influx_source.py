@@ -23,7 +23,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from agg_pipeline.catalogue import Catalogue, InfluxSource
-from agg_pipeline.compute import flux
+from agg_pipeline.compute import flux, statements
 from agg_pipeline.compute.conditions import ConditionBand
 from agg_pipeline.compute.windows import Window
 from agg_pipeline.resources.influx import InfluxError, InfluxResource
@@ -36,13 +36,14 @@ STAGE_1M_COLUMNS = {
     "first_reading_at": "timestamptz", "last_reading_at": "timestamptz",
     "duplicate": "bigint", "raw_rows": "bigint", "unknown_field": "bigint", "future": "bigint",
     "null": "bigint", "nan": "bigint", "inf": "bigint", "out_of_bounds": "bigint",
-    "median_value": "float8",
+    "bad_device": "bigint", "median_value": "float8",
 }  # fmt: skip
 STAGE_DAILY_COLUMNS = {
     "device": "text", "field": "text", "day": "date", "opt_min": "float8", "opt_max": "float8",
     "crit_below": "float8", "crit_above": "float8", "reading_count": "bigint",
     "median": "float8", "optimal_count": "bigint", "critical_count": "bigint",
     "covered_seconds": "float8", "optimal_seconds": "float8", "critical_seconds": "float8",
+    "first_reading_at": "timestamptz", "last_reading_at": "timestamptz",
 }  # fmt: skip
 STAGE_MEDIANS_COLUMNS = {
     "device": "text", "field": "text", "bucket": "date", "n": "bigint", "median": "float8",
@@ -72,6 +73,17 @@ def load_frame(conn: sa.Connection, name: str, columns: dict[str, str], frame: p
 
 def _empty(*columns: str) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
+
+
+def _bad_devices(frame: pd.DataFrame) -> pd.Series:
+    """Rows (aggregated series, not readings) whose device tag breaks the naming rule."""
+    if frame.empty or "device" not in frame:
+        return pd.Series(False, index=frame.index)
+    return frame["device"].astype(str).map(statements.is_bad_name).astype(bool)
+
+
+def _without_bad_devices(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[~_bad_devices(frame)]
 
 
 class InfluxReadingsSource:
@@ -171,6 +183,14 @@ class InfluxReadingsSource:
             [x for x in (minutes, hours, rejects) if not x.empty] or [_empty()],
             ignore_index=True,
         )
+        bad = _bad_devices(stage)
+        if bad.any():
+            # A series under a bad device name: all its points count as `bad_device`, and
+            # only its rejects row is kept, with a name the temp table can store (no NUL).
+            rej = stage[bad & (stage["kind"] == "rejects")].copy()
+            rej["bad_device"], rej["out_of_bounds"] = rej["raw_rows"], 0
+            rej["device"] = rej["device"].str.replace("\x00", "\\x00", regex=False)
+            stage = pd.concat([stage[~bad], rej], ignore_index=True)
         load_frame(conn, "stage_1m", STAGE_1M_COLUMNS, stage)
 
     # ------------------------------------------------------------------------- daily
@@ -219,7 +239,7 @@ class InfluxReadingsSource:
             f = self._summary(start, stop, day_bands, ctx, with_medians)
             frames.append(self._daily_rows(day, f, day_bands, with_medians))
         stage = pd.concat(frames, ignore_index=True) if frames else _empty()
-        load_frame(conn, "stage_daily", STAGE_DAILY_COLUMNS, stage)
+        load_frame(conn, "stage_daily", STAGE_DAILY_COLUMNS, _without_bad_devices(stage))
 
     def _daily_rows(self, day: date, f: dict[str, pd.DataFrame], bands, with_medians: bool):
         keys = ["device", "field"]
@@ -266,4 +286,4 @@ class InfluxReadingsSource:
             med = f["median"].rename(columns={"_value": "median"})[["device", "field", "median"]]
             frames.append(counts.merge(med, on=["device", "field"]).assign(bucket=first_day))
         stage = pd.concat(frames, ignore_index=True) if frames else _empty()
-        load_frame(conn, "stage_medians", STAGE_MEDIANS_COLUMNS, stage)
+        load_frame(conn, "stage_medians", STAGE_MEDIANS_COLUMNS, _without_bad_devices(stage))

@@ -26,6 +26,7 @@ from agg_pipeline.compute import statements
 from agg_pipeline.compute.conditions import ConditionBand
 from agg_pipeline.compute.windows import Window
 from agg_pipeline.resources.influx import InfluxResource
+from agg_pipeline.resources.warehouse import set_lock_timeout
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ def _stage(
     digest = hashlib.sha1(select_sql.encode()).hexdigest()[:10]
     staging = f"ops.staging_{name}_{digest}"
     with engine.begin() as ddl:
+        set_lock_timeout(ddl)
         ddl.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:t))"), {"t": staging})
         ddl.execute(
             sa.text(
@@ -113,6 +115,7 @@ def _stage(
     def run(shard: int) -> None:
         with engine.begin() as worker:
             worker.execute(sa.text("SELECT set_config('work_mem', :v, true)"), {"v": work_mem})
+            set_lock_timeout(worker)
             worker.execute(sa.text(_PLANNER[0]))
             # One process per shard: the shards are the parallelism.
             worker.execute(
@@ -177,6 +180,7 @@ class PostgresReadingsSource:
             "origin": window.start,
             "latest_allowed": ctx.latest_allowed,
             "tz": ctx.timezone,
+            **statements.name_params(),
         }
 
     def stage_partials_1m(self, conn: sa.Connection, window: Window, ctx: StageContext) -> None:

@@ -132,6 +132,18 @@ def test_a_device_whose_day_was_never_rolled_up_keeps_its_raw_readings(
     assert ledger == [(DAY, before, "delete")]
 
 
+def test_bad_device_readings_do_not_hold_a_day_back(warehouse_url, engine, monkeypatch):
+    # Rejected rows (here a device name too long to index) are in no rollup by design:
+    # they must not keep a day from being released forever.
+    data.seed(engine, days=1)
+    data.insert(engine, [(datetime(2026, 11, 2, 7, tzinfo=UTC), "x" * 300, "temperature", 21.0)])
+    _materialize_day(warehouse_url, DAY)
+    _short_retention(monkeypatch)
+    n = _raw_count(engine)
+    assert _retention(warehouse_url)["raw.readings"]["rows"] == n
+    assert _raw_count(engine) == 0
+
+
 def test_days_with_stale_counts_or_missing_medians_are_kept(warehouse_url, engine, monkeypatch):
     data.seed(engine, days=1)
     _materialize_day(warehouse_url, DAY)

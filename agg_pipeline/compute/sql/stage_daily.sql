@@ -48,9 +48,11 @@ CROSS JOIN LATERAL (
            count(*) FILTER (WHERE z.critical) AS critical_count,
            coalesce(sum(z.held), 0) AS covered_seconds,
            coalesce(sum(z.held) FILTER (WHERE z.optimal), 0) AS optimal_seconds,
-           coalesce(sum(z.held) FILTER (WHERE z.critical), 0) AS critical_seconds
+           coalesce(sum(z.held) FILTER (WHERE z.critical), 0) AS critical_seconds,
+           min(z.t) AS first_reading_at,
+           max(z.t) AS last_reading_at
     FROM (
-        SELECT d.v,
+        SELECT d.t, d.v,
                d.v >= k.opt_min AND d.v <= k.opt_max AS optimal,
                d.v < k.crit_below OR d.v > k.crit_above AS critical,
                CASE WHEN k.field IS NOT NULL THEN extract(epoch FROM least(
@@ -68,3 +70,6 @@ CROSS JOIN LATERAL (
     ) AS z
 ) AS s
 WHERE s.reading_count > 0
+  -- bad device names (stage_partials_1m.sql) are left out here too: never registered
+  AND octet_length(g.device) BETWEEN 1 AND :max_name_bytes
+  AND g.device !~ :bad_name_pattern

@@ -4,7 +4,9 @@
 -- aggregate, no global sort), then each hour group is validated, de-duplicated and binned
 -- into minutes in memory.
 --
--- A row is exactly one of, in this order: unknown_field (not in the catalogue), future
+-- A row is exactly one of, in this order: bad_device (device name empty, longer than
+-- :max_name_bytes or holding control characters: it could not be registered, see
+-- statements.MAX_NAME_BYTES; judged once per group), unknown_field (not in the catalogue), future
 -- (stamped after latest_allowed), null, nan, inf, out_of_bounds (outside the field's
 -- physical [lo, hi]), or valid. Valid rows sharing (device, field, time) are one reading
 -- whose value is their mean; the extra copies count as `duplicate`.
@@ -31,15 +33,21 @@ hour_groups AS (
     WHERE r.{time} >= :start AND r.{time} < :end
       AND {shard}
     GROUP BY 1, 2, 3
+),
+groups AS (
+    SELECT h.*, (octet_length(h.device) NOT BETWEEN 1 AND :max_name_bytes
+                 OR h.device ~ :bad_name_pattern) AS bad_name
+    FROM hour_groups AS h
 )
 SELECT g.device, g.field, c.field IS NOT NULL AS known, m.*
-FROM hour_groups AS g
+FROM groups AS g
 LEFT JOIN catalogue AS c ON c.field = g.field
 CROSS JOIN LATERAL (
     WITH d AS MATERIALIZED (
         SELECT x.t, avg(x.v) AS v, count(*) AS copies
         FROM unnest(g.ts, g.vs) AS x (t, v)
-        WHERE x.t <= :latest_allowed
+        WHERE NOT g.bad_name
+          AND x.t <= :latest_allowed
           AND x.v >= c.lo AND x.v <= c.hi   -- false for NULL, NaN, +/-inf and unknown fields
         GROUP BY x.t
     )
@@ -60,12 +68,13 @@ CROSS JOIN LATERAL (
            NULL::bigint AS nan,
            NULL::bigint AS inf,
            NULL::bigint AS out_of_bounds,
+           NULL::bigint AS bad_device,
            NULL::float8 AS median_value
     FROM d
     GROUP BY 2
     UNION ALL
     SELECT 'hour', g.hour, count(*), NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
            percentile_cont(0.5) WITHIN GROUP (ORDER BY d.v)
     FROM d
     HAVING count(*) > 0
@@ -78,10 +87,12 @@ CROSS JOIN LATERAL (
            count(*) FILTER (WHERE b.status = 4),
            count(*) FILTER (WHERE b.status = 5),
            count(*) FILTER (WHERE b.status = 6),
+           count(*) FILTER (WHERE b.status = 7),
            NULL
     FROM (
         -- Only the rejected rows reach the CASE (all rows valid is the common case).
         SELECT CASE
+                   WHEN g.bad_name THEN 7                                -- bad_device
                    WHEN c.field IS NULL THEN 1                           -- unknown_field
                    WHEN x.t > :latest_allowed THEN 2                     -- future
                    WHEN x.v IS NULL THEN 3                               -- null
@@ -90,6 +101,7 @@ CROSS JOIN LATERAL (
                    ELSE 6                                                -- out_of_bounds
                END AS status
         FROM unnest(g.ts, g.vs) AS x (t, v)
-        WHERE NOT coalesce(x.t <= :latest_allowed AND x.v >= c.lo AND x.v <= c.hi, false)
+        WHERE g.bad_name
+           OR NOT coalesce(x.t <= :latest_allowed AND x.v >= c.lo AND x.v <= c.hi, false)
     ) AS b
 ) AS m
