@@ -380,13 +380,18 @@ def _days_overlapped(lo: datetime, hi: datetime, zone: ZoneInfo) -> list[date]:
     return [first + timedelta(days=i) for i in range((last.date() - first).days + 1)]
 
 
+def _day_rows(conn: sa.Connection, raw: _Raw, day: date, zone: ZoneInfo) -> int:
+    """Rows of ``raw`` in one local day."""
+    return conn.execute(
+        sa.text(f"SELECT count(*) FROM {raw.table} WHERE {raw.time} >= :s AND {raw.time} < :e"),
+        {"s": _day_start(day, zone), "e": _day_start(day + timedelta(days=1), zone)},
+    ).scalar_one()
+
+
 def _delete_day(conn: sa.Connection, raw: _Raw, day: date, zone: ZoneInfo, batch_rows: int) -> int:
     """Delete one local day by key range, in time slices of about ``batch_rows`` rows."""
     start, end = _day_start(day, zone), _day_start(day + timedelta(days=1), zone)
-    total = conn.execute(
-        sa.text(f"SELECT count(*) FROM {raw.table} WHERE {raw.time} >= :s AND {raw.time} < :e"),
-        {"s": start, "e": end},
-    ).scalar_one()
+    total = _day_rows(conn, raw, day, zone)
     slices = max(1, -(-total // batch_rows))
     step = (end - start) / slices
     deleted = 0
@@ -452,14 +457,7 @@ def raw_readings(
                 conn.rollback()
                 continue
             if dry_run:
-                for day in safe:
-                    result.rows += conn.execute(
-                        sa.text(
-                            f"SELECT count(*) FROM {raw.table} "
-                            f"WHERE {raw.time} >= :s AND {raw.time} < :e"
-                        ),
-                        {"s": _day_start(day, zone), "e": _day_start(day + timedelta(1), zone)},
-                    ).scalar_one()
+                result.rows += sum(_day_rows(conn, raw, day, zone) for day in safe)
                 conn.rollback()
                 continue
             releasable = set(safe) | released_days(
@@ -555,12 +553,11 @@ def raw_by_materialized_days(
         if day not in done:
             result.days_kept[str(day)] = f"not yet: {consumers} not materialized for {day}"
             continue
-        # One transaction per day; a rollback (dry run) leaves everything as it was.
-        with engine.connect() as conn:
-            n = _delete_day(conn, raw, day, zone, batch_rows)
+        with engine.connect() as conn:  # one transaction per day
             if dry_run:
-                conn.rollback()
+                n = _day_rows(conn, raw, day, zone)
             else:
+                n = _delete_day(conn, raw, day, zone, batch_rows)
                 _record_release(conn, table, day, n, "delete")
                 conn.commit()
         result.rows += n
