@@ -118,8 +118,7 @@ def _set_aside(conn: sa.Connection, qualified: str) -> list[str]:
 
 def _incompatible_message(found: list[schema_compat.Incompatibility], sources: dict) -> str:
     lines = [
-        "the database already has tables of another shape than agg_pipeline's; "
-        "nothing was changed:"
+        "the database already has tables of another shape than agg_pipeline's; nothing was changed:"
     ]
     for item in found:
         lines.append(f"  {item.table} (created by {sources[item.table]}):")
@@ -179,7 +178,9 @@ def migrate(
                     applied.append(m.name)
         except sa.exc.DBAPIError as exc:
             # The lock, the check or the bookkeeping failed (not a migration file).
-            raise MigrationError(f"migrate failed, nothing was changed: {_pg_message(exc.orig)}")
+            raise MigrationError(
+                f"migrate failed, nothing was changed: {_pg_message(exc.orig)}"
+            ) from None
     if views:
         from agg_pipeline import realtime
         from agg_pipeline.catalogue import get_catalogue

@@ -200,7 +200,12 @@ def find_incompatible(
             if column in have and have[column][0] != types[typ]:
                 problems.append(f"column {column} is {have[column][0]}, {types[typ]} is expected")
         for column, (_, not_null, has_default) in have.items():
-            if column not in exp.columns and column not in exp.added and not_null and not has_default:
+            if (
+                column not in exp.columns
+                and column not in exp.added
+                and not_null
+                and not has_default
+            ):
                 problems.append(f"column {column} is NOT NULL without a default (unknown to us)")
         unique_sets = {
             tuple(sorted(cols))

@@ -1,0 +1,297 @@
+"""Adopting an existing database: the old ETL's tables of another shape are found before any
+change, set aside with every row by ``migrate --adopt``, and their history imported into
+the rollups, where rows computed from raw always win."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from agg_pipeline import checks, cli, history, migrate, schema_compat
+from agg_pipeline.assets import daily_rollup_and_conditions, readings_1m, readings_5m, rollup_hourly
+from agg_pipeline.catalogue import load_catalogue
+from agg_pipeline.compute.windows import Window
+from agg_pipeline.resources.influx import InfluxResource
+from agg_pipeline.resources.warehouse import WarehouseResource
+from agg_pipeline_tests import data
+from agg_pipeline_tests.conftest import SESSION_TAG, create_database, drop_database
+from agg_pipeline_tests.faults.checksums import checksums
+
+CATALOGUE = load_catalogue("hydroponics")
+
+# The old ETL's schema (seeds/004): sensors without a field column (the sensor type says
+# what is measured), rollups with only mean/min/max/count, an int count, a serial id, the
+# old unique index uq_daily_sensor_metric, and its watermarks in core.system_config.
+OLD_ETL = """
+CREATE SCHEMA iot; CREATE SCHEMA bi; CREATE SCHEMA core; CREATE SCHEMA crop;
+CREATE TABLE iot.devices (id serial PRIMARY KEY, device_code text NOT NULL UNIQUE,
+    name text, location text, created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE iot.sensor_types (id serial PRIMARY KEY, name text NOT NULL UNIQUE,
+    unit text NOT NULL, description text);
+CREATE TABLE iot.sensors (id serial PRIMARY KEY,
+    device_id integer NOT NULL REFERENCES iot.devices (id),
+    sensor_type_id integer NOT NULL REFERENCES iot.sensor_types (id),
+    sensor_code text NOT NULL UNIQUE, is_active boolean NOT NULL DEFAULT true,
+    installed_on date NOT NULL);
+CREATE TABLE bi.hourly_sensor_agg (id bigserial PRIMARY KEY,
+    sensor_id integer NOT NULL REFERENCES iot.sensors (id), hour_start timestamptz NOT NULL,
+    avg_value double precision, min_value double precision, max_value double precision,
+    sample_count integer, UNIQUE (sensor_id, hour_start));
+CREATE INDEX hourly_sensor_agg_hour ON bi.hourly_sensor_agg (hour_start);
+CREATE TABLE bi.daily_sensor_agg (id bigserial PRIMARY KEY,
+    sensor_id integer NOT NULL REFERENCES iot.sensors (id), metric_date date NOT NULL,
+    avg_value double precision, min_value double precision, max_value double precision,
+    sample_count integer, time_in_optimal_pct numeric(5, 2), time_in_critical_pct numeric(5, 2));
+CREATE UNIQUE INDEX uq_daily_sensor_metric ON bi.daily_sensor_agg (sensor_id, metric_date);
+CREATE TABLE core.system_config (key text PRIMARY KEY, value jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE crop.batches (id serial PRIMARY KEY, batch_code text NOT NULL UNIQUE,
+    crop_name text NOT NULL, stage_name text NOT NULL, started_on date NOT NULL, ended_on date);
+
+INSERT INTO iot.devices (device_code, name) VALUES ('arduino_1', 'rack A'), ('arduino_2', 'rack B');
+INSERT INTO iot.sensor_types (name, unit) VALUES
+    ('DHT20_TEMPERATURE', 'C'), ('PH_SENSOR', 'pH'), ('CO2_SENSOR', 'ppm');
+INSERT INTO iot.sensors (device_id, sensor_type_id, sensor_code, installed_on) VALUES
+    (1, 1, 'arduino_1_temp', '2025-01-01'), (1, 2, 'arduino_1_ph', '2025-01-01'),
+    (2, 1, 'arduino_2_temp', '2025-01-01'), (2, 3, 'arduino_2_co2', '2025-01-01');
+-- 2026-06-01 00:00 .. 03:00 for sensors 1..4; sensor 4's type is unknown to the catalogue.
+INSERT INTO bi.hourly_sensor_agg (sensor_id, hour_start, avg_value, min_value, max_value,
+    sample_count)
+SELECT s, timestamptz '2026-06-01 00:00+00' + h * interval '1 hour',
+       20 + s + h / 10.0, 19 + s, 22 + s + h, 360 - h
+FROM generate_series(1, 4) AS s, generate_series(0, 3) AS h;
+-- One broken old row (min above max): counted as invalid, never written.
+INSERT INTO bi.hourly_sensor_agg (sensor_id, hour_start, avg_value, min_value, max_value,
+    sample_count) VALUES (1, '2026-06-01 05:00+00', 5, 9, 1, 10);
+INSERT INTO bi.daily_sensor_agg (sensor_id, metric_date, avg_value, min_value, max_value,
+    sample_count, time_in_optimal_pct, time_in_critical_pct) VALUES
+    (1, '2026-06-01', 21.5, 18.0, 26.0, 8640, 91.25, 0.50),
+    (2, '2026-06-01', 6.1, 5.6, 6.7, 8640, 88.00, 1.00),
+    (3, '2026-06-01', 23.0, 20.0, 27.0, 1, NULL, NULL);
+INSERT INTO core.system_config (key, value) VALUES
+    ('etl_hourly_watermark', '{"timestamp": "2026-06-01T03:00:00+00:00"}'),
+    ('etl_daily_watermark', '{"timestamp": "2026-06-01T00:00:00+00:00"}');
+INSERT INTO crop.batches (batch_code, crop_name, stage_name, started_on)
+VALUES ('REAL-1', 'lettuce', 'mature', '2026-05-01');
+"""
+OLD_TABLES = [
+    "iot.devices",
+    "iot.sensor_types",
+    "iot.sensors",
+    "bi.hourly_sensor_agg",
+    "bi.daily_sensor_agg",
+    "core.system_config",
+    "crop.batches",
+]
+SET_ASIDE = ["iot.sensors", "bi.hourly_sensor_agg", "bi.daily_sensor_agg"]
+
+
+def _relations(engine: sa.Engine) -> set[tuple[str, str, str]]:
+    """Every relation (schema, name, kind) outside the system schemas: a changed, added or
+    renamed table, index, sequence or view shows here."""
+    with engine.connect() as conn:
+        return {
+            tuple(r)
+            for r in conn.execute(
+                sa.text(
+                    "SELECT n.nspname, c.relname, c.relkind::text FROM pg_class AS c "
+                    "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')"
+                )
+            )
+        }
+
+
+@pytest.fixture
+def old_db(pg_server_url, monkeypatch):
+    """A database holding the old ETL's schema and rows, never migrated by us."""
+    name = f"aggold_{SESSION_TAG}_{uuid.uuid4().hex[:8]}"
+    url = create_database(pg_server_url, name)
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        conn.connection.dbapi_connection.cursor().execute(OLD_ETL)
+        conn.connection.dbapi_connection.commit()
+    monkeypatch.setenv("DATABASE_URL", url)
+    from agg_pipeline.settings import get_settings
+
+    get_settings.cache_clear()
+    yield url, engine
+    engine.dispose()
+    from agg_pipeline.resources.warehouse import engine_for
+
+    engine_for(url).dispose()
+    drop_database(pg_server_url, name)
+
+
+def test_migrate_names_every_incompatible_table_and_changes_nothing(old_db, capsys):
+    url, engine = old_db
+    before_rows = checksums(engine, OLD_TABLES)
+    before_relations = _relations(engine)
+
+    with pytest.raises(migrate.IncompatibleSchema) as err:
+        migrate.migrate(engine, views=False)
+    message = str(err.value)
+    assert {i.table for i in err.value.found} == set(SET_ASIDE)
+    for expected in (
+        "iot.sensors (created by 003_iot.sql)",
+        "column field (text) is missing",
+        "column installed_on is NOT NULL without a default",
+        "bi.hourly_sensor_agg (created by 006_rollups.sql)",
+        "column m2 (double precision) is missing",
+        "column sample_count is integer, bigint is expected",
+        "bi.daily_sensor_agg",
+        "column time_in_optimal_pct is numeric(5,2), double precision is expected",
+        "agg-pipeline migrate --adopt",
+        "bi.hourly_sensor_agg -> hourly_sensor_agg_legacy",
+    ):
+        assert expected in message, expected
+    # Compatible old tables are not named (extra nullable column, same keys).
+    assert "iot.devices" not in message and "crop.batches" not in message
+    assert _relations(engine) == before_relations  # not even ops.schema_migrations
+    assert checksums(engine, OLD_TABLES) == before_rows
+
+    # The command says the same and exits 2, still changing nothing.
+    assert cli.main(["migrate"]) == 2
+    out = capsys.readouterr().err
+    assert "column m2 (double precision) is missing" in out and "--adopt" in out
+    assert _relations(engine) == before_relations
+
+
+def test_adopt_sets_old_tables_aside_with_their_rows_then_migrates(old_db):
+    url, engine = old_db
+    before = checksums(engine, OLD_TABLES)
+    applied = migrate.migrate(engine, adopt=True)
+    assert applied == [m.name for m in migrate.discover()]
+
+    # Every old row survives unchanged, under <name>_legacy in the same schema.
+    after = checksums(
+        engine, [f"{t}_legacy" for t in SET_ASIDE] + [t for t in OLD_TABLES if t not in SET_ASIDE]
+    )
+    for table in OLD_TABLES:
+        moved = f"{table}_legacy" if table in SET_ASIDE else table
+        if table != "iot.sensor_types":
+            assert after[moved] == before[table], table
+    # iot.sensor_types is kept (compatible) and gains 012's two nullable columns; its old
+    # columns are unchanged.
+    with engine.connect() as conn:
+        types = conn.execute(
+            sa.text("SELECT id, name, unit, description FROM iot.sensor_types ORDER BY id")
+        ).all()
+    assert [tuple(t) for t in types] == [
+        (1, "DHT20_TEMPERATURE", "C", None),
+        (2, "PH_SENSOR", "pH", None),
+        (3, "CO2_SENSOR", "ppm", None),
+    ]
+    with engine.connect() as conn:
+        expected = schema_compat.expected_tables((m.name, m.sql) for m in migrate.discover())
+        assert schema_compat.find_incompatible(conn, expected) == []
+        # Our index names are on our tables; the old ones moved with theirs.
+        owners = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT indexname, tablename FROM pg_indexes "
+                    "WHERE indexname LIKE 'uq_daily_sensor_metric%' "
+                    "OR indexname LIKE 'hourly_sensor_agg_hour%'"
+                )
+            ).all()
+        )
+        # The old legacy table kept its foreign key to the old sensors (ids mean old rows).
+        fk_target = conn.execute(
+            sa.text(
+                "SELECT confrelid::regclass::text FROM pg_constraint "
+                "WHERE conrelid = 'bi.hourly_sensor_agg_legacy'::regclass AND contype = 'f'"
+            )
+        ).scalar_one()
+        demo = conn.execute(
+            sa.text("SELECT count(*) FROM crop.batches WHERE batch_code LIKE 'DEMO%'")
+        ).scalar_one()
+        stages = conn.execute(sa.text("SELECT count(*) FROM crop.growth_stage_definitions"))
+    assert owners == {
+        "uq_daily_sensor_metric": "daily_sensor_agg",
+        "uq_daily_sensor_metric_legacy": "daily_sensor_agg_legacy",
+        "hourly_sensor_agg_hour": "hourly_sensor_agg",
+        "hourly_sensor_agg_hour_legacy": "hourly_sensor_agg_legacy",
+    }
+    assert fk_target == "iot.sensors_legacy"
+    assert demo == 0 and stages.scalar_one() == 0  # migrate writes no demo rows
+
+    # Idempotent: a second adopt (or plain migrate) finds nothing to do and changes nothing.
+    relations = _relations(engine)
+    assert migrate.migrate(engine, adopt=True) == []
+    assert migrate.migrate(engine) == []
+    assert _relations(engine) == relations
+
+
+def test_fresh_database_gets_no_demo_rows_and_seed_adds_them(pg_server_url, monkeypatch):
+    name = f"aggfresh_{SESSION_TAG}_{uuid.uuid4().hex[:8]}"
+    url = create_database(pg_server_url, name)
+    engine = sa.create_engine(url)
+    try:
+        migrate.migrate(engine, views=False)
+        with engine.connect() as conn:
+            empty = conn.execute(
+                sa.text(
+                    "SELECT (SELECT count(*) FROM crop.batches), "
+                    "(SELECT count(*) FROM crop.growth_stage_definitions)"
+                )
+            ).one()
+        assert tuple(empty) == (0, 0)
+        monkeypatch.setenv("DATABASE_URL", url)
+        from agg_pipeline.settings import get_settings
+
+        get_settings.cache_clear()
+        args = ["seed", "--days", "0.01", "--devices", "1", "--start", "2026-11-02"]
+        assert cli.main(args) == 0
+        assert cli.main([*args, "--if-empty"]) == 0  # repeatable
+        with engine.connect() as conn:
+            batches = conn.execute(sa.text("SELECT batch_code FROM crop.batches")).scalars()
+            assert list(batches) == ["DEMO-LETTUCE-1"]
+            assert (
+                conn.execute(
+                    sa.text("SELECT count(*) FROM crop.growth_stage_definitions")
+                ).scalar_one()
+                == 12
+            )
+    finally:
+        engine.dispose()
+        from agg_pipeline.resources.warehouse import engine_for
+
+        engine_for(url).dispose()
+        drop_database(pg_server_url, name)
+
+
+def test_failing_migration_reports_postgres_message_and_changes_nothing(engine, tmp_path):
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    for m in migrate.discover():
+        (folder / m.name).write_text(m.sql)
+    (folder / "900_good.sql").write_text("CREATE TABLE bi.probe_ok (x integer);\n")
+    (folder / "901_bad.sql").write_text(
+        "CREATE TABLE bi.probe_half (x integer);\n"
+        "ALTER TABLE bi.no_such_table ADD COLUMN y integer;\n"
+    )
+    before = _relations(engine)
+    with pytest.raises(migrate.MigrationError) as err:
+        migrate.migrate(engine, folder, views=False)
+    message = str(err.value)
+    assert "901_bad.sql failed" in message
+    assert 'relation "bi.no_such_table" does not exist' in message
+    assert "SQLSTATE 42P01" in message
+    assert (
+        "InFailedSqlTransaction" not in message and "current transaction is aborted" not in message
+    )
+    # One transaction: neither 900 nor the first statement of 901 is left behind.
+    assert _relations(engine) == before
+    with engine.connect() as conn:
+        recorded = conn.execute(
+            sa.text("SELECT count(*) FROM ops.schema_migrations WHERE filename LIKE '90%'")
+        ).scalar_one()
+    assert recorded == 0
+    # Once fixed, it applies.
+    (folder / "901_bad.sql").write_text("CREATE TABLE IF NOT EXISTS bi.probe_half (x integer);\n")
+    assert migrate.migrate(engine, folder, views=False) == ["900_good.sql", "901_bad.sql"]
