@@ -228,12 +228,13 @@ def _legacy_frame(conn: sa.Connection, target: Target, catalogue: Catalogue) -> 
     )
 
 
-def _valid(row) -> bool:
-    vals = (row.mean, row.mn, row.mx, row.n)
-    if any(v is None or (isinstance(v, float) and not math.isfinite(v)) for v in vals):
+def _valid(row: pd.Series) -> bool:
+    # row["mean"], not row.mean: a Series' .mean is its method.
+    mean, mn, mx, n = row["mean"], row["mn"], row["mx"], row["n"]
+    if any(v is None or not math.isfinite(float(v)) for v in (mean, mn, mx, n)):
         return False
-    eps = 1e-9 * max(abs(row.mn), abs(row.mx), 1e-300)
-    return row.n >= 1 and float(row.n).is_integer() and row.mn <= row.mean + eps <= row.mx + 2 * eps
+    eps = 1e-9 * max(abs(mn), abs(mx), 1e-300)
+    return n >= 1 and float(n).is_integer() and mn - eps <= mean <= mx + eps
 
 
 def write_rows(
@@ -361,12 +362,22 @@ def _upsert_month(
                 "min_value = EXCLUDED.min_value, max_value = EXCLUDED.max_value, "
                 "sample_count = EXCLUDED.sample_count, stddev_value = EXCLUDED.stddev_value, "
                 "median_value = EXCLUDED.median_value, m2 = EXCLUDED.m2, "
-                f"computed_at = now(){extra_set} WHERE t.origin = 'imported'"
+                f"computed_at = now(){extra_set} WHERE t.origin = 'imported' AND "
+                # Unchanged rows are left alone: a repeated import writes nothing.
+                f"(t.avg_value, t.min_value, t.max_value, t.sample_count, t.stddev_value, "
+                f"t.median_value, t.m2{extra_cols.replace(', ', ', t.')}) IS DISTINCT FROM "
+                "(EXCLUDED.avg_value, EXCLUDED.min_value, EXCLUDED.max_value, "
+                "EXCLUDED.sample_count, EXCLUDED.stddev_value, EXCLUDED.median_value, "
+                f"EXCLUDED.m2{extra_cols.replace(', ', ', EXCLUDED.')})"
             )
         ).rowcount
+        staged = conn.execute(sa.text("SELECT count(*) FROM stage_import")).scalar_one()
     report.add(target.table, "imported", written)
     if kept:
+        # Rows computed from raw win: the old value for that (sensor, bucket) is not used.
         report.add(target.table, "kept_computed", kept)
+    if staged - kept - written:
+        report.add(target.table, "unchanged", staged - kept - written)
 
 
 def import_legacy(engine: sa.Engine, catalogue: Catalogue, dry_run: bool = False) -> ImportReport:

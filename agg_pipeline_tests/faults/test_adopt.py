@@ -295,3 +295,143 @@ def test_failing_migration_reports_postgres_message_and_changes_nothing(engine, 
     # Once fixed, it applies.
     (folder / "901_bad.sql").write_text("CREATE TABLE IF NOT EXISTS bi.probe_half (x integer);\n")
     assert migrate.migrate(engine, folder, views=False) == ["900_good.sql", "901_bad.sql"]
+
+
+HOURLY_ASSETS = [readings_1m, readings_5m, rollup_hourly]
+# Old sensor id -> (device, field) as the catalogue maps the old sensor types.
+OLD_SENSORS = {
+    1: ("arduino_1", "temperature"),
+    2: ("arduino_1", "ph"),
+    3: ("arduino_2", "temperature"),
+}
+
+
+def _materialize(url: str, assets, key: str) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        assets,
+        resources={"warehouse": WarehouseResource(database_url=url), "influx": InfluxResource()},
+        partition_key=key,
+    )
+
+
+def _raw_hour(engine: sa.Engine, hour: datetime, device: str, field: str, values: list[float]):
+    step = timedelta(seconds=3600 / len(values))
+    data.insert(engine, [(hour + i * step, device, field, v) for i, v in enumerate(values)])
+
+
+def _rollup_rows(engine: sa.Engine, table: str, key: str) -> dict:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                f"SELECT dv.device_code, s.field, t.{key}, t.avg_value, t.min_value, t.max_value, "
+                "t.sample_count, t.stddev_value, t.median_value, t.m2, t.first_reading_at, "
+                f"t.origin FROM {table} AS t JOIN iot.sensors AS s ON s.id = t.sensor_id "
+                "JOIN iot.devices AS dv ON dv.id = s.device_id"
+            )
+        ).all()
+    return {(r[0], r[1], r[2]): r[3:] for r in rows}
+
+
+def test_import_history_from_legacy_tables_raw_always_wins(old_db):
+    url, engine = old_db
+    migrate.migrate(engine, adopt=True)
+    legacy_before = checksums(engine, [f"{t}_legacy" for t in SET_ASIDE])
+    h0 = datetime(2026, 6, 1, tzinfo=UTC)
+
+    # Raw still holds 02:00 of arduino_1's temperature: computed before the import.
+    computed_02 = [21.0, 22.0, 23.5, 24.0]
+    _raw_hour(engine, h0 + timedelta(hours=2), "arduino_1", "temperature", computed_02)
+    assert _materialize(url, HOURLY_ASSETS, "2026-06-01-02:00").success
+    before_import = _rollup_rows(engine, "bi.hourly_sensor_agg", "hour_start")
+
+    report = history.import_legacy(engine, CATALOGUE)
+    hourly = report.counts["bi.hourly_sensor_agg"]
+    # 17 old rows: 4 of the CO2 sensor (not in the catalogue), 1 with min > max, 1 for the
+    # computed (sensor, hour), 11 imported.
+    assert hourly == {"read": 17, "unmapped": 4, "invalid": 1, "kept_computed": 1, "imported": 11}
+    assert report.counts["bi.daily_sensor_agg"] == {"read": 3, "imported": 3}
+    assert report.unmapped == {"arduino_2_co2"}
+
+    got = _rollup_rows(engine, "bi.hourly_sensor_agg", "hour_start")
+    key_02 = ("arduino_1", "temperature", h0 + timedelta(hours=2))
+    assert got[key_02] == before_import[key_02]  # the computed row is untouched
+    assert got[key_02][-1] == "computed"
+    for old_id, (device, field) in OLD_SENSORS.items():
+        for h in range(4):
+            key = (device, field, h0 + timedelta(hours=h))
+            if key == key_02:
+                continue
+            avg, mn, mx, n, sd, median, m2, first, origin = got[key]
+            assert (origin, sd, median, m2, first) == ("imported", None, None, None, None)
+            assert (n, mn, mx) == (360 - h, 19 + old_id, 22 + old_id + h)
+            assert math.isclose(avg, 20 + old_id + h / 10.0, rel_tol=1e-12)
+    assert len(got) == 12
+    daily = _rollup_rows(engine, "bi.daily_sensor_agg", "metric_date")
+    assert daily[("arduino_2", "temperature", date(2026, 6, 1))][5:7] == (None, 0.0)  # n=1: m2 0
+    with engine.connect() as conn:
+        pcts = conn.execute(
+            sa.text(
+                "SELECT time_in_optimal_pct, time_in_critical_pct FROM bi.daily_sensor_agg "
+                "WHERE sample_count = 8640 ORDER BY 1"
+            )
+        ).all()
+    assert [tuple(p) for p in pcts] == [(88.0, 1.0), (91.25, 0.5)]
+
+    # Repeating the import writes nothing; the old tables are never changed.
+    imported = checksums(engine, ["bi.hourly_sensor_agg", "bi.daily_sensor_agg"])
+    again = history.import_legacy(engine, CATALOGUE)
+    assert again.counts["bi.hourly_sensor_agg"]["imported"] == 0
+    assert again.counts["bi.hourly_sensor_agg"]["unchanged"] == 11
+    assert checksums(engine, ["bi.hourly_sensor_agg", "bi.daily_sensor_agg"]) == imported
+    assert checksums(engine, [f"{t}_legacy" for t in SET_ASIDE]) == legacy_before
+
+    # Checks do not fail on imported rows (NULL medians, spreads, no level below).
+    window = Window(h0, h0 + timedelta(days=1))
+    results = list(checks.evaluate(engine, "rollup_hourly", window, "UTC"))
+    assert all(r.passed for r in results), [(r.check_name, r.metadata) for r in results]
+
+    # Raw arrives for 01:00 of arduino_1's temperature: the computation replaces that one
+    # imported row; the other sensors' imported rows of the same hour stay.
+    late = [10.0, 12.0, 17.0]
+    _raw_hour(engine, h0 + timedelta(hours=1), "arduino_1", "temperature", late)
+    assert _materialize(url, HOURLY_ASSETS, "2026-06-01-01:00").success
+    after = _rollup_rows(engine, "bi.hourly_sensor_agg", "hour_start")
+    row = after[("arduino_1", "temperature", h0 + timedelta(hours=1))]
+    assert row[-1] == "computed"
+    assert (row[1], row[2], row[3], row[5]) == (10.0, 17.0, 3, 12.0)  # min, max, n, median
+    assert math.isclose(row[0], 13.0, rel_tol=1e-12)
+    for key, value in got.items():
+        if key[2] == h0 + timedelta(hours=1) and key[:2] != ("arduino_1", "temperature"):
+            assert after[key] == value
+    assert len(after) == 12
+
+    # The daily rollup merges only computed hours: arduino_1's temperature day is now from
+    # raw (7 readings), the other imported days are kept; its checks pass.
+    result = _materialize(url, [daily_rollup_and_conditions], "2026-06-01")
+    assert result.success
+    assert all(e.passed for e in result.get_asset_check_evaluations()), (
+        result.get_asset_check_evaluations()
+    )
+    results = list(checks.evaluate(engine, "rollup_daily", window, "UTC"))
+    assert all(r.passed for r in results), [(r.check_name, r.metadata) for r in results]
+    daily_after = _rollup_rows(engine, "bi.daily_sensor_agg", "metric_date")
+    mine = daily_after[("arduino_1", "temperature", date(2026, 6, 1))]
+    assert (mine[3], mine[-1]) == (7, "computed")
+    assert math.isclose(mine[0], (sum(computed_02) + sum(late)) / 7, rel_tol=1e-12)
+    for key in (("arduino_1", "ph"), ("arduino_2", "temperature")):
+        full = (*key, date(2026, 6, 1))
+        assert daily_after[full] == daily[full]
+
+
+def test_import_history_cli_dry_run_writes_nothing(old_db, capsys):
+    url, engine = old_db
+    assert cli.main(["migrate", "--adopt"]) == 0
+    before = checksums(engine, ["bi.hourly_sensor_agg", "bi.daily_sensor_agg", "iot.sensors"])
+    assert cli.main(["import-history", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run" in out and "would_import 12" in out and "arduino_2_co2" in out
+    assert (
+        checksums(engine, ["bi.hourly_sensor_agg", "bi.daily_sensor_agg", "iot.sensors"]) == before
+    )
+    assert cli.main(["import-history"]) == 0
+    assert "imported 12" in capsys.readouterr().out
