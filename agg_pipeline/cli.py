@@ -79,7 +79,13 @@ def cmd_import_history(args: argparse.Namespace) -> int:
     if args.from_influx:
         reports.append(
             history.import_influx(
-                engine, catalogue, _influx(), args.from_influx, dry_run=args.dry_run
+                engine,
+                catalogue,
+                _influx(),
+                args.from_influx,
+                device_tag=args.device_tag,
+                measurement=args.measurement,
+                dry_run=args.dry_run,
             )
         )
     if not reports:
@@ -355,6 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-influx",
         metavar="BUCKET",
         help="also read BUCKET_hourly and BUCKET_daily (e.g. hydroponics) from InfluxDB",
+    )
+    ih.add_argument(
+        "--device-tag",
+        default="sensor_tag",
+        help="--from-influx: the tag naming the device (default sensor_tag, as the old ETL)",
+    )
+    ih.add_argument(
+        "--measurement", help="--from-influx: only points of this measurement (default: any)"
     )
     ih.add_argument(
         "--no-legacy", action="store_true", help="skip the PostgreSQL bi.*_legacy tables"

@@ -28,13 +28,15 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 import sqlalchemy as sa
 
 from agg_pipeline.catalogue import Catalogue
+from agg_pipeline.compute import flux
 from agg_pipeline.migrate import LEGACY_SUFFIX, quote
+from agg_pipeline.resources.influx import InfluxError, InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
 
@@ -393,5 +395,83 @@ def import_legacy(engine: sa.Engine, catalogue: Catalogue, dry_run: bool = False
     return report
 
 
-def import_influx(*args, **kwargs) -> ImportReport:
-    raise HistoryError("InfluxDB import is not available yet")
+def import_influx(
+    engine: sa.Engine,
+    catalogue: Catalogue,
+    influx: InfluxResource,
+    bucket: str,
+    device_tag: str = "sensor_tag",
+    measurement: str | None = None,
+    dry_run: bool = False,
+    stop: datetime | None = None,
+) -> ImportReport:
+    """The old InfluxDB tasks' ``<bucket>_hourly`` / ``<bucket>_daily`` buckets into the
+    rollups. Each point is one statistic (tag ``stat_type``: mean, min, max, count) of one
+    series (``device_tag``, ``_field``) and window; ``_time`` is the window's end, as
+    ``aggregateWindow`` stamps it by default. Daily windows are the UTC days the old tasks
+    used. A window without all four statistics is counted invalid (the old 1m/5m tasks
+    wrote no count)."""
+    report = ImportReport(f"InfluxDB {bucket}_hourly / {bucket}_daily (old tasks)")
+    stop = stop or datetime.now(UTC)
+    fields = list(catalogue.fields)
+    for target, suffix, width in (
+        (TARGETS[0], "_hourly", timedelta(hours=1)),
+        (TARGETS[1], "_daily", timedelta(days=1)),
+    ):
+        query = flux.aggregate_history(
+            f"{bucket}{suffix}", device_tag, fields, _INFLUX_EPOCH, stop, measurement
+        )
+        try:
+            frames = influx.query_frames(query)
+        except InfluxError as exc:
+            if "could not find bucket" in str(exc):
+                report.notes.append(f"{bucket}{suffix}: no such bucket, skipped")
+                continue
+            raise
+        frame = _influx_frame(frames, device_tag, width, target.key_is_date)
+        if frame is None:
+            continue
+        report.add(target.table, "read", len(frame))
+        write_rows(engine, catalogue, target, frame, report, dry_run)
+    return report
+
+
+_INFLUX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_STAT_COLUMNS = {"mean": "mean", "min": "mn", "max": "mx", "count": "n"}
+
+
+def _influx_frame(
+    frames: dict[str, pd.DataFrame], device_tag: str, width: timedelta, as_date: bool
+) -> pd.DataFrame | None:
+    key = [device_tag, "_field", "_time"]
+    parts = []
+    for stat, column in _STAT_COLUMNS.items():
+        f = frames.get(stat)
+        if f is None or f.empty:
+            continue
+        parts.append(f[key + ["_value"]].drop_duplicates(key, keep="last").set_index(key)
+                     ["_value"].astype(float).rename(column))  # fmt: skip
+    if not parts:
+        return None
+    wide = pd.concat(parts, axis=1).reset_index()
+    for column in _STAT_COLUMNS.values():
+        if column not in wide:
+            wide[column] = None
+    start = pd.to_datetime(wide["_time"], utc=True) - width
+    return pd.DataFrame(
+        {
+            "old_id": wide[device_tag] + ":" + wide["_field"],
+            "old_name": wide[device_tag] + ":" + wide["_field"],
+            "device": wide[device_tag],
+            "field": wide["_field"],
+            "bucket": [t.date() for t in start] if as_date else list(start),
+            "mean": wide["mean"],
+            "mn": wide["mn"],
+            "mx": wide["mx"],
+            "n": wide["n"],
+            "stddev": None,
+            "median": None,
+            "opt": None,
+            "crit": None,
+        }
+    )

@@ -4,11 +4,13 @@ the rollups, where rows computed from raw always win."""
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -21,6 +23,7 @@ from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline_tests import data
 from agg_pipeline_tests.conftest import SESSION_TAG, create_database, drop_database
 from agg_pipeline_tests.faults.checksums import checksums
+from agg_pipeline_tests.influx_server import FakeInflux
 
 CATALOGUE = load_catalogue("hydroponics")
 
@@ -435,3 +438,96 @@ def test_import_history_cli_dry_run_writes_nothing(old_db, capsys):
     )
     assert cli.main(["import-history"]) == 0
     assert "imported 12" in capsys.readouterr().out
+
+
+def _stat_points(rows: list[tuple]) -> pd.DataFrame:
+    """(window end, device, field, {stat: value}) as the old tasks' points."""
+    out = []
+    for end, device, field, stats in rows:
+        for stat, value in stats.items():
+            out.append(
+                {
+                    "_time": pd.Timestamp(end),
+                    "_measurement": "sensor_readings_agg",
+                    "sensor_tag": device,
+                    "_field": field,
+                    "stat_type": stat,
+                    "_value": float(value),
+                }
+            )
+    return pd.DataFrame(out)
+
+
+def test_import_history_from_old_influx_task_buckets(httpserver, warehouse_url, engine):
+    fake = FakeInflux(httpserver)
+    influx = InfluxResource(url=fake.url, token=fake.token, org=fake.org)
+    h0 = datetime(2026, 6, 1, tzinfo=UTC)
+    full = {"mean": 21.0, "min": 20.0, "max": 23.0, "count": 360}
+    hourly = [
+        # _time is the window's END (aggregateWindow's default): 01:00 is the 00:00 hour.
+        (h0 + timedelta(hours=h + 1), dev, fld, {**full, "mean": 20.5 + h, "max": 22.0 + h})
+        for h in range(3)
+        for dev, fld in (("arduino_1", "temperature"), ("arduino_2", "temperature"))
+    ]
+    hourly.append(
+        (h0 + timedelta(hours=1), "arduino_1", "ph", {"mean": 6.0, "min": 5.9, "max": 6.2})
+    )
+    fake.add_points("hydroponics_hourly", _stat_points(hourly))
+    daily = [(h0 + timedelta(days=1), "arduino_1", "temperature", {**full, "count": 8640})]
+    fake.add_points("hydroponics_daily", _stat_points(daily))
+
+    # Raw holds 01:00-02:00 of arduino_1's temperature: computed first, and it must win.
+    _raw_hour(engine, h0 + timedelta(hours=1), "arduino_1", "temperature", [18.0, 19.0])
+    assert _materialize(warehouse_url, HOURLY_ASSETS, "2026-06-01-01:00").success
+    computed = _rollup_rows(engine, "bi.hourly_sensor_agg", "hour_start")
+
+    report = history.import_influx(
+        engine, CATALOGUE, influx, "hydroponics", stop=h0 + timedelta(days=2)
+    )
+    # 7 windows: the ph one lacks its count (the old 1m/5m tasks wrote none): invalid.
+    assert report.counts["bi.hourly_sensor_agg"] == {
+        "read": 7,
+        "invalid": 1,
+        "kept_computed": 1,
+        "imported": 5,
+    }
+    assert report.counts["bi.daily_sensor_agg"] == {"read": 1, "imported": 1}
+    queries = [r for r in fake.requests if r.path == "/api/v2/query"]
+    assert {json.loads(r.body)["query"].split('"bucket": "')[1].split('"')[0] for r in queries} == {
+        "hydroponics_hourly",
+        "hydroponics_daily",
+    }
+
+    got = _rollup_rows(engine, "bi.hourly_sensor_agg", "hour_start")
+    mine = ("arduino_1", "temperature", h0 + timedelta(hours=1))
+    assert got[mine] == computed[mine] and got[mine][-1] == "computed"
+    for h in range(3):
+        for dev in ("arduino_1", "arduino_2"):
+            key = (dev, "temperature", h0 + timedelta(hours=h))
+            if key == mine:
+                continue
+            avg, mn, mx, n, sd, median, m2, first, origin = got[key]
+            assert (avg, mn, mx, n, origin, median, m2) == (
+                20.5 + h,
+                20.0,
+                22.0 + h,
+                360,
+                "imported",
+                None,
+                None,
+            )
+    assert len(got) == 6
+    day = _rollup_rows(engine, "bi.daily_sensor_agg", "metric_date")
+    assert day[("arduino_1", "temperature", date(2026, 6, 1))][3] == 8640
+
+    # A missing bucket is a note, not a failure; repeating writes nothing.
+    snapshot = checksums(engine, ["bi.hourly_sensor_agg", "bi.daily_sensor_agg"])
+    assert history.import_influx(engine, CATALOGUE, influx, "nosuch").notes == [
+        "nosuch_hourly: no such bucket, skipped",
+        "nosuch_daily: no such bucket, skipped",
+    ]
+    again = history.import_influx(
+        engine, CATALOGUE, influx, "hydroponics", stop=h0 + timedelta(days=2)
+    )
+    assert again.counts["bi.hourly_sensor_agg"]["imported"] == 0
+    assert checksums(engine, ["bi.hourly_sensor_agg", "bi.daily_sensor_agg"]) == snapshot
