@@ -27,6 +27,7 @@ import sqlalchemy as sa
 
 from agg_pipeline import localdb, migrate, simulator
 from agg_pipeline.catalogue import CatalogueError, get_catalogue
+from agg_pipeline.history import HistoryError
 from agg_pipeline.resources.influx import InfluxError
 from agg_pipeline.resources.warehouse import (
     WarehouseUnavailable,
@@ -455,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         WarehouseUnavailable,
         migrate.MigrationError,
         InfluxError,
+        HistoryError,
     ) as exc:
         print(f"agg-pipeline: {exc}", file=sys.stderr)
         return 2
