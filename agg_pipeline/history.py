@@ -25,11 +25,11 @@ the rollup assets, so an import never interleaves with a run writing the same da
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -230,13 +230,19 @@ def _legacy_frame(conn: sa.Connection, target: Target, catalogue: Catalogue) -> 
     )
 
 
-def _valid(row: pd.Series) -> bool:
-    # row["mean"], not row.mean: a Series' .mean is its method.
-    mean, mn, mx, n = row["mean"], row["mn"], row["mx"], row["n"]
-    if any(v is None or not math.isfinite(float(v)) for v in (mean, mn, mx, n)):
-        return False
-    eps = 1e-9 * max(abs(mn), abs(mx), 1e-300)
-    return n >= 1 and float(n).is_integer() and mn - eps <= mean <= mx + eps
+def _valid(frame: pd.DataFrame) -> pd.Series:
+    """Rows the rollups can hold: finite mean/min/max, a whole count >= 1, min <= mean <= max
+    (within the float hair the checks allow)."""
+    v = frame[["mean", "mn", "mx", "n"]].apply(pd.to_numeric, errors="coerce").astype(float)
+    eps = 1e-9 * np.maximum(np.maximum(v["mn"].abs(), v["mx"].abs()), 1e-300)
+    ok = (
+        np.isfinite(v).all(axis=1)
+        & (v["n"] >= 1)
+        & (v["n"] == np.floor(v["n"]))
+        & (v["mn"] - eps <= v["mean"])
+        & (v["mean"] <= v["mx"] + eps)
+    )
+    return ok.fillna(False).astype(bool)
 
 
 def write_rows(
@@ -261,7 +267,7 @@ def write_rows(
     frame = frame[frame["field"].isin(list(catalogue.fields)) & frame["device"].notna()]
     if len(unmapped) + len(unknown_field):
         report.add(target.table, "unmapped", len(unmapped) + len(unknown_field))
-    ok = frame.apply(_valid, axis=1) if len(frame) else pd.Series(dtype=bool)
+    ok = _valid(frame)
     if (~ok).sum():
         report.add(target.table, "invalid", int((~ok).sum()))
     frame = frame[ok]
