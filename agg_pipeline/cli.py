@@ -61,8 +61,11 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     engine = _warehouse_engine()
-    applied = migrate.migrate(engine, adopt=getattr(args, "adopt", False))
+    set_aside: list[str] = []
+    applied = migrate.migrate(engine, adopt=getattr(args, "adopt", False), set_aside=set_aside)
     where = masked(engine.url.render_as_string(hide_password=False))
+    for moved in set_aside:
+        print(f"set aside {moved} (rows kept; `agg-pipeline import-history` imports them)")
     print(f"{len(applied)} migration(s) applied to {where}" + (": " if applied else ""))
     for name in applied:
         print(f"  {name}")

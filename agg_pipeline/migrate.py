@@ -133,7 +133,11 @@ def _incompatible_message(found: list[schema_compat.Incompatibility], sources: d
 
 
 def migrate(
-    engine: sa.Engine, path: Path | None = None, views: bool = True, adopt: bool = False
+    engine: sa.Engine,
+    path: Path | None = None,
+    views: bool = True,
+    adopt: bool = False,
+    set_aside: list[str] | None = None,
 ) -> list[str]:
     """Apply pending migrations, then (re)install the real-time views; return the names of
     the files applied. The views are generated from the catalogue and settings in force.
@@ -142,7 +146,8 @@ def migrate(
     transaction under a transaction-level advisory lock: a failure changes nothing, and
     concurrent ``migrate`` calls wait for each other. Tables of another shape than the
     migrations expect raise :class:`IncompatibleSchema` before any change, unless ``adopt``
-    renames them aside to ``<name>_legacy``.
+    renames them aside to ``<name>_legacy`` (the tables renamed are appended to
+    ``set_aside`` when given).
     """
     migrations = discover(path)
     applied: list[str] = []
@@ -158,6 +163,10 @@ def migrate(
                 for item in found:
                     for statement in _set_aside(conn, item.table):
                         log.info("adopt: %s", statement)
+                    if set_aside is not None:
+                        set_aside.append(
+                            f"{item.table} -> {_legacy_name(item.table.split('.', 1)[1])}"
+                        )
                 conn.execute(sa.text("CREATE SCHEMA IF NOT EXISTS ops"))
                 conn.execute(
                     sa.text(

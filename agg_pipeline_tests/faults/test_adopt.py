@@ -429,6 +429,9 @@ def test_import_history_from_legacy_tables_raw_always_wins(old_db):
 def test_import_history_cli_dry_run_writes_nothing(old_db, capsys):
     url, engine = old_db
     assert cli.main(["migrate", "--adopt"]) == 0
+    out = capsys.readouterr().out
+    for table in SET_ASIDE:
+        assert f"set aside {table} -> {table.split('.')[1]}_legacy" in out
     before = checksums(engine, ["bi.hourly_sensor_agg", "bi.daily_sensor_agg", "iot.sensors"])
     assert cli.main(["import-history", "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -531,3 +534,20 @@ def test_import_history_from_old_influx_task_buckets(httpserver, warehouse_url, 
     )
     assert again.counts["bi.hourly_sensor_agg"]["imported"] == 0
     assert checksums(engine, ["bi.hourly_sensor_agg", "bi.daily_sensor_agg"]) == snapshot
+
+
+def test_readme_documents_every_new_command_and_flag(project_root):
+    readme = (project_root / "README.md").read_text()
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for command, flags in {
+        "migrate": ["--adopt"],
+        "import-history": ["--dry-run", "--no-legacy", "--from-influx", "--device-tag",
+                           "--measurement"],
+        "seed": ["--no-demo-crops"],
+    }.items():  # fmt: skip
+        options = {o for a in commands[command]._actions for o in a.option_strings}
+        assert f"agg-pipeline {command}" in readme
+        for flag in flags:
+            assert flag in options, (command, flag)
+            assert flag in readme, (command, flag)
