@@ -230,18 +230,25 @@ def _legacy_frame(conn: sa.Connection, target: Target, catalogue: Catalogue) -> 
     )
 
 
-def _valid(frame: pd.DataFrame) -> pd.Series:
-    """Rows the rollups can hold: finite mean/min/max, a whole count >= 1, min <= mean <= max
-    (within the float hair the checks allow)."""
-    v = frame[["mean", "mn", "mx", "n"]].apply(pd.to_numeric, errors="coerce").astype(float)
+def _valid(frame: pd.DataFrame, target: Target) -> pd.Series:
+    """Rows the rollups can hold and the checks accept: a key (a Monday for weeks), finite
+    mean/min/max, a whole count >= 1, min <= mean <= max and a median, if any, within
+    [min, max] (both within the float hair the checks allow), a spread >= 0."""
+    cols = ["mean", "mn", "mx", "n", "median", "stddev"]
+    v = frame[cols].apply(pd.to_numeric, errors="coerce").astype(float)
     eps = 1e-9 * np.maximum(np.maximum(v["mn"].abs(), v["mx"].abs()), 1e-300)
     ok = (
-        np.isfinite(v).all(axis=1)
+        np.isfinite(v[["mean", "mn", "mx", "n"]]).all(axis=1)
         & (v["n"] >= 1)
         & (v["n"] == np.floor(v["n"]))
         & (v["mn"] - eps <= v["mean"])
         & (v["mean"] <= v["mx"] + eps)
+        & (v["median"].isna() | ((v["mn"] - eps <= v["median"]) & (v["median"] <= v["mx"] + eps)))
+        & (v["stddev"].isna() | (v["stddev"] >= 0))
+        & frame["bucket"].notna()
     )
+    if target.key == "week_start":
+        ok &= frame["bucket"].map(lambda d: d is not None and d.isoweekday() == 1).astype(bool)
     return ok.fillna(False).astype(bool)
 
 
@@ -267,7 +274,7 @@ def write_rows(
     frame = frame[frame["field"].isin(list(catalogue.fields)) & frame["device"].notna()]
     if len(unmapped) + len(unknown_field):
         report.add(target.table, "unmapped", len(unmapped) + len(unknown_field))
-    ok = _valid(frame)
+    ok = _valid(frame, target)
     if (~ok).sum():
         report.add(target.table, "invalid", int((~ok).sum()))
     frame = frame[ok]

@@ -230,6 +230,23 @@ def test_adopt_sets_old_tables_aside_with_their_rows_then_migrates(old_db):
     assert _relations(engine) == relations
 
 
+def test_concurrent_adopts_serialize_one_renames_the_other_finds_nothing(old_db):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, engine = old_db
+    before = checksums(engine, SET_ASIDE)
+    engines = [sa.create_engine(url) for _ in range(2)]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda e: migrate.migrate(e, views=False, adopt=True), engines))
+    finally:
+        for e in engines:
+            e.dispose()
+    assert sorted(len(r) for r in results) == [0, len(migrate.discover())]
+    after = checksums(engine, [f"{t}_legacy" for t in SET_ASIDE])
+    assert [after[f"{t}_legacy"] for t in SET_ASIDE] == [before[t] for t in SET_ASIDE]
+
+
 def test_fresh_database_gets_no_demo_rows_and_seed_adds_them(pg_server_url, monkeypatch):
     name = f"aggfresh_{SESSION_TAG}_{uuid.uuid4().hex[:8]}"
     url = create_database(pg_server_url, name)
