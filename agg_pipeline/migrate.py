@@ -138,6 +138,7 @@ def migrate(
     views: bool = True,
     adopt: bool = False,
     set_aside: list[str] | None = None,
+    lock_timeout_s: float = 60.0,
 ) -> list[str]:
     """Apply pending migrations, then (re)install the real-time views; return the names of
     the files applied. The views are generated from the catalogue and settings in force.
@@ -156,6 +157,12 @@ def migrate(
         try:
             with conn.begin():
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATE_LOCK})
+                # DDL waits for every open reader of its table: fail with a clear message
+                # instead of hanging (and blocking all later readers behind it).
+                conn.execute(
+                    sa.text("SELECT set_config('lock_timeout', :t, true)"),
+                    {"t": f"{int(lock_timeout_s * 1000)}ms"},
+                )
                 found = schema_compat.find_incompatible(conn, expected)
                 if found and not adopt:
                     sources = {q: e.source for q, e in expected.items()}
@@ -209,6 +216,15 @@ def _pg_message(error: BaseException | None) -> str:
     return f"{text} (SQLSTATE {code})" if code else text
 
 
+def _lock_hint(error: BaseException) -> str:
+    if getattr(error, "pgcode", None) == "55P03":  # lock_not_available
+        return (
+            "\nanother session holds a lock on a table this file alters (an open transaction, "
+            "a running asset): see pg_stat_activity / pg_locks, then re-run"
+        )
+    return ""
+
+
 def _apply(conn: sa.Connection, m: Migration) -> None:
     # A savepoint per file: its error is read while the transaction is still usable, so
     # the report is PostgreSQL's message, not a later InFailedSqlTransaction.
@@ -229,10 +245,10 @@ def _apply(conn: sa.Connection, m: Migration) -> None:
     except psycopg2.Error as exc:
         raise MigrationError(
             f"{m.name} failed, nothing was changed (all pending files roll back together):\n"
-            f"{_pg_message(exc)}"
+            f"{_pg_message(exc)}{_lock_hint(exc)}"
         ) from None
     except sa.exc.DBAPIError as exc:
         raise MigrationError(
             f"{m.name} failed, nothing was changed (all pending files roll back together):\n"
-            f"{_pg_message(exc.orig)}"
+            f"{_pg_message(exc.orig)}{_lock_hint(exc.orig)}"
         ) from None

@@ -568,3 +568,24 @@ def test_readme_documents_every_new_command_and_flag(project_root):
         for flag in flags:
             assert flag in options, (command, flag)
             assert flag in readme, (command, flag)
+
+
+def test_migration_waiting_on_a_lock_fails_clearly_instead_of_hanging(engine, tmp_path):
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    for m in migrate.discover():
+        (folder / m.name).write_text(m.sql)
+    edited = folder / "015_imported_history.sql"
+    edited.write_text(edited.read_text() + "\n-- edited: re-applied\n")
+    with engine.connect() as reader:
+        reader.execute(sa.text("SELECT count(*) FROM bi.hourly_sensor_agg"))  # open, holding
+        before = checksums(engine, ["ops.schema_migrations"])
+        with pytest.raises(migrate.MigrationError) as err:
+            migrate.migrate(engine, folder, views=False, lock_timeout_s=0.3)
+        reader.rollback()
+    message = str(err.value)
+    assert "015_imported_history.sql failed" in message
+    assert "canceling statement due to lock timeout" in message and "SQLSTATE 55P03" in message
+    assert "another session holds a lock" in message
+    assert checksums(engine, ["ops.schema_migrations"]) == before
+    assert migrate.migrate(engine, folder, views=False) == ["015_imported_history.sql"]
