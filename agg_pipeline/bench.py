@@ -674,6 +674,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         progress(f"databases {env.names}; migrating")
         migrate.migrate(env.engine)
+        simulator.write_demo_crops(env.engine)  # as before: conditions against the demo batch
         progress(f"seeding {args.devices} devices x {len(BENCH_FIELDS)} fields at {args.hz:g} Hz")
         spec = simulator.SimulationSpec(
             start=start,

@@ -26,6 +26,9 @@ import sqlalchemy as sa
 
 from agg_pipeline.compute.windows import Window
 
+# Rollup tables that hold imported history too (sql/015).
+_WITH_ORIGIN = {"bi.hourly_sensor_agg", "bi.daily_sensor_agg", "bi.weekly_sensor_agg"}
+
 # Means are merged in floating point: allow a relative hair around min and max.
 _EPS = "1e-9 * greatest(abs(min_value), abs(max_value), 1e-300)"
 
@@ -181,13 +184,16 @@ def _matches_below(conn: sa.Connection, level: Level, params: dict) -> dg.AssetC
         else f"b.{below_key} >= :start AND b.{below_key} < :end"
     )
     params = {**params, "start_date": params["lo"], "end_date": params["hi"]}
+    # Imported history (origin 'imported', sql/015) has no level below to match.
+    computed = " AND origin = 'computed'" if t in _WITH_ORIGIN else ""
+    below_computed = " AND b.origin = 'computed'" if below_table in _WITH_ORIGIN else ""
     rows = conn.execute(
         sa.text(
             f"WITH below AS (SELECT b.sensor_id, {bucket} AS bucket, sum(b.sample_count) AS n, "
             f"min(b.min_value) AS mn, max(b.max_value) AS mx FROM {below_table} AS b "
-            f"WHERE {below_range} GROUP BY 1, 2), "
+            f"WHERE {below_range}{below_computed} GROUP BY 1, 2), "
             f"here AS (SELECT sensor_id, {k} AS bucket, sample_count AS n, min_value AS mn, "
-            f"max_value AS mx FROM {t} WHERE {k} >= :lo AND {k} < :hi) "
+            f"max_value AS mx FROM {t} WHERE {k} >= :lo AND {k} < :hi{computed}) "
             "SELECT coalesce(h.bucket, b.bucket)::text AS bucket, b.bucket IS NULL AS gone, "
             "count(*) AS series FROM here AS h "
             "FULL JOIN below AS b USING (sensor_id, bucket) "

@@ -1,7 +1,9 @@
 """``agg-pipeline``: set-up and operations commands around the Dagster project.
 
     agg-pipeline db start|stop|url [--dagster]   the local embedded PostgreSQL
-    agg-pipeline migrate                          apply sql/ (safe to repeat)
+    agg-pipeline migrate [--adopt]                apply sql/ (safe to repeat); --adopt sets
+                                                  old tables of another shape aside (_legacy)
+    agg-pipeline import-history [--from-influx]   old ETL / InfluxDB aggregates into the rollups
     agg-pipeline seed --days N [...]              simulated readings into raw.readings
     agg-pipeline seed-diagnostics --days N [...]  simulated diagnoses into raw.diagnostics
     agg-pipeline seed-events --days N [...]       simulated home events into raw.events
@@ -25,6 +27,7 @@ import sqlalchemy as sa
 
 from agg_pipeline import localdb, migrate, simulator
 from agg_pipeline.catalogue import CatalogueError, get_catalogue
+from agg_pipeline.history import HistoryError
 from agg_pipeline.resources.influx import InfluxError
 from agg_pipeline.resources.warehouse import (
     WarehouseUnavailable,
@@ -58,11 +61,42 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     engine = _warehouse_engine()
-    applied = migrate.migrate(engine)
+    set_aside: list[str] = []
+    applied = migrate.migrate(engine, adopt=getattr(args, "adopt", False), set_aside=set_aside)
     where = masked(engine.url.render_as_string(hide_password=False))
+    for moved in set_aside:
+        print(f"set aside {moved} (rows kept; `agg-pipeline import-history` imports them)")
     print(f"{len(applied)} migration(s) applied to {where}" + (": " if applied else ""))
     for name in applied:
         print(f"  {name}")
+    return 0
+
+
+def cmd_import_history(args: argparse.Namespace) -> int:
+    from agg_pipeline import history
+
+    engine = _warehouse_engine()
+    catalogue = get_catalogue()
+    reports = []
+    if not args.no_legacy:
+        reports.append(history.import_legacy(engine, catalogue, dry_run=args.dry_run))
+    if args.from_influx:
+        reports.append(
+            history.import_influx(
+                engine,
+                catalogue,
+                _influx(),
+                args.from_influx,
+                device_tag=args.device_tag,
+                measurement=args.measurement,
+                dry_run=args.dry_run,
+            )
+        )
+    if not reports:
+        print("nothing to import: --no-legacy and no --from-influx", file=sys.stderr)
+        return 2
+    for report in reports:
+        print(report.render(dry_run=args.dry_run))
     return 0
 
 
@@ -111,6 +145,9 @@ def cmd_seed(args: argparse.Namespace) -> int:
     )
     total = simulator.write(engine, catalogue, spec, progress=_progress)
     print(f"\nwrote {total:,} readings")
+    if not args.no_demo_crops:
+        simulator.write_demo_crops(engine)
+        print(f"demo crop batch {simulator.DEMO_BATCH[0]} present (lettuce ranges)")
     return 0
 
 
@@ -178,6 +215,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             seed=42,
             fields=None,
             if_empty=True,
+            no_demo_crops=False,
         )
         if cmd_seed(seed_args) == 0 and _table_empty("raw.diagnostics"):
             cmd_seed_diagnostics(
@@ -296,8 +334,53 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--dagster", action="store_true", help="url: the Dagster storage database")
     db.set_defaults(func=cmd_db)
 
-    mig = sub.add_parser("migrate", help="apply sql/ to the warehouse (safe to repeat)")
+    mig = sub.add_parser(
+        "migrate",
+        help="apply sql/ to the warehouse (safe to repeat)",
+        description="Apply sql/ to the warehouse in one transaction (safe to repeat). Tables "
+        "that already exist with another shape (e.g. the old ETL's bi.hourly_sensor_agg) stop "
+        "it before any change, naming each table and column.",
+    )
+    mig.add_argument(
+        "--adopt",
+        action="store_true",
+        help="rename existing tables of another shape aside to <name>_legacy (same schema, "
+        "rows kept, importable with `import-history`), then migrate",
+    )
     mig.set_defaults(func=cmd_migrate)
+
+    ih = sub.add_parser(
+        "import-history",
+        help="copy the old system's hourly/daily aggregates into the rollups (origin=imported)",
+        description="Import history that raw readings no longer hold into bi.hourly_sensor_agg "
+        "and bi.daily_sensor_agg, marked origin='imported' (medians, m2 and first/last "
+        "reading NULL where the old system did not keep them). Sources: the old ETL's "
+        "bi.hourly_sensor_agg_legacy / bi.daily_sensor_agg_legacy (left by `migrate --adopt`) "
+        "and, with --from-influx, the old Flux tasks' <bucket>_hourly / <bucket>_daily "
+        "buckets (INFLUXDB_URL, INFLUXDB_TOKEN, INFLUXDB_ORG). Rows computed from raw always "
+        "win: an import never replaces one, and a later computation replaces an imported "
+        "row. Safe to repeat.",
+    )
+    ih.add_argument(
+        "--from-influx",
+        metavar="BUCKET",
+        help="also read BUCKET_hourly and BUCKET_daily (e.g. hydroponics) from InfluxDB",
+    )
+    ih.add_argument(
+        "--device-tag",
+        default="sensor_tag",
+        help="--from-influx: the tag naming the device (default sensor_tag, as the old ETL)",
+    )
+    ih.add_argument(
+        "--measurement", help="--from-influx: only points of this measurement (default: any)"
+    )
+    ih.add_argument(
+        "--no-legacy", action="store_true", help="skip the PostgreSQL bi.*_legacy tables"
+    )
+    ih.add_argument(
+        "--dry-run", action="store_true", help="count what would be imported, write nothing"
+    )
+    ih.set_defaults(func=cmd_import_history)
 
     seed = sub.add_parser("seed", help="write simulated readings into the raw table")
     seed.add_argument("--days", type=float, default=3.0, help="how many days (default 3)")
@@ -311,6 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     seed.add_argument("--fields", help="comma-separated subset of the catalogue's fields")
     seed.add_argument("--if-empty", action="store_true", help="only if the table is empty")
+    seed.add_argument(
+        "--no-demo-crops",
+        action="store_true",
+        help="do not add the demo lettuce stages and open batch DEMO-LETTUCE-1 (added by "
+        "default, for conditions on simulated data; migrate adds no demo rows)",
+    )
     seed.set_defaults(func=cmd_seed)
 
     st = sub.add_parser(
@@ -370,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         WarehouseUnavailable,
         migrate.MigrationError,
         InfluxError,
+        HistoryError,
     ) as exc:
         print(f"agg-pipeline: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ import io
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -233,6 +233,51 @@ def write(
     finally:
         raw.close()
     return total
+
+
+# Demo crop: butterhead lettuce stages and one open-ended batch, so conditions are computed
+# out of the box on simulated data. Written by `agg-pipeline seed`, never by `migrate`: in a
+# user's database an always-active demo batch would widen the real crops' optimal ranges.
+DEMO_BATCH = ("DEMO-LETTUCE-1", "lettuce", "vegetative", date(2025, 1, 1))
+DEMO_STAGES = [
+    ("lettuce", "seedling", 1, "temperature", 18.0, 24.0),
+    ("lettuce", "seedling", 1, "humidity", 60.0, 75.0),
+    ("lettuce", "seedling", 1, "ph", 5.8, 6.3),
+    ("lettuce", "seedling", 1, "ec", 0.8, 1.2),
+    ("lettuce", "vegetative", 2, "temperature", 17.0, 24.0),
+    ("lettuce", "vegetative", 2, "humidity", 50.0, 70.0),
+    ("lettuce", "vegetative", 2, "ph", 5.5, 6.5),
+    ("lettuce", "vegetative", 2, "ec", 1.2, 2.0),
+    ("lettuce", "mature", 3, "temperature", 16.0, 22.0),
+    ("lettuce", "mature", 3, "humidity", 50.0, 70.0),
+    ("lettuce", "mature", 3, "ph", 5.5, 6.5),
+    ("lettuce", "mature", 3, "ec", 1.5, 2.2),
+]
+
+
+def write_demo_crops(engine: sa.Engine) -> int:
+    """Insert the demo lettuce stages and batch where absent (repeatable; never changes a
+    row that exists); return how many rows were new."""
+    keys = ("crop_name", "stage_name", "stage_order", "field", "optimal_min", "optimal_max")
+    with engine.begin() as conn:
+        stages = conn.execute(
+            sa.text(
+                "INSERT INTO crop.growth_stage_definitions "
+                "(crop_name, stage_name, stage_order, field, optimal_min, optimal_max) "
+                "VALUES (:crop_name, :stage_name, :stage_order, :field, :optimal_min, "
+                ":optimal_max) ON CONFLICT (crop_name, stage_name, field) DO NOTHING"
+            ),
+            [dict(zip(keys, row, strict=True)) for row in DEMO_STAGES],
+        ).rowcount
+        code, crop, stage, started = DEMO_BATCH
+        batches = conn.execute(
+            sa.text(
+                "INSERT INTO crop.batches (batch_code, crop_name, stage_name, started_on) "
+                "VALUES (:c, :crop, :stage, :started) ON CONFLICT (batch_code) DO NOTHING"
+            ),
+            {"c": code, "crop": crop, "stage": stage, "started": started},
+        ).rowcount
+    return max(stages, 0) + max(batches, 0)
 
 
 def default_start(days: float, now: datetime | None = None) -> datetime:

@@ -345,7 +345,10 @@ LEVEL_DAILY = Level(
         "SELECT sensor_id, (hour_start AT TIME ZONE :tz)::date AS bucket, sample_count AS n, "
         "avg_value AS mean, min_value AS mn, max_value AS mx, m2, "
         "first_reading_at AS first_at, last_reading_at AS last_at "
-        "FROM bi.hourly_sensor_agg WHERE hour_start >= :start AND hour_start < :end"
+        # Imported history (origin 'imported', see sql/015) never feeds the level above:
+        # only rows computed from raw are merged.
+        "FROM bi.hourly_sensor_agg WHERE hour_start >= :start AND hour_start < :end "
+        "AND origin = 'computed'"
     ),
     has_median=True,
     with_conditions=True,
@@ -359,7 +362,8 @@ LEVEL_WEEKLY = Level(
         "SELECT sensor_id, date_trunc('week', metric_date)::date AS bucket, sample_count AS n, "
         "avg_value AS mean, min_value AS mn, max_value AS mx, m2, "
         "first_reading_at AS first_at, last_reading_at AS last_at "
-        "FROM bi.daily_sensor_agg WHERE metric_date >= :start_date AND metric_date < :end_date"
+        "FROM bi.daily_sensor_agg WHERE metric_date >= :start_date AND metric_date < :end_date "
+        "AND origin = 'computed'"
     ),
     has_median=True,
 )
@@ -388,6 +392,7 @@ JOIN iot.devices AS dv ON dv.id = s.device_id
 LEFT JOIN stage_medians AS md
        ON md.device = dv.device_code AND md.field = s.field AND md.bucket = m.bucket
 LEFT JOIN {target} AS old ON old.sensor_id = m.sensor_id AND old.{key} = m.bucket
+      AND old.origin = 'computed'
 """
 _STAGE_MERGE = "CREATE TEMP TABLE stage_merge ON COMMIT DROP AS {merged}"
 _EMPTY_MEDIANS = (
@@ -489,8 +494,17 @@ def _merge_chunk(
         ):
             report.median_status[status] += n
 
+    # Imported history (levels with a median have an origin, sql/015) is replaced only
+    # where this computation from raw has a row for the same (sensor, bucket).
+    keep_imported = (
+        f" AND (origin = 'computed' OR (sensor_id, {key}) IN "
+        f"(SELECT sensor_id, bucket FROM {staged}))"
+        if level.has_median
+        else ""
+    )
     report.rows_deleted += conn.execute(
-        sa.text(f"DELETE FROM {target} WHERE {key} >= :lo AND {key} < :hi"), {"lo": lo, "hi": hi}
+        sa.text(f"DELETE FROM {target} WHERE {key} >= :lo AND {key} < :hi{keep_imported}"),
+        {"lo": lo, "hi": hi},
     ).rowcount
     report.rows_written += conn.execute(
         sa.text(_insert_merged(level, target, key, staged)), params

@@ -18,7 +18,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import localdb, migrate
+from agg_pipeline import localdb, migrate, simulator
 from agg_pipeline.catalogue import get_catalogue
 from agg_pipeline.settings import get_settings
 
@@ -67,6 +67,9 @@ def template_db(pg_server_url: str) -> Iterator[str]:
     url = create_database(pg_server_url, name)
     engine = sa.create_engine(url)
     migrate.migrate(engine)
+    # The demo crop batch comes from the seed path (migrate writes no demo rows); the
+    # conditions tests compute against its ranges.
+    simulator.write_demo_crops(engine)
     engine.dispose()
     yield name
     drop_database(pg_server_url, name)

@@ -407,6 +407,21 @@ class FakeInflux:
              series + ["_start", "_stop"]),
         ]  # fmt: skip
 
+    def _aggregate_history(self, p: dict):
+        """The old tasks' aggregate points, one result per stat_type (keep() drops the rest)."""
+        points = self.points[p["bucket"]]
+        start, stop = _t(p["start"]), _t(p["stop"])
+        d = points[(points["_time"] >= start) & (points["_time"] < stop)
+                   & points["_field"].isin(p["fields"])]  # fmt: skip
+        if p.get("measurement") is not None:
+            d = d[d["_measurement"] == p["measurement"]]
+        tag = p["device_tag"]
+        columns = ["_time", "_field", "_value", tag]
+        return [
+            (stat, d[d["stat_type"] == stat][columns], ["_field", tag])
+            for stat in ("mean", "min", "max", "count")
+        ]
+
 
 def _json(status: int, data: dict) -> Response:
     return Response(json.dumps(data), status=status, content_type="application/json")

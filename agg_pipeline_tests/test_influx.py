@@ -84,6 +84,9 @@ def _queries() -> dict[str, str]:
             s + timedelta(days=1), s + timedelta(days=2), 300.0, with_medians=False),
         "hourly_fingerprints": flux.hourly_fingerprints(
             "hydroponics", "sensor_readings", s - timedelta(days=7), s, timedelta(0)),
+        "aggregate_history": flux.aggregate_history(
+            "hydroponics_hourly", "sensor_tag", ["ph", "ec"], datetime(1970, 1, 1, tzinfo=UTC),
+            s, "sensor_readings"),
     }  # fmt: skip
 
 

@@ -54,4 +54,4 @@ def test_migrations_recorded_and_idempotent(engine, tmp_path, monkeypatch):
     assert migrate.migrate(engine, folder) == []
     with engine.connect() as conn:
         seeded = conn.execute(sa.text("SELECT count(*) FROM crop.batches")).scalar_one()
-    assert seeded == 1  # the seed rows were not duplicated by re-applying
+    assert seeded == 1  # the demo batch (seed path, in the template) only: 004 adds none

@@ -23,25 +23,8 @@ CREATE TABLE IF NOT EXISTS crop.batches (
     CHECK (ended_on IS NULL OR ended_on >= started_on)
 );
 
--- Sensible hydroponic defaults (butterhead lettuce), and one open-ended demo batch so
--- conditions are computed out of the box. Edit or replace them for your crops.
-INSERT INTO crop.growth_stage_definitions
-    (crop_name, stage_name, stage_order, field, optimal_min, optimal_max)
-VALUES
-    ('lettuce', 'seedling',   1, 'temperature', 18.0, 24.0),
-    ('lettuce', 'seedling',   1, 'humidity',    60.0, 75.0),
-    ('lettuce', 'seedling',   1, 'ph',           5.8,  6.3),
-    ('lettuce', 'seedling',   1, 'ec',           0.8,  1.2),
-    ('lettuce', 'vegetative', 2, 'temperature', 17.0, 24.0),
-    ('lettuce', 'vegetative', 2, 'humidity',    50.0, 70.0),
-    ('lettuce', 'vegetative', 2, 'ph',           5.5,  6.5),
-    ('lettuce', 'vegetative', 2, 'ec',           1.2,  2.0),
-    ('lettuce', 'mature',     3, 'temperature', 16.0, 22.0),
-    ('lettuce', 'mature',     3, 'humidity',    50.0, 70.0),
-    ('lettuce', 'mature',     3, 'ph',           5.5,  6.5),
-    ('lettuce', 'mature',     3, 'ec',           1.5,  2.2)
-ON CONFLICT (crop_name, stage_name, field) DO NOTHING;
-
-INSERT INTO crop.batches (batch_code, crop_name, stage_name, started_on)
-VALUES ('DEMO-LETTUCE-1', 'lettuce', 'vegetative', DATE '2025-01-01')
-ON CONFLICT (batch_code) DO NOTHING;
+-- No rows here: `migrate` runs against users' databases, and a demo batch open since 2025
+-- would widen every real crop's optimal range (the widest active range wins). The demo
+-- lettuce stages and batch DEMO-LETTUCE-1 are written by `agg-pipeline seed`
+-- (agg_pipeline/simulator.py: write_demo_crops). Without a batch, conditions use the
+-- catalogue's default `optimal` ranges.

@@ -251,3 +251,45 @@ def hourly_fingerprints(
         f"data\n    |> window(every: 1h, offset: {duration(hour_offset)})\n    |> last()\n"
         '    |> yield(name: "last")\n'
     )
+
+
+HISTORY_STATS = ("mean", "min", "max", "count")
+
+
+def aggregate_history(
+    bucket: str,
+    device_tag: str,
+    fields: list[str],
+    start: datetime,
+    stop: datetime,
+    measurement: str | None = None,
+) -> str:
+    """The old downsampling tasks' points in an aggregate bucket (``<bucket>_hourly``):
+    one point per series, window and statistic, told apart by the ``stat_type`` tag the
+    old tasks set; one ``yield`` per statistic."""
+    out = header(
+        "aggregate_history",
+        bucket=bucket,
+        device_tag=device_tag,
+        fields=fields,
+        start=start,
+        stop=stop,
+        measurement=measurement,
+    )
+    out += (
+        f"data = from(bucket: {string(bucket)})\n"
+        f"    |> range(start: {time(start)}, stop: {time(stop)})\n"
+    )
+    if measurement is not None:
+        out += f"    |> filter(fn: (r) => r._measurement == {string(measurement)})\n"
+    field_filter = " or ".join(f"r._field == {string(f)}" for f in fields)
+    out += f"    |> filter(fn: (r) => {field_filter})\n"
+    string(device_tag)  # validated like every name before it is written into the query
+    keep = json.dumps(["_time", "_field", "_value", device_tag])
+    for stat in HISTORY_STATS:
+        out += (
+            f"data\n    |> filter(fn: (r) => r.stat_type == {string(stat)})\n"
+            f"    |> keep(columns: {keep})\n"
+            f"    |> yield(name: {string(stat)})\n"
+        )
+    return out
