@@ -174,11 +174,13 @@ days AS (
 problems AS (
     SELECT d.day, d.device, d.field,
            CASE WHEN a.sensor_id IS NULL THEN 'no daily rollup'
+                WHEN a.origin <> 'computed' THEN 'daily rollup imported, not computed from raw'
                 WHEN a.sample_count <> d.n THEN 'daily rollup counts differ from raw'
                 ELSE 'daily median missing' END AS reason
     FROM days AS d
     LEFT JOIN bi.daily_sensor_agg AS a ON a.sensor_id = d.sensor_id AND a.metric_date = d.day
-    WHERE a.sensor_id IS NULL OR a.sample_count <> d.n OR a.median_value IS NULL
+    WHERE a.sensor_id IS NULL OR a.origin <> 'computed' OR a.sample_count <> d.n
+       OR a.median_value IS NULL
     UNION ALL
     SELECT d.day, d.device, d.field,
            CASE WHEN c.sensor_id IS NULL THEN 'no conditions row'
@@ -191,18 +193,21 @@ problems AS (
     UNION ALL
     SELECT h.day, h.device, h.field,
            CASE WHEN x.sensor_id IS NULL THEN 'an hour has no hourly rollup'
+                WHEN x.origin <> 'computed' THEN 'hourly rollup imported, not computed from raw'
                 WHEN x.sample_count <> h.n THEN 'hourly rollup counts differ from raw'
                 ELSE 'hourly median missing' END
     FROM hours AS h
     LEFT JOIN bi.hourly_sensor_agg AS x ON x.sensor_id = h.sensor_id AND x.hour_start = h.hour
     WHERE h.day >= :hourly_from
-      AND (x.sensor_id IS NULL OR x.sample_count <> h.n OR x.median_value IS NULL)
+      AND (x.sensor_id IS NULL OR x.origin <> 'computed' OR x.sample_count <> h.n
+           OR x.median_value IS NULL)
 ),
 weeks AS (
     SELECT a.sensor_id, date_trunc('week', a.metric_date)::date AS week_start,
            sum(a.sample_count) AS n
     FROM bi.daily_sensor_agg AS a
     WHERE a.metric_date >= :week_lo AND a.metric_date < :week_hi
+      AND a.origin = 'computed'  -- imported days never feed the weekly level
       AND a.sensor_id IN (SELECT sensor_id FROM days WHERE sensor_id IS NOT NULL)
     GROUP BY 1, 2
 ),
