@@ -380,4 +380,12 @@ freshness_checks_sensor = dg.build_sensor_for_freshness_checks(
     minimum_interval_seconds=60,
 )
 
-SENSORS = [late_data_sensor, automation_sensor, run_failure_alerts, freshness_checks_sensor]
+from agg_pipeline.self_healing import self_healing_sensor  # noqa: E402 (after the jobs)
+
+SENSORS = [
+    late_data_sensor,
+    self_healing_sensor,
+    automation_sensor,
+    run_failure_alerts,
+    freshness_checks_sensor,
+]

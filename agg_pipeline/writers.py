@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from agg_pipeline import realtime
+from agg_pipeline import realtime, versions
 from agg_pipeline.catalogue import Catalogue
 from agg_pipeline.compute import conditions as cond
 from agg_pipeline.compute import statements
@@ -178,6 +178,8 @@ def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
     for chunk in window.chunks(ctx.zone, ctx.settings.chunk_days):
         report.chunks += 1
         with ctx.warehouse.locked_transaction(report.table, chunk.local_days(ctx.zone)) as conn:
+            # Before any raw row is read (versions.py, rule 2).
+            computed_from = versions.watermark(conn)
             ctx.source.stage_partials_1m(conn, chunk, ctx.stage_context(conn))
             summary = (
                 conn.execute(
@@ -203,6 +205,8 @@ def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
 
             if raw_rows == 0 and _has_rows(conn, report.table, "window_start", chunk):
                 report.kept_chunks.append(str(chunk))
+                # As good as it can be (raw gone): current, so never healed in a loop.
+                versions.record(conn, {"readings_1m": versions.hours_in(chunk)}, computed_from)
                 continue
 
             pairs = conn.execute(
@@ -237,6 +241,7 @@ def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
                 )
             )
             report.preview = _preview(conn, report.table, "window_start", chunk, None)
+            versions.record(conn, {"readings_1m": versions.hours_in(chunk)}, computed_from)
     return report.finish()
 
 
@@ -256,6 +261,7 @@ class Level:
     parts_sql: str  # (sensor_id, bucket, n, mean, mn, mx, m2, first_at, last_at)
     has_median: bool
     with_conditions: bool = False
+    asset: str = ""  # the asset whose partitions this level writes (data versions)
 
 
 def _parts_from_1m(interval: str) -> str:
@@ -268,10 +274,22 @@ def _parts_from_1m(interval: str) -> str:
 
 
 LEVEL_5M = Level(
-    "bi.readings_5m", "window_start", False, "bi.readings_1m", _parts_from_1m("5 minutes"), False
+    "bi.readings_5m",
+    "window_start",
+    False,
+    "bi.readings_1m",
+    _parts_from_1m("5 minutes"),
+    False,
+    asset="readings_5m",
 )
 LEVEL_HOURLY = Level(
-    "bi.hourly_sensor_agg", "hour_start", False, "bi.readings_1m", _parts_from_1m("1 hour"), True
+    "bi.hourly_sensor_agg",
+    "hour_start",
+    False,
+    "bi.readings_1m",
+    _parts_from_1m("1 hour"),
+    True,
+    asset="rollup_hourly",
 )
 LEVEL_DAILY = Level(
     table="bi.daily_sensor_agg",
@@ -286,6 +304,7 @@ LEVEL_DAILY = Level(
     ),
     has_median=True,
     with_conditions=True,
+    asset="rollup_daily",
 )
 LEVEL_WEEKLY = Level(
     table="bi.weekly_sensor_agg",
@@ -299,6 +318,7 @@ LEVEL_WEEKLY = Level(
         "FROM bi.daily_sensor_agg WHERE metric_date >= :start_date AND metric_date < :end_date"
     ),
     has_median=True,
+    asset="rollup_weekly",
 )
 
 # Median bookkeeping: 'exact' computed now; 'skipped' too many readings (setting);
@@ -495,8 +515,19 @@ def write_merged_level(ctx: WriteContext, level: Level, window: Window) -> Write
         chunk_days, medians = ctx.settings.chunk_days, None
     for chunk in window.chunks(ctx.zone, chunk_days):
         with ctx.warehouse.locked_transaction(level.table, chunk.local_days(ctx.zone)) as conn:
+            computed_from = versions.watermark(conn)  # before any parent row (rule 2)
             _merge_chunk(conn, ctx, level, chunk, report, medians)
+            versions.record(conn, {level.asset: _starts(level, chunk, ctx.zone)}, computed_from)
     return report.finish()
+
+
+def _starts(level: Level, chunk: Window, zone: ZoneInfo) -> list[datetime]:
+    """The partitions of ``level``'s asset that ``chunk`` rewrote."""
+    if level is LEVEL_WEEKLY:
+        return versions.weeks_in(chunk, zone)
+    if level is LEVEL_DAILY:
+        return versions.days_in(chunk, zone)
+    return versions.hours_in(chunk)
 
 
 # --------------------------------------------------------------------------------------
@@ -659,6 +690,7 @@ def write_daily(
         lo, hi = _local_dates(chunk, ctx.zone)
         days = [lo + timedelta(days=i) for i in range((hi - lo).days)]
         with ctx.warehouse.locked_transaction(tables, days) as conn:
+            computed_from = versions.watermark(conn)  # before any parent row (rule 2)
             bands = (
                 condition_bands(conn, ctx.catalogue, days, ctx.settings.critical_margin_pct)
                 if conditions
@@ -676,6 +708,9 @@ def write_daily(
                     ctx.catalogue, [(p[0], p[1]) for p in pairs]
                 )
                 _write_conditions_chunk(conn, ctx, chunk, days, bands, reports["conditions_daily"])
+            versions.record(
+                conn, {k: versions.days_in(chunk, ctx.zone) for k in reports}, computed_from
+            )
     return {k: r.finish() for k, r in reports.items()}
 
 
