@@ -234,8 +234,16 @@ class InFlight:
         )
 
 
-def _descendants_in_grain(assets: set[str], grain: str) -> set[str]:
+# Assets one op writes from one pass over raw (daily.py): requested together, as the
+# 01:30 schedule does - the second costs little (measured 9.6 s for both vs 8.2 s alone).
+TOGETHER = ({"rollup_daily", "conditions_daily"},)
+
+
+def _descendants_in_grain(assets: set[str], grain: str, settings: Settings) -> set[str]:
     out = set(assets)
+    for group in TOGETHER:
+        if out & group:
+            out |= {a for a in group if getattr(settings, BY_ASSET[a].switch or "", True)}
     changed = True
     while changed:
         changed = False
@@ -275,7 +283,7 @@ def plan(
                 by_start[s.start].add(s.asset)
         for start in sorted(by_start):
             end = end_of(grain, start, zone)
-            run = _descendants_in_grain(by_start[start], grain)
+            run = _descendants_in_grain(by_start[start], grain, settings)
             blocked = any(r.covers(a, start, end) for a in run for r in in_flight) or any(
                 busy(p, start, end, run) for a in run for p in BY_ASSET[a].parents
             )
@@ -513,20 +521,18 @@ def consistency_problems(
         pending = conn.execute(
             sa.text(
                 "SELECT count(DISTINCT date_bin('1 hour', bucket_start, :origin)) "
-                "FROM raw.readings_change_log WHERE logged_at < :cutoff "
-                "AND bucket_start + interval '1 hour' + make_interval(secs => :settle) <= :now"
+                "FROM raw.readings_change_log WHERE bucket_start + interval '1 hour' + make_interval(secs => :settle) <= :now"
             ),
             {
                 "origin": origin,
-                "cutoff": now - timedelta(minutes=2),
                 "settle": settle.total_seconds(),
                 "now": now,
             },
         ).scalar_one()
         if pending:
             problems.append(
-                f"{pending} settled raw hour(s) changed more than 2 minutes ago and not yet "
-                "observed (is self_healing_sensor / late_data_sensor running?)"
+                f"{pending} settled raw hour(s) changed, not yet observed: their levels are "
+                "stale (is self_healing_sensor running?)"
             )
         for name, sql in CONSISTENCY.items():
             rows = conn.execute(sa.text(sql), params).all()

@@ -49,9 +49,7 @@ def _run_window(run: dg.DagsterRun) -> healing.InFlight | None:
     if not first or not last:
         return None  # not partitioned (views, retention): writes no healed partition
     assets = (
-        frozenset(k.to_user_string() for k in run.asset_selection)
-        if run.asset_selection
-        else None
+        frozenset(k.to_user_string() for k in run.asset_selection) if run.asset_selection else None
     )
     if len(first) > 10:
         grain = "hourly"
@@ -97,9 +95,7 @@ def run_request(request: healing.Request) -> dg.RunRequest:
     keys = [dg.AssetKey(a) for a in request.assets]
     if first == last:
         return dg.RunRequest(asset_selection=keys, partition_key=first, tags=tags)
-    return dg.RunRequest(
-        asset_selection=keys, tags={**tags, RANGE_START: first, RANGE_END: last}
-    )
+    return dg.RunRequest(asset_selection=keys, tags={**tags, RANGE_START: first, RANGE_END: last})
 
 
 def tick(
