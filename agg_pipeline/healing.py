@@ -399,12 +399,12 @@ _HOUR_OF_1M = (
 _DAY_OF_HOURS = (
     "SELECT sensor_id, (hour_start AT TIME ZONE :tz)::date AS b, sum(sample_count) AS n, "
     "min(min_value) AS mn, max(max_value) AS mx FROM bi.hourly_sensor_agg "
-    "WHERE hour_start >= :lo AND hour_start < :hi GROUP BY 1, 2"
+    "WHERE hour_start >= :lo AND hour_start < :hi_day_start GROUP BY 1, 2"
 )
 _WEEK_OF_DAYS = (
     "SELECT sensor_id, date_trunc('week', metric_date)::date AS b, sum(sample_count) AS n, "
     "min(min_value) AS mn, max(max_value) AS mx FROM bi.daily_sensor_agg "
-    "WHERE metric_date >= :lo_date AND metric_date < :hi_date GROUP BY 1, 2"
+    "WHERE metric_date >= :lo_week AND metric_date < :hi_week GROUP BY 1, 2"
 )
 
 
@@ -511,6 +511,7 @@ def consistency_problems(
         "tz": settings.timezone,
         "lo_date": lo_date,
         "hi_date": hi_date,
+        "hi_day_start": _midnight(hi_date, zone),
         "lo_week": lo_date - timedelta(days=lo_date.weekday()),
         "hi_week": hi_week,
         "max_readings": settings.median_max_readings,
@@ -521,7 +522,8 @@ def consistency_problems(
         pending = conn.execute(
             sa.text(
                 "SELECT count(DISTINCT date_bin('1 hour', bucket_start, :origin)) "
-                "FROM raw.readings_change_log WHERE bucket_start + interval '1 hour' + make_interval(secs => :settle) <= :now"
+                "FROM raw.readings_change_log "
+                "WHERE bucket_start + interval '1 hour' + make_interval(secs => :settle) <= :now"
             ),
             {
                 "origin": origin,

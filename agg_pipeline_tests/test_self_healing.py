@@ -31,11 +31,16 @@ from agg_pipeline.assets.raw import observe_late_hours
 from agg_pipeline.definitions import defs
 from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
+from agg_pipeline.settings import get_settings
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.test_rollups import CATALOGUE, REL, assert_matches, table
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # a Monday noon
 WEEK = datetime(2026, 11, 16, tzinfo=UTC)  # the healing window's first Monday
+# The other scenarios use a one-day lookback and a one-day history: a range run stores
+# one materialization per partition (~0.1 s each in the test's sqlite instance).
+WED = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+TUE = datetime(2026, 11, 24, tzinfo=UTC)
 ASSETS = [
     readings_1m,
     readings_5m,
@@ -71,6 +76,14 @@ def env(warehouse_url, engine, dagster_instance, monkeypatch):
         resources=resources,
         clock=Clock(monkeypatch, NOW),
     )
+
+
+@pytest.fixture
+def short(env, monkeypatch):
+    monkeypatch.setenv("AGG_PIPELINE_LATE_DATA_LOOKBACK_DAYS", "1")
+    get_settings.cache_clear()
+    env["clock"].at = WED
+    return env
 
 
 def tick(env) -> list[dg.RunRequest]:
@@ -189,14 +202,16 @@ def test_every_healed_edge_is_the_asset_graph():
 
 def test_first_fill_then_parent_and_child_stale_in_one_tick_child_run_first(env):
     engine = env["engine"]
-    data.seed(engine, start=WEEK, days=7, devices=2, hz=0.005)
-    # A fresh deployment on a warehouse that already holds a week of raw readings.
+    # The weekend before NOW: a week partition whose raw readings are all in the window.
+    weekend = datetime(2026, 11, 21, tzinfo=UTC)
+    data.seed(engine, start=weekend, days=2, devices=2, hz=0.005)
+    # A fresh deployment on a warehouse that already holds raw readings.
     assert any("stale" in p for p in problems(env))
     first = heal(env)
     # Level by level, one multi-partition run each: hours, then days, then the week.
     assert first == [
-        [(HOURLY, "2026-11-16-00:00", "2026-11-22-23:00")],
-        [(DAILY, "2026-11-16", "2026-11-22")],
+        [(HOURLY, "2026-11-21-00:00", "2026-11-22-23:00")],
+        [(DAILY, "2026-11-21", "2026-11-22")],
         [(("rollup_weekly",), "2026-11-16", "2026-11-16")],
     ]
     assert problems(env) == []
@@ -204,12 +219,12 @@ def test_first_fill_then_parent_and_child_stale_in_one_tick_child_run_first(env)
 
     # Late readings into two hours of two days: hours *and* days are stale now (the days
     # read raw directly too). One tick requests only the hours.
-    data.insert(engine, late_rows(datetime(2026, 11, 20, 10, tzinfo=UTC)))
-    data.insert(engine, late_rows(datetime(2026, 11, 21, 3, tzinfo=UTC), device="arduino_002"))
+    data.insert(engine, late_rows(datetime(2026, 11, 21, 10, tzinfo=UTC)))
+    data.insert(engine, late_rows(datetime(2026, 11, 22, 3, tzinfo=UTC), device="arduino_002"))
     requests = tick(env)
     assert [describe(r) for r in requests] == [
-        (HOURLY, "2026-11-20-10:00", "2026-11-20-10:00"),
-        (HOURLY, "2026-11-21-03:00", "2026-11-21-03:00"),
+        (HOURLY, "2026-11-21-10:00", "2026-11-21-10:00"),
+        (HOURLY, "2026-11-22-03:00", "2026-11-22-03:00"),
     ]
     assert any("rollup_daily: 2 stale" in p for p in problems(env))
 
@@ -217,37 +232,41 @@ def test_first_fill_then_parent_and_child_stale_in_one_tick_child_run_first(env)
     # a schedule, a click, or another mechanism), then the hours.
     execute(
         env,
-        dg.RunRequest(asset_selection=[dg.AssetKey(k) for k in DAILY], partition_key="2026-11-20"),
+        dg.RunRequest(asset_selection=[dg.AssetKey(k) for k in DAILY], partition_key="2026-11-21"),
     )
     assert any("rollup_daily" in p for p in problems(env))  # still stale: hours moved after
     for request in requests:
         execute(env, request)
     # The day that ran first is stale again (its hours changed after it read them).
     assert heal(env) == [
-        [(DAILY, "2026-11-20", "2026-11-21")],
+        [(DAILY, "2026-11-21", "2026-11-22")],
         [(("rollup_weekly",), "2026-11-16", "2026-11-16")],
     ]
     assert problems(env) == []
     assert_equals_raw(engine, WEEK, WEEK + timedelta(days=7))
 
 
-def test_parent_written_while_the_child_runs(env, monkeypatch):
+def test_parent_written_while_the_child_runs(short, monkeypatch):
+    env = short
     engine = env["engine"]
-    data.seed(engine, start=WEEK, days=7, devices=2, hz=0.005)
-    heal(env)
-    data.insert(engine, late_rows(datetime(2026, 11, 19, 8, tzinfo=UTC)))
+    data.seed(engine, start=TUE, days=1, devices=2, hz=0.005)
+    assert heal(env) == [
+        [(HOURLY, "2026-11-24-00:00", "2026-11-24-23:00")],
+        [(DAILY, "2026-11-24", "2026-11-24")],
+    ]
+    data.insert(engine, late_rows(datetime(2026, 11, 24, 8, tzinfo=UTC)))
     requests = tick(env)
     assert [describe(r)[0] for r in requests] == [HOURLY]
     for r in requests:
         execute(env, r)
     (day_request,) = tick(env)
-    assert describe(day_request) == (DAILY, "2026-11-19", "2026-11-19")
+    assert describe(day_request) == (DAILY, "2026-11-24", "2026-11-24")
 
     # While the day's run is inside its transaction (watermark read, raw staged, hours
     # not yet merged), another reading arrives in a later hour of the same day and that
     # hour is fully rebuilt and committed. The day then merges the new hours against its
     # old raw pass: a NULL ('inconsistent') median, as in the issue.
-    second = datetime(2026, 11, 19, 15, tzinfo=UTC)
+    second = datetime(2026, 11, 24, 15, tzinfo=UTC)
     merge_chunk = writers._merge_chunk
     fired = []
 
@@ -271,7 +290,7 @@ def test_parent_written_while_the_child_runs(env, monkeypatch):
         nulls = conn.execute(
             sa.text(
                 "SELECT count(*) FROM bi.daily_sensor_agg "
-                "WHERE metric_date = '2026-11-19' AND median_value IS NULL"
+                "WHERE metric_date = '2026-11-24' AND median_value IS NULL"
             )
         ).scalar_one()
     assert nulls == 1  # the sensor whose raw changed mid-run
@@ -281,19 +300,20 @@ def test_parent_written_while_the_child_runs(env, monkeypatch):
     # Hour 15:00's device metrics were not rebuilt by the hook: stale as well, and healed.
     assert heal(env) == [
         [
-            (("device_performance_hourly",), "2026-11-19-15:00", "2026-11-19-15:00"),
-            (DAILY, "2026-11-19", "2026-11-19"),  # device metrics are not a day's parent
+            (("device_performance_hourly",), "2026-11-24-15:00", "2026-11-24-15:00"),
+            (DAILY, "2026-11-24", "2026-11-24"),  # device metrics are not a day's parent
         ],
-        [(("rollup_weekly",), "2026-11-16", "2026-11-16")],
     ]
     assert problems(env) == []
-    assert_equals_raw(engine, WEEK, WEEK + timedelta(days=7))
+    assert_equals_raw(engine, TUE, TUE + timedelta(days=1))
 
 
-def test_daemon_down_six_hours_fills_hours_then_the_day(env):
+def test_daemon_down_six_hours_fills_hours_then_the_day(short):
+    env = short
     engine = env["engine"]
     clock_ = env["clock"]
-    data.seed(engine, start=WEEK, days=7 + 20 / 24, devices=2, hz=0.005)  # to Mon 20:00
+    monday = datetime(2026, 11, 23, 6, tzinfo=UTC)
+    data.seed(engine, start=monday, days=14 / 24, devices=2, hz=0.005)  # 06:00 to 20:00
     clock_.at = datetime(2026, 11, 23, 20, 30, tzinfo=UTC)
     heal(env)
     assert problems(env) == []
@@ -308,7 +328,7 @@ def test_daemon_down_six_hours_fills_hours_then_the_day(env):
         [(DAILY, "2026-11-23", "2026-11-23")],
     ]
     assert problems(env) == []
-    assert_equals_raw(engine, WEEK, datetime(2026, 11, 24, tzinfo=UTC))
+    assert_equals_raw(engine, monday, datetime(2026, 11, 24, tzinfo=UTC))
     # The hours after midnight too (the day of 11-24 is not over).
     raw = reference.load_raw(
         engine, datetime(2026, 11, 24, tzinfo=UTC), datetime(2026, 11, 24, 2, tzinfo=UTC)
@@ -321,20 +341,21 @@ def test_daemon_down_six_hours_fills_hours_then_the_day(env):
     )
 
 
-def test_in_flight_parent_holds_the_child(env):
+def test_in_flight_parent_holds_the_child(short):
     """A queued or running run of a parent (e.g. the :05 schedule) holds its children."""
+    env = short
     engine = env["engine"]
-    data.seed(engine, start=WEEK, days=7, devices=2, hz=0.005)
+    data.seed(engine, start=TUE, days=1, devices=2, hz=0.005)
     heal(env)
-    data.insert(engine, late_rows(datetime(2026, 11, 18, 9, tzinfo=UTC)))
+    data.insert(engine, late_rows(datetime(2026, 11, 24, 9, tzinfo=UTC)))
     run = env["instance"].create_run_for_job(
-        defs.get_job_def("hourly_rollup"),
-        tags={"dagster/partition": "2026-11-18-09:00"},
+        defs.resolve_job_def("hourly_rollup"),
+        tags={"dagster/partition": "2026-11-24-09:00"},
     )
     assert env["instance"].get_run_by_id(run.run_id).status == dg.DagsterRunStatus.NOT_STARTED
     assert tick(env) == []  # the hour is in flight: nothing else is requested for it
     env["instance"].report_run_canceled(run)
-    assert [describe(r)[1] for r in tick(env)] == ["2026-11-18-09:00"]
+    assert [describe(r)[1] for r in tick(env)] == ["2026-11-24-09:00"]
 
 
 def test_partition_helpers_cover_whole_weeks():
