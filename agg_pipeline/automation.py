@@ -380,8 +380,18 @@ freshness_checks_sensor = dg.build_sensor_for_freshness_checks(
     minimum_interval_seconds=60,
 )
 
-from agg_pipeline.self_healing import self_healing_sensor  # noqa: E402 (after the jobs)
+from agg_pipeline import self_healing  # noqa: E402
 
+self_healing_sensor = self_healing.build_sensor(
+    {
+        "hourly": (
+            hourly_rollup_job,
+            ["readings_1m", "readings_5m", "rollup_hourly", "device_performance_hourly"],
+        ),
+        "daily": (daily_job, _DAILY_SELECTED),
+        "weekly": (weekly_rollup_job, ["rollup_weekly"]),
+    }
+)
 SENSORS = [
     late_data_sensor,
     self_healing_sensor,

@@ -7,6 +7,7 @@ grain and contiguous range, partition-range tags for more than one partition.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 import dagster as dg
@@ -87,15 +88,29 @@ def in_flight(instance: dg.DagsterInstance) -> list[healing.InFlight]:
     return [w for r in records if (w := _run_window(r.dagster_run)) is not None]
 
 
-def run_request(request: healing.Request) -> dg.RunRequest:
+# The job that runs each grain's healing runs (a subset of its assets), by grain; set by
+# ``build_sensor``. A run of one job has one partitions definition.
+JOBS: dict[str, tuple[str, frozenset[str]]] = {}
+
+
+def run_request(request: healing.Request) -> dg.RunRequest | None:
     pdef = PDEFS[request.grain]
     first = pdef.get_partition_key_for_timestamp(request.first.timestamp())
     last = pdef.get_partition_key_for_timestamp(request.last.timestamp())
     tags = {REASON_TAG: ", ".join(request.reasons)}
-    keys = [dg.AssetKey(a) for a in request.assets]
+    job_name, in_job = JOBS.get(request.grain, (None, frozenset(request.assets)))
+    keys = [dg.AssetKey(a) for a in request.assets if a in in_job]
+    if not keys:  # e.g. a level whose feature switch took it out of its job
+        return None
     if first == last:
-        return dg.RunRequest(asset_selection=keys, partition_key=first, tags=tags)
-    return dg.RunRequest(asset_selection=keys, tags={**tags, RANGE_START: first, RANGE_END: last})
+        return dg.RunRequest(
+            job_name=job_name, asset_selection=keys, partition_key=first, tags=tags
+        )
+    return dg.RunRequest(
+        job_name=job_name,
+        asset_selection=keys,
+        tags={**tags, RANGE_START: first, RANGE_END: last},
+    )
 
 
 def tick(
@@ -110,26 +125,36 @@ def tick(
     plan = healing.assess(
         warehouse.get_engine(), clock.now(), settings, origin(), in_flight(instance), probe
     )
-    return plan, [run_request(r) for r in plan.requests]
+    return plan, [rr for r in plan.requests if (rr := run_request(r)) is not None]
 
 
-_settings = get_settings()
+def build_sensor(jobs: dict[str, tuple[object, Sequence[str]]]) -> dg.SensorDefinition:
+    """The sensor, running each grain's healing through that grain's job (asset jobs:
+    ``{grain: (job, the asset names it selects)}``)."""
+    JOBS.clear()
+    JOBS.update({g: (job.name, frozenset(names)) for g, (job, names) in jobs.items()})
+    settings = get_settings()
+    return dg.sensor(
+        name=NAME,
+        minimum_interval_seconds=30,
+        jobs=[job for job, _ in jobs.values()],
+        default_status=dg.DefaultSensorStatus.RUNNING
+        if settings.late_data_sensor
+        else dg.DefaultSensorStatus.STOPPED,
+        description=DESCRIPTION,
+    )(_evaluate)
 
 
-@dg.sensor(
-    name=NAME,
-    minimum_interval_seconds=30,
-    target=dg.AssetSelection.assets(*(n.asset for n in healing.NODES)),
-    default_status=dg.DefaultSensorStatus.RUNNING
-    if _settings.late_data_sensor
-    else dg.DefaultSensorStatus.STOPPED,
-    description="Self-healing: every 30 s, finds the partitions in the late-data lookback "
+DESCRIPTION = (
+    "Self-healing: every 30 s, finds the partitions in the late-data lookback "
     "whose parents changed after they were computed (data versions in "
     "ops.partition_versions) or that are missing past their schedule, and requests only "
     "those whose parents are current and not in flight - lowest level first, contiguous "
-    "partitions in one run. Switch: AGG_PIPELINE_LATE_DATA_SENSOR.",
+    "partitions in one run. Switch: AGG_PIPELINE_LATE_DATA_SENSOR."
 )
-def self_healing_sensor(
+
+
+def _evaluate(
     context: dg.SensorEvaluationContext, warehouse: WarehouseResource, influx: InfluxResource
 ):
     plan, requests = tick(context.instance, warehouse, influx)
