@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from agg_pipeline import clock, healing, self_healing, status, writers
 from agg_pipeline.assets import (
+    ALL_ASSETS,
     daily_rollup_and_conditions,
     device_performance_hourly,
     readings_1m,
@@ -28,6 +29,7 @@ from agg_pipeline.assets import (
     rollup_weekly,
 )
 from agg_pipeline.assets.raw import observe_late_hours
+from agg_pipeline.automation import JOBS, self_healing_sensor
 from agg_pipeline.definitions import defs
 from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
@@ -69,7 +71,12 @@ def env(warehouse_url, engine, dagster_instance, monkeypatch):
         "warehouse": WarehouseResource(database_url=warehouse_url),
         "influx": InfluxResource(),
     }
+    # The project's jobs, bound to this test's warehouse.
+    test_defs = dg.Definitions(
+        assets=ALL_ASSETS, jobs=JOBS, resources=resources, executor=dg.in_process_executor
+    )
     return dict(
+        defs=test_defs,
         url=warehouse_url,
         engine=engine,
         instance=dagster_instance,
@@ -94,15 +101,29 @@ def tick(env) -> list[dg.RunRequest]:
 
 
 def execute(env, request: dg.RunRequest) -> None:
-    kwargs = {"partition_key": request.partition_key} if request.partition_key else {}
-    result = dg.materialize(
-        ASSETS,
-        selection=request.asset_selection,
-        instance=env["instance"],
-        resources=env["resources"],
-        tags={**request.tags, "dagster/sensor_name": self_healing.NAME},
-        **kwargs,
-    )
+    """Run a request as the daemon would: through its job, its asset subset, its
+    partition or partition-range tags."""
+    tags = {**request.tags, "dagster/sensor_name": self_healing.NAME}
+    if request.job_name:
+        result = (
+            env["defs"]
+            .resolve_job_def(request.job_name)
+            .execute_in_process(
+                instance=env["instance"],
+                partition_key=request.partition_key,
+                asset_selection=request.asset_selection,
+                tags=tags,
+            )
+        )
+    else:  # a run made up by the test (not the healer's)
+        result = dg.materialize(
+            ASSETS,
+            selection=request.asset_selection,
+            instance=env["instance"],
+            resources=env["resources"],
+            partition_key=request.partition_key,
+            tags=tags,
+        )
     assert result.success
 
 
@@ -355,7 +376,16 @@ def test_in_flight_parent_holds_the_child(short):
     assert env["instance"].get_run_by_id(run.run_id).status == dg.DagsterRunStatus.NOT_STARTED
     assert tick(env) == []  # the hour is in flight: nothing else is requested for it
     env["instance"].report_run_canceled(run)
-    assert [describe(r)[1] for r in tick(env)] == ["2026-11-24-09:00"]
+    # The sensor as the daemon evaluates it: the same request, through the hourly job.
+    context = dg.build_sensor_context(
+        instance=env["instance"], resources=env["resources"], definitions=defs
+    )
+    (request,) = self_healing_sensor(context)
+    assert request.job_name == "hourly_rollup"
+    assert describe(request) == (HOURLY, "2026-11-24-09:00", "2026-11-24-09:00")
+    execute(env, request)
+    assert heal(env) == [[(DAILY, "2026-11-24", "2026-11-24")]]
+    assert problems(env) == []
 
 
 def test_partition_helpers_cover_whole_weeks():
