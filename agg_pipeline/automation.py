@@ -1,9 +1,9 @@
 """Schedules, sensors and jobs: the asset graph runs itself, and says when it cannot.
 
 Schedules replace every old cron (each switchable, like the old feature flags; RUNNING by
-default). Late data is the automation conditions' job (``automation_conditions.py``), fed
-by the late-data sensor. Freshness is checked per partition by Dagster's freshness checks;
-run failures are alerted.
+default). Late data and catch-up are ``self_healing_sensor``'s job (``healing.py``), from
+data versions the writers and the late-data drain record. Freshness is checked per
+partition by Dagster's freshness checks; run failures are alerted.
 """
 
 from __future__ import annotations
@@ -263,8 +263,9 @@ SENSOR_RUNNING = dg.DefaultSensorStatus.RUNNING
     minimum_interval_seconds=30,
     default_status=SENSOR_RUNNING if settings.late_data_sensor else dg.DefaultSensorStatus.STOPPED,
     description="Reports an observation of raw_readings for every hour that received late "
-    "readings (after the hour settled), with a new data version; automation then corrects "
-    "exactly those partitions. Reads the change log kept by a trigger: no raw scans. "
+    "readings (after the hour settled), with a new data version (lineage in the UI; "
+    "self_healing_sensor corrects the partitions). Reads the change log kept by a "
+    "trigger: no raw scans. "
     "Switch: AGG_PIPELINE_LATE_DATA_SENSOR.",
 )
 def late_data_sensor(
