@@ -263,9 +263,13 @@ def plan(
 ) -> Plan:
     zone = settings.zone
     result = Plan(stale=find_stale(vs, now, settings, origin))
-    stale = {(s.asset, s.start) for s in result.stale}
     reasons = {(s.asset, s.start): s.reason for s in result.stale}
-    requested: set[Partition] = set()
+    # Per asset, the sorted starts of its partitions that are stale or requested.
+    marked: dict[str, list[datetime]] = defaultdict(list)
+    for s in result.stale:
+        marked[s.asset].append(s.start)
+    for starts in marked.values():
+        starts.sort()
 
     def busy(asset: str, lo: datetime, hi: datetime, same_run: set[str]) -> bool:
         """A partition of ``asset`` in [lo, hi) is stale, requested or in flight."""
@@ -273,7 +277,9 @@ def plan(
             return False  # runs before its child, inside the same run
         if any(r.covers(asset, lo, hi) for r in in_flight):
             return True
-        return any(a == asset and lo <= s < hi for a, s in stale | requested)
+        starts = marked.get(asset, [])
+        i = bisect.bisect_left(starts, lo)
+        return i < len(starts) and starts[i] < hi
 
     for grain in GRAINS:
         chosen: dict[datetime, tuple[str, ...]] = {}
@@ -318,7 +324,9 @@ def plan(
                         grain, assets, start, start, 1, tuple(sorted(_why(assets, start, reasons)))
                     )
                 )
-            requested.update((a, start) for a in assets)
+            for a in assets:
+                if (a, start) not in reasons:  # stale ones are marked already
+                    bisect.insort(marked[a], start)
     return result
 
 
