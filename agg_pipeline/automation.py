@@ -1,9 +1,9 @@
 """Schedules, sensors and jobs: the asset graph runs itself, and says when it cannot.
 
 Schedules replace every old cron (each switchable, like the old feature flags; RUNNING by
-default). Late data is the automation conditions' job (``automation_conditions.py``), fed
-by the late-data sensor. Freshness is checked per partition by Dagster's freshness checks;
-run failures are alerted.
+default). Late data and catch-up are ``self_healing_sensor``'s job (``healing.py``), from
+data versions the writers and the late-data drain record. Freshness is checked per
+partition by Dagster's freshness checks; run failures are alerted.
 """
 
 from __future__ import annotations
@@ -268,8 +268,9 @@ SENSOR_RUNNING = dg.DefaultSensorStatus.RUNNING
     minimum_interval_seconds=30,
     default_status=SENSOR_RUNNING if settings.late_data_sensor else dg.DefaultSensorStatus.STOPPED,
     description="Reports an observation of raw_readings for every hour that received late "
-    "readings (after the hour settled), with a new data version; automation then corrects "
-    "exactly those partitions. Reads the change log kept by a trigger: no raw scans. "
+    "readings (after the hour settled), with a new data version (lineage in the UI; "
+    "self_healing_sensor corrects the partitions). Reads the change log kept by a "
+    "trigger: no raw scans. "
     "Switch: AGG_PIPELINE_LATE_DATA_SENSOR.",
 )
 def late_data_sensor(
@@ -385,4 +386,22 @@ freshness_checks_sensor = dg.build_sensor_for_freshness_checks(
     minimum_interval_seconds=60,
 )
 
-SENSORS = [late_data_sensor, automation_sensor, run_failure_alerts, freshness_checks_sensor]
+from agg_pipeline import self_healing  # noqa: E402
+
+self_healing_sensor = self_healing.build_sensor(
+    {
+        "hourly": (
+            hourly_rollup_job,
+            ["readings_1m", "readings_5m", "rollup_hourly", "device_performance_hourly"],
+        ),
+        "daily": (daily_job, _DAILY_SELECTED),
+        "weekly": (weekly_rollup_job, ["rollup_weekly"]),
+    }
+)
+SENSORS = [
+    late_data_sensor,
+    self_healing_sensor,
+    automation_sensor,
+    run_failure_alerts,
+    freshness_checks_sensor,
+]

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from agg_pipeline import versions
 from agg_pipeline.compute.windows import Window
 
 _DRAIN_LOCK = 7_301_002
@@ -27,6 +28,14 @@ WITH drained AS (
 hours AS (
     SELECT date_bin('1 hour', bucket_start, :origin) AS hour_start, rows_changed, logged_at
     FROM drained
+),
+bumped AS (
+    -- Every hour with any change gets a new data version (versions.py), late or not.
+    INSERT INTO ops.partition_versions AS v (asset, partition_start, version)
+    SELECT 'raw_readings', hour_start, nextval('ops.partition_version_seq')
+    FROM (SELECT DISTINCT hour_start FROM hours ORDER BY hour_start) AS changed
+    ON CONFLICT (asset, partition_start) DO UPDATE
+    SET version = EXCLUDED.version, written_at = clock_timestamp()
 ),
 late AS (
     SELECT hour_start, sum(rows_changed) AS late_rows, max(logged_at) AS last_late_at
@@ -61,6 +70,7 @@ def drain(engine: sa.Engine, origin: datetime, settle: timedelta) -> int:
     """Fold the change log into per-hour late counts; return how many hours changed."""
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DRAIN_LOCK})
+        versions.lock(conn)  # raw versions in commit order (held to this commit only)
         return conn.execute(
             sa.text(_DRAIN), {"origin": origin, "settle_seconds": settle.total_seconds()}
         ).rowcount
@@ -156,6 +166,7 @@ def record_fingerprints(
                 ),
                 changed,
             )
+        versions.bump_raw(conn, [c["h"] for c in changed])
         if late:  # in hour order: sequence order is hour order within one observation
             conn.execute(
                 sa.text(

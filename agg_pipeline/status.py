@@ -275,6 +275,11 @@ def collect(
     if reachable:
         raw_estimate = _guarded(problems, "raw readings", lambda: _raw_rows(engine), None)
 
+    if reachable:
+        problems.extend(
+            _guarded(problems, "self-healing", lambda: healing_problems(engine, now), [])
+        )
+
     graph = _guarded(problems, "asset graph", defs.resolve_asset_graph, None)
     # Sorted: a set's order changes between processes, and so would the report's.
     check_keys = sorted(graph.asset_check_keys, key=str) if graph is not None else []
@@ -326,6 +331,27 @@ def collect(
         assets=assets,
         problems=problems,
     )
+
+
+def healing_problems(engine: sa.Engine, now: datetime) -> list[str]:
+    """Self-healing's view (healing.py): stale partitions in the healing window, raw
+    changes not yet observed, levels that disagree with their parents as they are now,
+    NULL medians the raw readings could fill. Any of them is a problem: ``ok`` means none."""
+    from agg_pipeline import healing
+    from agg_pipeline.catalogue import get_catalogue
+    from agg_pipeline.self_healing import origin
+    from agg_pipeline.settings import get_settings
+
+    catalogue = get_catalogue()
+    raw = (
+        (catalogue.source.table, catalogue.source.time_column)
+        if catalogue.raw_in_postgres
+        else None
+    )
+    try:
+        return healing.consistency_problems(engine, now, get_settings(), origin(), raw)
+    except sa.exc.ProgrammingError as exc:  # e.g. not migrated yet: say so, do not crash
+        return [f"self-healing state unreadable: {str(exc.orig).strip().splitlines()[0]}"]
 
 
 def render(status: Status) -> str:

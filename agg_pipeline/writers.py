@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from agg_pipeline import realtime, retention
+from agg_pipeline import realtime, retention, versions
 from agg_pipeline.catalogue import Catalogue
 from agg_pipeline.compute import conditions as cond
 from agg_pipeline.compute import statements
@@ -222,8 +222,12 @@ def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
     for chunk in window.chunks(ctx.zone, ctx.settings.chunk_days):
         report.chunks += 1
         with ctx.warehouse.locked_transaction(report.table, chunk.local_days(ctx.zone)) as conn:
+            # Before any raw row is read (versions.py, rule 2).
+            computed_from = versions.watermark(conn)
             if _raw_released(conn, ctx, chunk):
                 _keep_released(report, chunk)
+                # Final (raw released): current, so never healed in a loop.
+                versions.record(conn, {"readings_1m": versions.hours_in(chunk)}, computed_from)
                 continue
             ctx.source.stage_partials_1m(conn, chunk, ctx.stage_context(conn))
             summary = (
@@ -259,6 +263,8 @@ def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
 
             if raw_rows == 0 and _has_rows(conn, report.table, "window_start", chunk):
                 report.kept_chunks.append(str(chunk))
+                # As good as it can be (raw gone): current, so never healed in a loop.
+                versions.record(conn, {"readings_1m": versions.hours_in(chunk)}, computed_from)
                 continue
 
             pairs = conn.execute(
@@ -300,6 +306,7 @@ def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
                 )
             )
             report.preview = _preview(conn, report.table, "window_start", chunk, None)
+            versions.record(conn, {"readings_1m": versions.hours_in(chunk)}, computed_from)
     return report.finish()
 
 
@@ -319,6 +326,7 @@ class Level:
     parts_sql: str  # (sensor_id, bucket, n, mean, mn, mx, m2, first_at, last_at)
     has_median: bool
     with_conditions: bool = False
+    asset: str = ""  # the asset whose partitions this level writes (data versions)
 
 
 def _parts_from_1m(interval: str) -> str:
@@ -331,10 +339,22 @@ def _parts_from_1m(interval: str) -> str:
 
 
 LEVEL_5M = Level(
-    "bi.readings_5m", "window_start", False, "bi.readings_1m", _parts_from_1m("5 minutes"), False
+    "bi.readings_5m",
+    "window_start",
+    False,
+    "bi.readings_1m",
+    _parts_from_1m("5 minutes"),
+    False,
+    asset="readings_5m",
 )
 LEVEL_HOURLY = Level(
-    "bi.hourly_sensor_agg", "hour_start", False, "bi.readings_1m", _parts_from_1m("1 hour"), True
+    "bi.hourly_sensor_agg",
+    "hour_start",
+    False,
+    "bi.readings_1m",
+    _parts_from_1m("1 hour"),
+    True,
+    asset="rollup_hourly",
 )
 LEVEL_DAILY = Level(
     table="bi.daily_sensor_agg",
@@ -352,6 +372,7 @@ LEVEL_DAILY = Level(
     ),
     has_median=True,
     with_conditions=True,
+    asset="rollup_daily",
 )
 LEVEL_WEEKLY = Level(
     table="bi.weekly_sensor_agg",
@@ -366,6 +387,7 @@ LEVEL_WEEKLY = Level(
         "AND origin = 'computed'"
     ),
     has_median=True,
+    asset="rollup_weekly",
 )
 
 # Median bookkeeping: 'exact' computed now; 'skipped' too many readings (setting);
@@ -572,9 +594,11 @@ def write_merged_level(ctx: WriteContext, level: Level, window: Window) -> Write
         chunk_days, medians = ctx.settings.chunk_days, None
     for chunk in window.chunks(ctx.zone, chunk_days):
         with ctx.warehouse.locked_transaction(level.table, chunk.local_days(ctx.zone)) as conn:
+            computed_from = versions.watermark(conn)  # before any parent row (rule 2)
             # The weekly median reads raw: a week with a released day keeps its row.
             if level is LEVEL_WEEKLY and _raw_released(conn, ctx, chunk):
                 _keep_released(report, chunk)
+                versions.record(conn, {level.asset: _starts(level, chunk, ctx.zone)}, computed_from)
                 continue
             if level is LEVEL_5M:  # as for minutes: an open 5-minute window waits
                 closed = _closed_part(conn, chunk, timedelta(minutes=5))
@@ -583,7 +607,17 @@ def write_merged_level(ctx: WriteContext, level: Level, window: Window) -> Write
                     continue
                 chunk = closed
             _merge_chunk(conn, ctx, level, chunk, report, medians)
+            versions.record(conn, {level.asset: _starts(level, chunk, ctx.zone)}, computed_from)
     return report.finish()
+
+
+def _starts(level: Level, chunk: Window, zone: ZoneInfo) -> list[datetime]:
+    """The partitions of ``level``'s asset that ``chunk`` rewrote."""
+    if level is LEVEL_WEEKLY:
+        return versions.weeks_in(chunk, zone)
+    if level is LEVEL_DAILY:
+        return versions.days_in(chunk, zone)
+    return versions.hours_in(chunk)
 
 
 # --------------------------------------------------------------------------------------
@@ -750,9 +784,13 @@ def write_daily(
         lo, hi = _local_dates(chunk, ctx.zone)
         days = [lo + timedelta(days=i) for i in range((hi - lo).days)]
         with ctx.warehouse.locked_transaction(tables, days) as conn:
+            computed_from = versions.watermark(conn)  # before any parent row (rule 2)
             if _raw_released(conn, ctx, chunk):
                 for r in reports.values():
                     _keep_released(r, chunk)
+                versions.record(
+                    conn, {k: versions.days_in(chunk, ctx.zone) for k in reports}, computed_from
+                )
                 continue
             bands = (
                 condition_bands(conn, ctx.catalogue, days, ctx.settings.critical_margin_pct)
@@ -771,6 +809,9 @@ def write_daily(
                     ctx.catalogue, [(p[0], p[1]) for p in pairs]
                 )
                 _write_conditions_chunk(conn, ctx, chunk, days, bands, reports["conditions_daily"])
+            versions.record(
+                conn, {k: versions.days_in(chunk, ctx.zone) for k in reports}, computed_from
+            )
     return {k: r.finish() for k, r in reports.items()}
 
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from agg_pipeline import retention
+from agg_pipeline import retention, versions
 from agg_pipeline.compute import formulas, statements
 from agg_pipeline.compute.windows import Window
 from agg_pipeline.writers import WriteContext, WriteReport, _local_dates
@@ -90,16 +90,22 @@ ON CONFLICT (metric) DO UPDATE SET unit = EXCLUDED.unit, formula = EXCLUDED.form
 """
 
 
+_ASSET = "device_performance_hourly"
+
+
 def write_device_performance(ctx: WriteContext, window: Window) -> WriteReport:
     """Replace ``bi.device_metrics_hourly`` inside ``window`` from the hourly rollups."""
     report = WriteReport("bi.device_metrics_hourly", window)
     if not ctx.catalogue.derived:
         report.notes.append(f"catalogue {ctx.catalogue.name!r} defines no derived metrics")
+        with ctx.warehouse.get_engine().begin() as conn:  # nothing to compute: current
+            versions.record(conn, {_ASSET: versions.hours_in(window)}, versions.watermark(conn))
         return report.finish()
     sql, params = performance_sql(ctx)
     for chunk in window.chunks(ctx.zone, ctx.settings.chunk_days):
         report.chunks += 1
         with ctx.warehouse.locked_transaction(report.table, chunk.local_days(ctx.zone)) as conn:
+            computed_from = versions.watermark(conn)  # before any parent row (versions.py)
             conn.execute(
                 sa.text(_SYNC_METRICS),
                 [
@@ -148,6 +154,7 @@ def write_device_performance(ctx: WriteContext, window: Window) -> WriteReport:
                     bounds,
                 ).mappings()
             ]
+            versions.record(conn, {_ASSET: versions.hours_in(chunk)}, computed_from)
     return report.finish()
 
 

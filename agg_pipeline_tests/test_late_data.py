@@ -1,46 +1,44 @@
-"""Late data heals itself: sensor tick -> automation ticks -> exactly the touched partitions.
+"""Late data heals itself: sensor tick -> self-healing ticks -> exactly the touched partitions.
 
-The sensor and the automation conditions are evaluated against a real Dagster instance
-(sqlite storage in a temp dir) and a real warehouse; requested runs are executed as the
-daemon would execute them (one run per partition, assets in dependency order). Time is
-frozen at a Monday noon so that the late reading's week is complete (weekly partitions
-exist only for complete weeks).
+The late-data sensor and the self-healing sensor are evaluated against a real Dagster
+instance (sqlite storage in a temp dir) and a real warehouse; requested runs are executed
+as the daemon would execute them. Time is frozen at a Monday noon so that the late
+reading's week is complete (weekly partitions exist only for complete weeks).
+(Until issue 11 this drove automation conditions; they were replaced by the healer.)
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import clock
+from agg_pipeline import clock, self_healing
 from agg_pipeline.assets import (
     daily_rollup_and_conditions,
+    device_performance_hourly,
     readings_1m,
     readings_5m,
     rollup_hourly,
     rollup_weekly,
 )
 from agg_pipeline.automation import late_data_sensor
-from agg_pipeline.definitions import defs
 from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline_tests import data
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # a Monday
 LATE_HOUR = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)  # three days earlier, a Friday
-ASSETS = {
-    "readings_1m": readings_1m,
-    "readings_5m": readings_5m,
-    "rollup_hourly": rollup_hourly,
-    "rollup_daily": daily_rollup_and_conditions,
-    "conditions_daily": daily_rollup_and_conditions,
-    "rollup_weekly": rollup_weekly,
-}
-AUTOMATED = dg.AssetSelection.assets(*ASSETS)
+ASSETS = [
+    readings_1m,
+    readings_5m,
+    rollup_hourly,
+    device_performance_hourly,
+    daily_rollup_and_conditions,
+    rollup_weekly,
+]
 
 
 def tick_sensor(instance, resources, cursor):
@@ -52,23 +50,26 @@ def tick_sensor(instance, resources, cursor):
     return result
 
 
-def run_requested(instance, resources, result) -> set[tuple[str, str]]:
-    """Execute what automation requested: one run per partition, like the daemon."""
-    by_partition: dict[str, list[str]] = defaultdict(list)
+def heal_tick(instance, resources) -> list[dg.RunRequest]:
+    _, requests = self_healing.tick(instance, resources["warehouse"], resources["influx"])
+    return requests
+
+
+def run_requested(instance, resources, requests) -> set[tuple[str, str]]:
+    """Execute what the healer requested, like the daemon: one run per request."""
     requested = set()
-    for key in ASSETS:
-        for pk in result.get_requested_partitions(dg.AssetKey(key)):
-            by_partition[pk].append(key)
-            requested.add((key, pk))
-    for pk, keys in by_partition.items():
-        dg.materialize(
-            list({id(ASSETS[k]): ASSETS[k] for k in keys}.values()),
-            selection=keys,
+    for request in requests:
+        assert request.partition_key  # one partition each here
+        for key in request.asset_selection:
+            requested.add((key.to_user_string(), request.partition_key))
+        assert dg.materialize(
+            ASSETS,
+            selection=request.asset_selection,
             instance=instance,
             resources=resources,
-            partition_key=pk,
-            tags={"dagster/from_automation_condition": "true"},
-        )
+            partition_key=request.partition_key,
+            tags={**request.tags, "dagster/sensor_name": self_healing.NAME},
+        ).success
     return requested
 
 
@@ -101,7 +102,7 @@ def test_late_reading_corrects_its_hour_day_and_week_only(
         "dagster/asset_partition_range_end": b,
     }
     assert dg.materialize(
-        [readings_1m, readings_5m, rollup_hourly],
+        [readings_1m, readings_5m, rollup_hourly, device_performance_hourly],
         tags=range_tags("2026-11-16-00:00", "2026-11-22-23:00"),
         **mat,
     ).success
@@ -110,10 +111,7 @@ def test_late_reading_corrects_its_hour_day_and_week_only(
     ).success
     assert dg.materialize([rollup_weekly], partition_key="2026-11-16", **mat).success
 
-    auto = dg.evaluate_automation_conditions(
-        defs=defs, instance=instance, asset_selection=AUTOMATED, evaluation_time=NOW
-    )
-    assert auto.total_requested == 0  # nothing to correct yet
+    assert heal_tick(instance, resources) == []  # nothing to correct yet
 
     before = {
         "hour": count(
@@ -140,23 +138,16 @@ def test_late_reading_corrects_its_hour_day_and_week_only(
     assert total == seeded.metadata["late_rows_total"].value + 4
 
     requested: set[tuple[str, str]] = set()
-    cursor = auto.cursor
     for _ in range(6):
-        auto = dg.evaluate_automation_conditions(
-            defs=defs,
-            instance=instance,
-            asset_selection=AUTOMATED,
-            evaluation_time=NOW,
-            cursor=cursor,
-        )
-        cursor = auto.cursor
-        if not auto.total_requested:
+        requests = heal_tick(instance, resources)
+        if not requests:
             break
-        requested |= run_requested(instance, resources, auto)
+        requested |= run_requested(instance, resources, requests)
     assert requested == {
         ("readings_1m", "2026-11-20-10:00"),
         ("readings_5m", "2026-11-20-10:00"),
         ("rollup_hourly", "2026-11-20-10:00"),
+        ("device_performance_hourly", "2026-11-20-10:00"),
         ("rollup_daily", "2026-11-20"),
         ("conditions_daily", "2026-11-20"),
         ("rollup_weekly", "2026-11-16"),

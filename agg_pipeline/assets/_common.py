@@ -98,6 +98,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 def run_reason(context: dg.AssetExecutionContext) -> str:
     tags = context.run.tags
+    if tags.get("agg_pipeline/healing"):
+        return f"automation: self-healing ({tags['agg_pipeline/healing']})"
     if tags.get("dagster/from_automation_condition") or tags.get("dagster/auto_materialize"):
         return "automation: upstream changed (late data)"
     if "dagster/schedule_name" in tags:

@@ -1,0 +1,174 @@
+"""``self_healing_sensor``: the Dagster side of ``healing.py`` (what to run, and when).
+
+It reads the instance's queued and running runs (and this sensor's runs that failed in
+the last few minutes, as a back-off) and turns the plan into run requests: one run per
+grain and contiguous range, partition-range tags for more than one partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+import dagster as dg
+
+from agg_pipeline import clock, healing, partitions
+from agg_pipeline.assets.raw import observe_late_hours
+from agg_pipeline.catalogue import get_catalogue
+from agg_pipeline.resources.influx import InfluxResource
+from agg_pipeline.resources.warehouse import WarehouseResource
+from agg_pipeline.settings import get_settings
+
+NAME = "self_healing_sensor"
+REASON_TAG = "agg_pipeline/healing"
+RANGE_START, RANGE_END = (
+    "dagster/asset_partition_range_start",
+    "dagster/asset_partition_range_end",
+)
+PDEFS = {"hourly": partitions.hourly, "daily": partitions.daily, "weekly": partitions.weekly}
+FAILURE_BACKOFF = timedelta(minutes=5)
+_IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+_WEEKLY_JOBS = {"weekly_rollup"}
+
+
+def origin():
+    return partitions.hourly.start_time_for_partition_key(
+        partitions.hourly.get_first_partition_key()
+    )
+
+
+def _run_window(run: dg.DagsterRun) -> healing.InFlight | None:
+    tags = run.tags
+    first = tags.get(RANGE_START) or tags.get("dagster/partition")
+    last = tags.get(RANGE_END) or first
+    if not first or not last:
+        return None  # not partitioned (views, retention): writes no healed partition
+    assets = (
+        frozenset(k.to_user_string() for k in run.asset_selection) if run.asset_selection else None
+    )
+    if len(first) > 10:
+        grain = "hourly"
+    elif run.job_name in _WEEKLY_JOBS or (
+        assets and all(healing.GRAIN_OF.get(a) == "weekly" for a in assets)
+    ):
+        grain = "weekly"
+    else:
+        grain = "daily"
+    pdef = PDEFS[grain]
+    try:
+        start = pdef.time_window_for_partition_key(first).start
+        end = pdef.time_window_for_partition_key(last).end
+    except Exception:  # a key of another definition: assume the widest, a week per key
+        return healing.InFlight(None, _any_start(first), _any_start(last) + timedelta(days=8))
+    return healing.InFlight(assets, start, end)
+
+
+def _any_start(key: str):
+    return partitions.daily.time_window_for_partition_key(key[:10]).start
+
+
+def in_flight(instance: dg.DagsterInstance) -> list[healing.InFlight]:
+    """Runs that may still write healed partitions: queued or running (any origin), and
+    this sensor's runs that failed recently (so a failing partition is not retried every
+    tick)."""
+    records = list(instance.get_run_records(filters=dg.RunsFilter(statuses=_IN_FLIGHT)))
+    records += instance.get_run_records(
+        filters=dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.FAILURE],
+            tags={"dagster/sensor_name": NAME},
+            updated_after=clock.now() - FAILURE_BACKOFF,
+        )
+    )
+    return [w for r in records if (w := _run_window(r.dagster_run)) is not None]
+
+
+# The job that runs each grain's healing runs (a subset of its assets), by grain; set by
+# ``build_sensor``. A run of one job has one partitions definition.
+JOBS: dict[str, tuple[str, frozenset[str]]] = {}
+
+
+def run_request(request: healing.Request) -> dg.RunRequest | None:
+    pdef = PDEFS[request.grain]
+    first = pdef.get_partition_key_for_timestamp(request.first.timestamp())
+    last = pdef.get_partition_key_for_timestamp(request.last.timestamp())
+    tags = {REASON_TAG: ", ".join(request.reasons)}
+    job_name, in_job = JOBS.get(request.grain, (None, frozenset(request.assets)))
+    keys = [dg.AssetKey(a) for a in request.assets if a in in_job]
+    if not keys:  # e.g. a level whose feature switch took it out of its job
+        return None
+    if first == last:
+        return dg.RunRequest(
+            job_name=job_name, asset_selection=keys, partition_key=first, tags=tags
+        )
+    return dg.RunRequest(
+        job_name=job_name,
+        asset_selection=keys,
+        tags={**tags, RANGE_START: first, RANGE_END: last},
+    )
+
+
+def tick(
+    instance: dg.DagsterInstance, warehouse: WarehouseResource, influx: InfluxResource
+) -> tuple[healing.Plan, list[dg.RunRequest]]:
+    """One evaluation: record raw changes, plan, and the run requests."""
+    catalogue, settings = get_catalogue(), get_settings()
+    observe_late_hours(warehouse, influx)  # raw changes -> raw-hour versions
+    probe = None
+    if catalogue.raw_in_postgres:
+        probe = (catalogue.source.table, catalogue.source.time_column)
+    plan = healing.assess(
+        warehouse.get_engine(), clock.now(), settings, origin(), in_flight(instance), probe
+    )
+    return plan, [rr for r in plan.requests if (rr := run_request(r)) is not None]
+
+
+def build_sensor(jobs: dict[str, tuple[object, Sequence[str]]]) -> dg.SensorDefinition:
+    """The sensor, running each grain's healing through that grain's job (asset jobs:
+    ``{grain: (job, the asset names it selects)}``)."""
+    JOBS.clear()
+    JOBS.update({g: (job.name, frozenset(names)) for g, (job, names) in jobs.items()})
+    settings = get_settings()
+    return dg.sensor(
+        name=NAME,
+        minimum_interval_seconds=30,
+        jobs=[job for job, _ in jobs.values()],
+        default_status=dg.DefaultSensorStatus.RUNNING
+        if settings.late_data_sensor
+        else dg.DefaultSensorStatus.STOPPED,
+        description=DESCRIPTION,
+    )(_evaluate)
+
+
+DESCRIPTION = (
+    "Self-healing: every 30 s, finds the partitions in the late-data lookback "
+    "whose parents changed after they were computed (data versions in "
+    "ops.partition_versions) or that are missing past their schedule, and requests only "
+    "those whose parents are current and not in flight - lowest level first, contiguous "
+    "partitions in one run. Switch: AGG_PIPELINE_LATE_DATA_SENSOR."
+)
+
+
+def _evaluate(
+    context: dg.SensorEvaluationContext, warehouse: WarehouseResource, influx: InfluxResource
+):
+    plan, requests = tick(context.instance, warehouse, influx)
+    for r in plan.requests:
+        context.log.info(
+            f"heal {r.grain} {', '.join(r.assets)}: {r.partitions} partition(s) from "
+            f"{r.first.isoformat()} ({', '.join(r.reasons)})"
+        )
+    if plan.held:
+        context.log.info(f"{len(plan.held)} stale partition(s) wait for their parents")
+    if not requests:
+        return dg.SkipReason(
+            f"nothing to heal ({len(plan.held)} stale partition(s) waiting)"
+            if plan.held
+            else "every partition in the lookback is current"
+        )
+    return requests
