@@ -41,7 +41,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from agg_pipeline import localdb, migrate, simulator
+from agg_pipeline import bench_heal, localdb, migrate, simulator
 from agg_pipeline.catalogue import load_catalogue
 from agg_pipeline.settings import PACKAGE_DIR, get_settings
 
@@ -55,6 +55,9 @@ TARGETS = {
     "worker_peak_rss_mb": ("<=", 500.0),
     "pattern_write_1000_s": ("<", 1.0),
     "pattern_write_1000_influx_s": ("<", 1.0),
+    "heal_p95_s": ("<=", 300.0),
+    "minute_p95_s": ("<=", 90.0),
+    "heal_trials_wrong": ("<=", 0),
 }
 
 
@@ -577,6 +580,10 @@ def ratios(r: dict) -> dict:
         "pattern_write_1000_s": r["pattern_writes"].get("postgres_s"),
         "pattern_write_1000_influx_s": r["pattern_writes"].get("influx_line_protocol_s"),
     }
+    healing = r.get("healing") or {}
+    out["heal_p95_s"] = healing.get("heal_p95_s")
+    out["minute_p95_s"] = healing.get("minute_p95_s")
+    out["heal_trials_wrong"] = healing.get("trials_wrong")
     return out
 
 
@@ -617,6 +624,9 @@ def render(result: dict) -> str:
     row("run worker peak RSS (MB)", "worker_peak_rss_mb", ".0f")
     row("1000 pattern aggregates, one batch (s)", "pattern_write_1000_s", ".3f")
     row("1000 pattern aggregates, line protocol (s)", "pattern_write_1000_influx_s", ".3f")
+    row("late reading -> hour, day, week exact p95 (s)", "heal_p95_s", ".0f")
+    row("reading -> final 1m window p95 (s)", "minute_p95_s", ".0f")
+    row("heal trials ending in a wrong state", "heal_trials_wrong", "d")
     f, p, o, b = result["floor"], result["pipeline"], result["old_way"], result["backfill"]
     lines += [
         "",
@@ -647,6 +657,14 @@ def render(result: dict) -> str:
         f"incremental: open hour refresh {i['open_hour_refresh_s']:.2f} s; late reading -> "
         f"hour {i['late_hour_s']:.2f} s + day {i['late_day_s']:.2f} s"
     )
+    h = result.get("healing")
+    if h:
+        lines.append(
+            f"healing through the daemon: first fill {h['first_fill_s']} s; {h['trials']} trials, "
+            f"heal p50 {h['heal_p50_s']} s (per level p50 {h['heal_by_level_p50_s']}); "
+            f"{h['minutes_timed']} minutes timed, p50 {h['minute_p50_s']} s, max "
+            f"{h['minute_max_s']} s ({h['hour_end_minutes_timed']} last minutes of an hour)"
+        )
     return "\n".join(lines)
 
 
@@ -663,6 +681,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--old-way-hours", type=int, default=3)
     parser.add_argument("--backfill-partitions", type=int, default=2160)
     parser.add_argument("--backfill-sample-runs", type=int, default=3)
+    parser.add_argument(
+        "--heal-trials", type=int, default=5, help="late-data trials through the daemon (0: skip)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark databases")
     args = parser.parse_args(argv)
@@ -717,6 +738,9 @@ def main(argv: list[str] | None = None) -> int:
         result["pattern_writes"] = measure_pattern_writes(env, args.reps)
         progress("incremental refresh")
         result["incremental"] = measure_incremental(env, start, args.devices, args.hz)
+        if args.heal_trials:
+            progress(f"healing through the daemon: {args.heal_trials} trials")
+            result["healing"] = bench_heal.measure_healing(env, args.heal_trials)
         result["ratios"] = ratios(result)
         result["verdicts"] = verdicts(result["ratios"])
     finally:

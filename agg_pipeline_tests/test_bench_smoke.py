@@ -27,6 +27,8 @@ def test_benchmark_runs_end_to_end(pg_server_url, monkeypatch, tmp_path, capsys)
                 "1",
                 "--old-way-hours",
                 "1",
+                "--heal-trials",
+                "0",  # through the daemon: minutes; run by `make bench`
                 "--json",
                 str(out),
             ]
