@@ -465,9 +465,6 @@ def raw_readings(
                 result.rows += sum(_day_rows(conn, raw, day, zone) for day in safe)
                 conn.rollback()
                 continue
-            releasable = set(safe) | released_days(
-                conn, source.table, _all_days_between(conn, safe, zone)
-            )
             dropped_days: set[date] = set()
             for name, lo_text, hi_text in _time_partitions(conn, source):
                 if name in partitions_done:
@@ -476,8 +473,11 @@ def raw_readings(
                     sa.text("SELECT CAST(:lo AS timestamptz), CAST(:hi AS timestamptz)"),
                     {"lo": lo_text, "hi": hi_text},
                 ).one()
-                covered = _days_overlapped(lo, hi, zone)
-                if not set(covered) <= releasable or not set(covered) & set(safe):
+                covered = set(_days_overlapped(lo, hi, zone))
+                # Droppable: it holds a day released now, and every other day of it was
+                # released now or before.
+                others = covered - set(safe)
+                if covered == others or others - released_days(conn, source.table, others):
                     continue
                 n = conn.execute(sa.text(f"SELECT count(*) FROM {name}")).scalar_one()
                 savepoint = conn.begin_nested()
@@ -513,13 +513,6 @@ _FORGET_OWN_CHANGES = """
 DELETE FROM raw.readings_change_log
 WHERE xmin::text = (pg_current_xact_id()::text::bigint % 4294967296)::text
 """
-
-
-def _all_days_between(conn: sa.Connection, safe: list[date], zone: ZoneInfo) -> list[date]:
-    """Every day from a year before the first safe day to a year after the last (the days
-    a partition around them may span)."""
-    lo, hi = min(safe) - timedelta(days=366), max(safe) + timedelta(days=366)
-    return [lo + timedelta(days=i) for i in range((hi - lo).days)]
 
 
 # --------------------------------------------------------------------------------------

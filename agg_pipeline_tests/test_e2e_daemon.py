@@ -20,6 +20,7 @@ import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import IO
 
 import sqlalchemy as sa
 
@@ -62,6 +63,42 @@ def graphql(port: int, query: str, variables: dict | None = None) -> dict:
         body = json.loads(response.read())
     assert "errors" not in body, body
     return body["data"]
+
+
+def start_dagster_dev(
+    project_root: Path, env: dict[str, str], port: int, log_path: Path
+) -> tuple[subprocess.Popen, IO[str]]:
+    """`dagster dev` in its own process group (webserver, daemon, code server)."""
+    log = open(log_path, "w")  # noqa: SIM115 - closed by stop_dagster_dev
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "dev",
+            "-w",
+            str(project_root / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=project_root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return proc, log
+
+
+def stop_dagster_dev(proc: subprocess.Popen, log: IO[str]) -> None:
+    """Stop every process of the group, forcibly if it does not stop within a minute."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    log.close()
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
@@ -113,24 +150,7 @@ def test_backfill_through_the_daemon(pg_server_url, project_root, tmp_path):
         },
         "AGG_PIPELINE_LATE_DATA_SENSOR": "false",
     }
-    log = open(tmp_path / "dagster-dev.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "dagster"),
-            "dev",
-            "-w",
-            str(project_root / "workspace.yaml"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=project_root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: webserver, daemon, code server
-    )
+    proc, log = start_dagster_dev(project_root, env, port, tmp_path / "dagster-dev.log")
     try:
         wait_for(
             lambda: graphql(port, "{ assetNodes { assetKey { path } } }")["assetNodes"],
@@ -183,13 +203,7 @@ def test_backfill_through_the_daemon(pg_server_url, project_root, tmp_path):
             reference.grouped_stats(valid, valid["time"].dt.floor("1h")),
         )
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        log.close()
+        stop_dagster_dev(proc, log)
         engine.dispose()
         drop_database(pg_server_url, f"agge2e_wh_{tag}")
         drop_database(pg_server_url, f"agge2e_dg_{tag}")
@@ -234,24 +248,7 @@ def test_self_healing_through_the_daemon(pg_server_url, project_root, tmp_path):
         # only touch the open hour / yesterday; the weekend is the healer's alone.
         "AGG_PIPELINE_LATE_DATA_SENSOR": "true",
     }
-    log = open(tmp_path / "dagster-dev.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "dagster"),
-            "dev",
-            "-w",
-            str(project_root / "workspace.yaml"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=project_root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc, log = start_dagster_dev(project_root, env, port, tmp_path / "dagster-dev.log")
 
     def equal_to_raw() -> bool:
         try:
@@ -287,13 +284,7 @@ def test_self_healing_through_the_daemon(pg_server_url, project_root, tmp_path):
             f"{healed:.0f} s; {len(by_healer)} healing runs"
         )
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        log.close()
+        stop_dagster_dev(proc, log)
         engine.dispose()
         drop_database(pg_server_url, f"agge2e_wh_{tag}")
         drop_database(pg_server_url, f"agge2e_dg_{tag}")
