@@ -56,9 +56,9 @@ class Migration:
 
 
 def sql_dir() -> Path:
-    """The ``sql/`` folder: AGG_PIPELINE_SQL_DIR, else the checkout's top-level ``sql/``."""
+    """The migrations folder: AGG_PIPELINE_SQL_DIR, else ``warehouse/migrations/``."""
     configured = os.environ.get("AGG_PIPELINE_SQL_DIR")
-    path = Path(configured) if configured else PACKAGE_DIR.parent / "sql"
+    path = Path(configured) if configured else PACKAGE_DIR / "warehouse" / "migrations"
     if not path.is_dir():
         raise MigrationError(
             f"sql folder not found at {path}; set AGG_PIPELINE_SQL_DIR to the project's sql/"
