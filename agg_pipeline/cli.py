@@ -1,7 +1,7 @@
 """``agg-pipeline``: set-up and operations commands around the Dagster project.
 
     agg-pipeline db start|stop|url [--dagster]   the local embedded PostgreSQL
-    agg-pipeline migrate [--adopt]                apply sql/ (safe to repeat); --adopt sets
+    agg-pipeline migrate [--adopt]                apply the migrations (safe to repeat); --adopt sets
                                                   old tables of another shape aside (_legacy)
     agg-pipeline import-history [--from-influx]   old ETL / InfluxDB aggregates into the rollups
     agg-pipeline seed --days N [...]              simulated readings into raw.readings
@@ -336,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     mig = sub.add_parser(
         "migrate",
-        help="apply sql/ to the warehouse (safe to repeat)",
-        description="Apply sql/ to the warehouse in one transaction (safe to repeat). Tables "
+        help="apply the migrations to the warehouse (safe to repeat)",
+        description="Apply the shipped migrations (agg_pipeline/warehouse/migrations/) to the "
+        "warehouse in one transaction (safe to repeat). Tables "
         "that already exist with another shape (e.g. the old ETL's bi.hourly_sensor_agg) stop "
         "it before any change, naming each table and column.",
     )

@@ -1,4 +1,7 @@
-"""Apply the numbered, idempotent DDL files of ``sql/`` in name order.
+"""Apply the numbered, idempotent DDL files of ``warehouse/migrations/`` in name order.
+
+They ship inside the package (package data, read through ``importlib.resources``), so a
+plain ``pip install`` can migrate; AGG_PIPELINE_SQL_DIR points at another folder instead.
 
 All pending files run in one transaction and each is recorded in ``ops.schema_migrations``
 with a checksum. A file already applied with the same checksum is skipped; a changed file
@@ -12,15 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import psycopg2
 import sqlalchemy as sa
 
 from agg_pipeline import schema_compat
-from agg_pipeline.settings import PACKAGE_DIR
+from agg_pipeline.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +59,33 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def sql_dir() -> Path:
-    """The migrations folder: AGG_PIPELINE_SQL_DIR, else ``warehouse/migrations/``."""
-    configured = os.environ.get("AGG_PIPELINE_SQL_DIR")
-    path = Path(configured) if configured else PACKAGE_DIR / "warehouse" / "migrations"
-    if not path.is_dir():
+MIGRATIONS_PACKAGE = "agg_pipeline.warehouse"
+MIGRATIONS_FOLDER = "migrations"
+
+
+def sql_dir() -> Traversable:
+    """The migrations folder: AGG_PIPELINE_SQL_DIR when set, else the package's own
+    ``warehouse/migrations/`` (wherever the package is installed)."""
+    configured = get_settings().sql_dir
+    folder = (
+        configured
+        if configured is not None
+        else resources.files(MIGRATIONS_PACKAGE).joinpath(MIGRATIONS_FOLDER)
+    )
+    if not folder.is_dir():
         raise MigrationError(
-            f"sql folder not found at {path}; set AGG_PIPELINE_SQL_DIR to the project's sql/"
+            f"migrations folder not found at {folder}; AGG_PIPELINE_SQL_DIR must name a "
+            "folder of numbered .sql files (unset: the ones shipped in the package)"
         )
-    return path
+    return folder
 
 
-def discover(path: Path | None = None) -> list[Migration]:
+def discover(path: Path | Traversable | None = None) -> list[Migration]:
     folder = path or sql_dir()
-    files = sorted(p for p in folder.glob("*.sql") if p.name[:3].isdigit())
+    files = sorted(
+        (p for p in folder.iterdir() if p.name.endswith(".sql") and p.name[:3].isdigit()),
+        key=lambda p: p.name,
+    )
     return [Migration(p.name, p.read_text(encoding="utf-8")) for p in files]
 
 
@@ -134,7 +151,7 @@ def _incompatible_message(found: list[schema_compat.Incompatibility], sources: d
 
 def migrate(
     engine: sa.Engine,
-    path: Path | None = None,
+    path: Path | Traversable | None = None,
     views: bool = True,
     adopt: bool = False,
     set_aside: list[str] | None = None,
@@ -200,7 +217,6 @@ def migrate(
     if views:
         from agg_pipeline import realtime
         from agg_pipeline.catalogue import get_catalogue
-        from agg_pipeline.settings import get_settings
 
         realtime.install(engine, get_catalogue(), get_settings())
     return applied

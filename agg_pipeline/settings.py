@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         default_factory=_default_home,
         description="Local state: embedded PostgreSQL data, Dagster home for `make dev`.",
     )
+    sql_dir: Path | None = Field(
+        default=None,
+        description="Folder of the numbered migration files `agg-pipeline migrate` applies. "
+        "Unset: the ones shipped inside the package (agg_pipeline/warehouse/migrations/).",
+    )
     catalogue: str = Field(
         default="hydroponics",
         description="Series catalogue: a shipped name (hydroponics, water_quality, oil_well) "

@@ -1,10 +1,11 @@
-"""sql/ is applied in order, recorded, and safe to repeat."""
+"""The shipped migrations are applied in order, recorded, and safe to repeat."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
 from agg_pipeline import migrate
+from agg_pipeline.settings import get_settings
 
 
 def test_migrations_recorded_and_idempotent(engine, tmp_path, monkeypatch):
@@ -50,8 +51,19 @@ def test_migrations_recorded_and_idempotent(engine, tmp_path, monkeypatch):
     for m in migrate.discover():
         (folder / m.name).write_text(m.sql)
     (folder / "004_crop.sql").write_text(migrate.discover()[3].sql + "\n-- edited\n")
-    assert migrate.migrate(engine, folder) == ["004_crop.sql"]
+    monkeypatch.setenv("AGG_PIPELINE_SQL_DIR", str(folder))  # the override of the folder
+    get_settings.cache_clear()
+    assert migrate.migrate(engine) == ["004_crop.sql"]
     assert migrate.migrate(engine, folder) == []
     with engine.connect() as conn:
         seeded = conn.execute(sa.text("SELECT count(*) FROM crop.batches")).scalar_one()
     assert seeded == 1  # the demo batch (seed path, in the template) only: 004 adds none
+
+
+def test_every_migration_ships_in_the_package(project_root):
+    """The top-level sql/ only points at the package's migrations: a numbered file left
+    there (a merge from before the move) would never be applied by an installed package."""
+    stray = sorted(p.name for p in (project_root / "sql").glob("*.sql"))
+    assert stray == [], f"move {stray} to agg_pipeline/warehouse/migrations/ (git mv)"
+    shipped = [m.name for m in migrate.discover()]
+    assert shipped == sorted(shipped) and len(set(n[:3] for n in shipped)) == len(shipped)
