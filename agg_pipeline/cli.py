@@ -1,7 +1,7 @@
 """``agg-pipeline``: set-up and operations commands around the Dagster project.
 
     agg-pipeline db start|stop|url [--dagster]   the local embedded PostgreSQL
-    agg-pipeline migrate [--adopt]                apply the migrations (safe to repeat); --adopt sets
+    agg-pipeline migrate [--adopt]                apply migrations (safe to repeat); --adopt sets
                                                   old tables of another shape aside (_legacy)
     agg-pipeline import-history [--from-influx]   old ETL / InfluxDB aggregates into the rollups
     agg-pipeline seed --days N [...]              simulated readings into raw.readings
