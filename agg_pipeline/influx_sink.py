@@ -26,10 +26,16 @@ import sqlalchemy as sa
 
 from agg_pipeline.catalogue import Catalogue, InfluxSink
 from agg_pipeline.compute.windows import Window
+from agg_pipeline.core import hierarchy
 from agg_pipeline.resources.influx import InfluxError, InfluxResource
 
 STATS = ("mean", "min", "max", "count")
-_LEVELS = {"1m": ("bi.readings_1m", 60), "5m": ("bi.readings_5m", 300)}
+# Measurement suffix -> (table, window length in seconds), from the hierarchy.
+_LEVELS = {
+    suffix: (level.table, int(level.step.total_seconds()))
+    for suffix, level in hierarchy.sink_levels().items()
+    if level.step is not None
+}
 
 
 # ------------------------------------------------------------------------ line protocol

@@ -35,6 +35,7 @@ import sqlalchemy as sa
 
 from agg_pipeline.catalogue import Catalogue, PostgresSource
 from agg_pipeline.compute import statements
+from agg_pipeline.core import hierarchy
 from agg_pipeline.settings import Settings
 
 # A week's check and deletes wait at most this long for a lock (e.g. dropping a partition
@@ -566,12 +567,32 @@ def raw_by_materialized_days(
 # Derived tables: by age
 # --------------------------------------------------------------------------------------
 
+
+def _policy_field(setting: str) -> str:
+    """The Policy field of a retention setting (retention_hourly_days -> hourly_days)."""
+    field = setting.removeprefix("retention_")
+    if field not in Policy.__dataclass_fields__:
+        raise ValueError(f"retention setting {setting!r} has no Policy field {field!r}")
+    return field
+
+
+def _level_tables() -> list[tuple[str, str, bool, str]]:
+    """The hierarchy's aged levels (raw has its own rules above), each followed by the
+    table of its medians when they live apart: kept exactly as long as the level."""
+    out = []
+    for level in hierarchy.DERIVED:
+        if level.retention_setting is None:
+            continue
+        field = _policy_field(level.retention_setting)
+        out.append((level.table, level.bucket_column, level.key_is_date, field))
+        if level.median_table:
+            out.append((level.median_table, level.bucket_column, level.key_is_date, field))
+    return out
+
+
 # (table, key column, key is a local date, Policy field)
 AGED_TABLES: tuple[tuple[str, str, bool, str], ...] = (
-    ("bi.readings_1m", "window_start", False, "downsample_days"),
-    ("bi.readings_5m", "window_start", False, "downsample_days"),
-    ("bi.hourly_sensor_agg", "hour_start", False, "hourly_days"),
-    ("bi.hourly_medians", "hour_start", False, "hourly_days"),
+    *_level_tables(),
     ("bi.device_metrics_hourly", "hour_start", False, "device_metrics_days"),
     ("bi.diagnostic_summary_daily", "metric_date", True, "diagnostic_summary_days"),
     ("bi.pattern_time_based_daily", "day", True, "patterns_days"),

@@ -33,9 +33,12 @@ from agg_pipeline.catalogue import Catalogue
 from agg_pipeline.compute import conditions as cond
 from agg_pipeline.compute import statements
 from agg_pipeline.compute.windows import Window
+from agg_pipeline.core import hierarchy
+from agg_pipeline.core.hierarchy import Grain, Level, Median
 from agg_pipeline.resources.sources import ReadingsSource, StageContext
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import Settings
+from agg_pipeline.warehouse import levels
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +174,11 @@ def _keep_released(report: WriteReport, chunk: Window) -> None:
     report.kept_chunks.append(f"{chunk} (raw readings released by retention: rows kept)")
 
 
-def _preview(
-    conn: sa.Connection, table: str, key: str, chunk: Window, zone: ZoneInfo | None
-) -> list[dict]:
+def _preview(conn: sa.Connection, level: Level, chunk: Window, zone: ZoneInfo | None) -> list[dict]:
     """The last few rows written in the chunk, readable (device and field, not ids)."""
     lo, hi = (chunk.start, chunk.end) if zone is None else _local_dates(chunk, zone)
-    t, k = statements.quote_ident(table), statements.quote_ident(key)
-    mean_col = "mean_value" if table.startswith("bi.readings_") else "avg_value"
+    t, k = statements.quote_ident(level.table), statements.quote_ident(level.bucket_column)
+    mean_col = level.mean_column
     rows = conn.execute(
         sa.text(
             f"SELECT dv.device_code AS device, s.field, t.{k} AS bucket, t.sample_count AS n, "
@@ -305,7 +306,7 @@ def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
                     bounds,
                 )
             )
-            report.preview = _preview(conn, report.table, "window_start", chunk, None)
+            report.preview = _preview(conn, hierarchy.LEVEL_1M, chunk, None)
             versions.record(conn, {"readings_1m": versions.hours_in(chunk)}, computed_from)
     return report.finish()
 
@@ -315,80 +316,11 @@ def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Level:
-    """A level built by merging the partials of the level below."""
-
-    table: str
-    key: str  # bucket column of the target
-    key_is_date: bool  # metric_date / week_start are local dates
-    source_table: str
-    parts_sql: str  # (sensor_id, bucket, n, mean, mn, mx, m2, first_at, last_at)
-    has_median: bool
-    with_conditions: bool = False
-    asset: str = ""  # the asset whose partitions this level writes (data versions)
-
-
-def _parts_from_1m(interval: str) -> str:
-    return (
-        f"SELECT sensor_id, date_bin('{interval}', window_start, :origin) AS bucket, "
-        "sample_count AS n, mean_value AS mean, min_value AS mn, max_value AS mx, m2, "
-        "first_reading_at AS first_at, last_reading_at AS last_at "
-        "FROM bi.readings_1m WHERE window_start >= :start AND window_start < :end"
-    )
-
-
-LEVEL_5M = Level(
-    "bi.readings_5m",
-    "window_start",
-    False,
-    "bi.readings_1m",
-    _parts_from_1m("5 minutes"),
-    False,
-    asset="readings_5m",
-)
-LEVEL_HOURLY = Level(
-    "bi.hourly_sensor_agg",
-    "hour_start",
-    False,
-    "bi.readings_1m",
-    _parts_from_1m("1 hour"),
-    True,
-    asset="rollup_hourly",
-)
-LEVEL_DAILY = Level(
-    table="bi.daily_sensor_agg",
-    key="metric_date",
-    key_is_date=True,
-    source_table="bi.hourly_sensor_agg",
-    parts_sql=(
-        "SELECT sensor_id, (hour_start AT TIME ZONE :tz)::date AS bucket, sample_count AS n, "
-        "avg_value AS mean, min_value AS mn, max_value AS mx, m2, "
-        "first_reading_at AS first_at, last_reading_at AS last_at "
-        # Imported history (origin 'imported', see sql/015) never feeds the level above:
-        # only rows computed from raw are merged.
-        "FROM bi.hourly_sensor_agg WHERE hour_start >= :start AND hour_start < :end "
-        "AND origin = 'computed'"
-    ),
-    has_median=True,
-    with_conditions=True,
-    asset="rollup_daily",
-)
-LEVEL_WEEKLY = Level(
-    table="bi.weekly_sensor_agg",
-    key="week_start",
-    key_is_date=True,
-    source_table="bi.daily_sensor_agg",
-    parts_sql=(
-        "SELECT sensor_id, date_trunc('week', metric_date)::date AS bucket, sample_count AS n, "
-        "avg_value AS mean, min_value AS mn, max_value AS mx, m2, "
-        "first_reading_at AS first_at, last_reading_at AS last_at "
-        "FROM bi.daily_sensor_agg WHERE metric_date >= :start_date AND metric_date < :end_date "
-        "AND origin = 'computed'"
-    ),
-    has_median=True,
-    asset="rollup_weekly",
-)
+# The levels (one registry: core/hierarchy.py), re-exported for the writers' callers.
+LEVEL_5M = hierarchy.LEVEL_5M
+LEVEL_HOURLY = hierarchy.LEVEL_HOURLY
+LEVEL_DAILY = hierarchy.LEVEL_DAILY
+LEVEL_WEEKLY = hierarchy.LEVEL_WEEKLY
 
 # Median bookkeeping: 'exact' computed now; 'skipped' too many readings (setting);
 # 'kept' raw gone, previous exact median kept; 'absent' raw gone and none known;
@@ -442,7 +374,7 @@ MedianStager = Callable[[sa.Connection, Window, dict, int], bool]
 
 
 def _insert_merged(level: Level, target: str, key: str, staged: str) -> str:
-    if not level.has_median:
+    if level.median is Median.NONE:
         return (
             f"INSERT INTO {target} (sensor_id, {key}, sample_count, mean_value, min_value, "
             "max_value, m2, first_reading_at, last_reading_at) "
@@ -478,7 +410,9 @@ def _merge_chunk(
 ) -> None:
     """Replace one chunk of a merged level (inside the caller's locked transaction)."""
     report.chunks += 1
-    target, key = statements.quote_ident(level.table), statements.quote_ident(level.key)
+    target = statements.quote_ident(level.table)
+    key = statements.quote_ident(level.bucket_column)
+    parts = levels.parts_sql(level)
     start_date, end_date = _local_dates(chunk, ctx.zone)
     params = {
         "start": chunk.start,
@@ -491,14 +425,14 @@ def _merge_chunk(
     zone = ctx.zone if level.key_is_date else None
     lo, hi = (start_date, end_date) if level.key_is_date else (chunk.start, chunk.end)
     source_rows, readings = conn.execute(
-        sa.text(f"SELECT count(*), coalesce(sum(n), 0) FROM ({level.parts_sql}) AS p"), params
+        sa.text(f"SELECT count(*), coalesce(sum(n), 0) FROM ({parts}) AS p"), params
     ).one()
-    if source_rows == 0 and _has_rows(conn, level.table, level.key, chunk, zone):
+    if source_rows == 0 and _has_rows(conn, level.table, level.bucket_column, chunk, zone):
         report.kept_chunks.append(str(chunk))
         return
 
-    merged_sql = statements.render("merge_partials", parts=level.parts_sql)
-    if not level.has_median:
+    merged_sql = statements.render("merge_partials", parts=parts)
+    if level.median is Median.NONE:
         conn.execute(sa.text(_STAGE_MERGE.format(merged=merged_sql)), params)
         staged = "stage_merge"
     else:
@@ -516,12 +450,12 @@ def _merge_chunk(
         ):
             report.median_status[status] += n
 
-    # Imported history (levels with a median have an origin, sql/015) is replaced only
-    # where this computation from raw has a row for the same (sensor, bucket).
+    # Imported history (migration 015) is replaced only where this computation from raw
+    # has a row for the same (sensor, bucket).
     keep_imported = (
         f" AND (origin = 'computed' OR (sensor_id, {key}) IN "
         f"(SELECT sensor_id, bucket FROM {staged}))"
-        if level.has_median
+        if level.imported_history
         else ""
     )
     report.rows_deleted += conn.execute(
@@ -536,14 +470,18 @@ def _merge_chunk(
     ):
         report.sensors.add(sensor_id)
         report.saw_readings(first, last)
-    report.preview = _preview(conn, level.table, level.key, chunk, zone)
-    if level in (LEVEL_HOURLY, LEVEL_DAILY):
+    report.preview = _preview(conn, level, chunk, zone)
+    if level.watermark:
         now = conn.execute(sa.text("SELECT now()")).scalar_one()
-        if level is LEVEL_HOURLY:
-            open_since = _floor(now, timedelta(hours=1), origin=chunk.start)
-        else:
-            open_since = datetime.combine(now.astimezone(ctx.zone).date(), time(0), ctx.zone)
-        realtime.advance(conn, level.table, chunk.end, open_since)
+        realtime.advance(conn, level.table, chunk.end, _open_since(level, now, chunk, ctx.zone))
+
+
+def _open_since(level: Level, now: datetime, chunk: Window, zone: ZoneInfo) -> datetime:
+    """Start of ``level``'s bucket still open at ``now`` (it may lack readings yet)."""
+    if level.step is not None:
+        return _floor(now, level.step, origin=chunk.start)
+    # A local day (the daily level; a week would be its Monday, no level needs it yet).
+    return datetime.combine(now.astimezone(zone).date(), time(0), zone)
 
 
 def _floor(t: datetime, step: timedelta, origin: datetime | None = None) -> datetime:
@@ -562,7 +500,7 @@ def _daily_medians(conn: sa.Connection, chunk: Window, params: dict, readings: i
     return True
 
 
-def _raw_weekly_medians(ctx: WriteContext, report: WriteReport) -> MedianStager:
+def _raw_medians(ctx: WriteContext, level: Level, report: WriteReport) -> MedianStager:
     def stage(conn: sa.Connection, chunk: Window, params: dict, readings: int) -> bool:
         # Exact medians hold the chunk's raw values in memory (~16 bytes each); the
         # partials say how many there are before we start. Above the limit: skip.
@@ -572,38 +510,49 @@ def _raw_weekly_medians(ctx: WriteContext, report: WriteReport) -> MedianStager:
                 "AGG_PIPELINE_MEDIAN_MAX_READINGS"
             )
             return False
-        ctx.source.stage_medians(conn, chunk, "week", ctx.stage_context(conn))
+        ctx.source.stage_medians(conn, chunk, _SOURCE_GRAIN[level.bucket], ctx.stage_context(conn))
         return True
 
     return stage
+
+
+# The grain word a readings source stages raw medians for (sources.stage_medians).
+_SOURCE_GRAIN = {hierarchy.Bucket.LOCAL_DAY: "day", hierarchy.Bucket.WEEK: "week"}
+
+
+def _median_stager(ctx: WriteContext, level: Level, report: WriteReport) -> MedianStager | None:
+    if level.median is Median.HOURLY_MEDIANS:
+        return _hourly_medians
+    if level.median is Median.DAILY_PASS:
+        return _daily_medians
+    if level.median is Median.RAW:
+        return _raw_medians(ctx, level, report)
+    return None
 
 
 def write_merged_level(ctx: WriteContext, level: Level, window: Window) -> WriteReport:
     """Replace ``level.table`` inside ``window`` by merging the level below (5m, hourly,
     weekly; the daily level is written by ``write_daily``)."""
     report = WriteReport(level.table, window)
-    if level is LEVEL_WEEKLY:
-        # Weekly buckets must be whole: chunk by whole weeks (weekly windows start Monday).
-        chunk_days, medians = (
-            7 * max(1, ctx.settings.chunk_days // 7),
-            _raw_weekly_medians(ctx, report),
-        )
-    elif level is LEVEL_HOURLY:
-        chunk_days, medians = ctx.settings.chunk_days, _hourly_medians
-    else:
-        chunk_days, medians = ctx.settings.chunk_days, None
+    # Whole buckets per chunk (weekly: whole weeks, as weekly windows start Monday).
+    unit = level.chunk_unit_days
+    chunk_days = unit * max(1, ctx.settings.chunk_days // unit)
+    medians = _median_stager(ctx, level, report)
     for chunk in window.chunks(ctx.zone, chunk_days):
         with ctx.warehouse.locked_transaction(level.table, chunk.local_days(ctx.zone)) as conn:
             computed_from = versions.watermark(conn)  # before any parent row (rule 2)
-            # The weekly median reads raw: a week with a released day keeps its row.
-            if level is LEVEL_WEEKLY and _raw_released(conn, ctx, chunk):
+            # A median read from raw: a bucket with a released day keeps its row.
+            if level.median.reads_raw and _raw_released(conn, ctx, chunk):
                 _keep_released(report, chunk)
                 versions.record(conn, {level.asset: _starts(level, chunk, ctx.zone)}, computed_from)
                 continue
-            if level is LEVEL_5M:  # as for minutes: an open 5-minute window waits
-                closed = _closed_part(conn, chunk, timedelta(minutes=5))
+            if level.closed_windows_only and level.step is not None:
+                # As for minutes: an open window waits for the next run.
+                closed = _closed_part(conn, chunk, level.step)
                 if closed is None:
-                    report.notes.append(f"{chunk}: its first 5 minutes are still open")
+                    report.notes.append(
+                        f"{chunk}: its first {levels.interval_literal(level.step)} are still open"
+                    )
                     continue
                 chunk = closed
             _merge_chunk(conn, ctx, level, chunk, report, medians)
@@ -611,13 +560,16 @@ def write_merged_level(ctx: WriteContext, level: Level, window: Window) -> Write
     return report.finish()
 
 
+_PARTITIONS_IN: dict[Grain, Callable[[Window, ZoneInfo], list[datetime]]] = {
+    Grain.HOURLY: lambda chunk, zone: versions.hours_in(chunk),
+    Grain.DAILY: versions.days_in,
+    Grain.WEEKLY: versions.weeks_in,
+}
+
+
 def _starts(level: Level, chunk: Window, zone: ZoneInfo) -> list[datetime]:
     """The partitions of ``level``'s asset that ``chunk`` rewrote."""
-    if level is LEVEL_WEEKLY:
-        return versions.weeks_in(chunk, zone)
-    if level is LEVEL_DAILY:
-        return versions.days_in(chunk, zone)
-    return versions.hours_in(chunk)
+    return _PARTITIONS_IN[level.grain](chunk, zone)
 
 
 # --------------------------------------------------------------------------------------
