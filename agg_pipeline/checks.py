@@ -25,9 +25,11 @@ import dagster as dg
 import sqlalchemy as sa
 
 from agg_pipeline.compute.windows import Window
+from agg_pipeline.core import hierarchy
+from agg_pipeline.warehouse import levels
 
-# Rollup tables that hold imported history too (sql/015).
-_WITH_ORIGIN = {"bi.hourly_sensor_agg", "bi.daily_sensor_agg", "bi.weekly_sensor_agg"}
+# Rollup tables that hold imported history too (migration 015).
+_WITH_ORIGIN = {level.table for level in hierarchy.LEVELS if level.imported_history}
 
 # Means are merged in floating point: allow a relative hair around min and max.
 _EPS = "1e-9 * greatest(abs(min_value), abs(max_value), 1e-300)"
@@ -43,43 +45,18 @@ class Level:
     below: tuple[str, str, str] | None  # (table, key, bucket expression of that key)
 
 
-LEVELS = {
-    "readings_1m": Level(
-        "readings_1m", "bi.readings_1m", "window_start", False, "mean_value", None
-    ),
-    "readings_5m": Level(
-        "readings_5m",
-        "bi.readings_5m",
-        "window_start",
-        False,
-        "mean_value",
-        ("bi.readings_1m", "window_start", "date_bin('5 minutes', b.window_start, :origin)"),
-    ),
-    "rollup_hourly": Level(
-        "rollup_hourly",
-        "bi.hourly_sensor_agg",
-        "hour_start",
-        False,
-        "avg_value",
-        ("bi.readings_1m", "window_start", "date_bin('1 hour', b.window_start, :origin)"),
-    ),
-    "rollup_daily": Level(
-        "rollup_daily",
-        "bi.daily_sensor_agg",
-        "metric_date",
-        True,
-        "avg_value",
-        ("bi.hourly_sensor_agg", "hour_start", "(b.hour_start AT TIME ZONE :tz)::date"),
-    ),
-    "rollup_weekly": Level(
-        "rollup_weekly",
-        "bi.weekly_sensor_agg",
-        "week_start",
-        True,
-        "avg_value",
-        ("bi.daily_sensor_agg", "metric_date", "date_trunc('week', b.metric_date)::date"),
-    ),
-}
+def _from_hierarchy(level: hierarchy.Level) -> Level:
+    below = None
+    if level.parent is not None and level.parent != hierarchy.RAW.key:
+        parent = hierarchy.parent_of(level)
+        key = parent.bucket_column
+        below = (parent.table, key, levels.bucket_sql(level, f"b.{key}"))
+    return Level(
+        level.asset, level.table, level.bucket_column, level.key_is_date, level.mean_column, below
+    )
+
+
+LEVELS = {level.asset: _from_hierarchy(level) for level in hierarchy.DERIVED}
 
 
 def check_specs(asset: str, coverage: bool = False) -> list[dg.AssetCheckSpec]:

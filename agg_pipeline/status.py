@@ -22,13 +22,10 @@ import dagster as dg
 import sqlalchemy as sa
 
 from agg_pipeline.compute.cron import previous_tick
+from agg_pipeline.core import hierarchy
 
 TABLES = {
-    "readings_1m": "bi.readings_1m",
-    "readings_5m": "bi.readings_5m",
-    "rollup_hourly": "bi.hourly_sensor_agg",
-    "rollup_daily": "bi.daily_sensor_agg",
-    "rollup_weekly": "bi.weekly_sensor_agg",
+    **{level.asset: level.table for level in hierarchy.DERIVED},
     "conditions_daily": "bi.daily_sensor_conditions",
     "dashboard_views": "bi.sensor_latest",
 }
