@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from agg_pipeline import versions
+from agg_pipeline.core import hierarchy
 from agg_pipeline.settings import Settings
 
 RAW = versions.RAW
@@ -49,20 +50,25 @@ class Node:
     switch: str | None = None  # settings flag: off = no first fill (its feature is off)
 
 
-# Every healed edge of the asset graph (test_self_healing checks it against the graph).
-NODES: tuple[Node, ...] = (
-    Node("readings_1m", "hourly", (RAW,), "schedule_readings_1m"),
-    Node("readings_5m", "hourly", ("readings_1m",), "schedule_readings_5m"),
-    Node("rollup_hourly", "hourly", ("readings_1m", RAW), "schedule_rollup_hourly"),
-    Node(
-        "device_performance_hourly",
-        "hourly",
-        ("rollup_hourly", "readings_1m"),
-        "schedule_rollup_hourly",
-    ),
-    Node("rollup_daily", "daily", ("rollup_hourly", RAW), "schedule_rollup_daily"),
-    Node("conditions_daily", "daily", (RAW,), "schedule_conditions_daily"),
-    Node("rollup_weekly", "weekly", ("rollup_daily", RAW), "schedule_rollup_weekly"),
+# Every healed edge of the asset graph (test_self_healing checks it against the graph):
+# the hierarchy's levels, then the assets beside it; lowest grain first (stable).
+NODES: tuple[Node, ...] = tuple(
+    sorted(
+        (
+            *(
+                Node(lv.asset, lv.grain.value, hierarchy.upstream_assets(lv), lv.schedule_setting)
+                for lv in hierarchy.DERIVED
+            ),
+            Node(
+                "device_performance_hourly",
+                "hourly",
+                ("rollup_hourly", "readings_1m"),
+                "schedule_rollup_hourly",
+            ),
+            Node("conditions_daily", "daily", (RAW,), "schedule_conditions_daily"),
+        ),
+        key=lambda node: GRAINS.index(node.grain),
+    )
 )
 BY_ASSET = {n.asset: n for n in NODES}
 GRAIN_OF = {RAW: "hourly", **{n.asset: n.grain for n in NODES}}
