@@ -30,8 +30,8 @@ test: $(VENV)/.installed $(FLUXCHECK)
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check agg_pipeline agg_pipeline_tests
-	$(BIN)/ruff format --check agg_pipeline agg_pipeline_tests
+	$(BIN)/ruff check agg_pipeline agg_pipeline_tests benchmarks
+	$(BIN)/ruff format --check agg_pipeline agg_pipeline_tests benchmarks
 
 db-stop: $(VENV)/.installed
 	$(BIN)/agg-pipeline db stop
@@ -41,4 +41,4 @@ clean:
 	rm -rf $(VENV) .local agg_pipeline_tests/flux/node_modules
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m agg_pipeline.bench --json bench-results.json
+	$(BIN)/python -m benchmarks.bench --json bench-results.json

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from agg_pipeline import localdb, migrate, simulator
+from agg_pipeline import localdb, migrate
 from agg_pipeline.catalogue import CatalogueError, get_catalogue
+from agg_pipeline.demo import readings as simulator
 from agg_pipeline.history import HistoryError
 from agg_pipeline.resources.influx import InfluxError
 from agg_pipeline.resources.warehouse import (
@@ -167,7 +168,7 @@ def cmd_seed_diagnostics(args: argparse.Namespace) -> int:
 
 
 def cmd_seed_events(args: argparse.Namespace) -> int:
-    from agg_pipeline import simulator_events
+    from agg_pipeline.demo import home_events as simulator_events
 
     engine = _warehouse_engine()
     zone = get_settings().zone

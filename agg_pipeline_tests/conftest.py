@@ -18,8 +18,9 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import localdb, migrate, simulator
+from agg_pipeline import localdb, migrate
 from agg_pipeline.catalogue import get_catalogue
+from agg_pipeline.demo import readings as simulator
 from agg_pipeline.settings import get_settings
 
 SESSION_TAG = uuid.uuid4().hex[:8]

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from agg_pipeline import simulator
 from agg_pipeline.catalogue import load_catalogue
+from agg_pipeline.demo import readings as simulator
 
 # A Monday, so a two-day set also exercises a (partial) week.
 DAY0 = datetime(2026, 11, 2, tzinfo=UTC)

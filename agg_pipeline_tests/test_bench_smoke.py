@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from agg_pipeline import bench
+from benchmarks import bench
 
 
 def test_benchmark_runs_end_to_end(pg_server_url, monkeypatch, tmp_path, capsys):

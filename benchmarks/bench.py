@@ -1,6 +1,6 @@
 """The benchmark: the pipeline against the database's own floor and the old approaches.
 
-    python -m agg_pipeline.bench [--days 1] [--devices 20] [--hz 1] [--json PATH]
+    python -m benchmarks.bench [--days 1] [--devices 20] [--hz 1] [--json PATH]
 
 Generates the data with the simulator into fresh databases (on the local embedded
 PostgreSQL, or the server of DATABASE_URL), then measures, side by side in one run:
@@ -41,9 +41,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from agg_pipeline import bench_heal, localdb, migrate, simulator
+from agg_pipeline import localdb, migrate
 from agg_pipeline.catalogue import load_catalogue
+from agg_pipeline.demo import readings as simulator
 from agg_pipeline.settings import PACKAGE_DIR, get_settings
+from benchmarks import bench_heal
 
 BENCH_FIELDS = ("temperature", "humidity", "ph", "ec", "light")
 TARGETS = {
@@ -244,7 +246,7 @@ def measure_old_way(env: BenchEnv, start: datetime, end: datetime, sample_hours:
     picked = [start + timedelta(hours=h) for h in range(0, hours, step)][:sample_hours]
     seconds = [
         run_dagster(
-            env, "agg_pipeline.bench_defs", "old_way_hourly", ["--partition", f"{h:%Y-%m-%d-%H:00}"]
+            env, "benchmarks.bench_defs", "old_way_hourly", ["--partition", f"{h:%Y-%m-%d-%H:00}"]
         )["seconds"]
         for h in picked
     ]
@@ -260,17 +262,17 @@ def measure_old_way(env: BenchEnv, start: datetime, end: datetime, sample_hours:
 
 
 def measure_backfill(env: BenchEnv, partitions: int, sample_runs: int) -> dict:
-    from agg_pipeline.bench_defs import trivial_partitions
+    from benchmarks.bench_defs import trivial_partitions
 
     keys = trivial_partitions.get_partition_keys()[-partitions:]
     batch = run_dagster(
         env,
-        "agg_pipeline.bench_defs",
+        "benchmarks.bench_defs",
         "trivial_hourly",
         ["--partition-range", f"{keys[0]}...{keys[-1]}"],
     )["seconds"]
     single = [
-        run_dagster(env, "agg_pipeline.bench_defs", "trivial_hourly", ["--partition", keys[i]])[
+        run_dagster(env, "benchmarks.bench_defs", "trivial_hourly", ["--partition", keys[i]])[
             "seconds"
         ]
         for i in range(sample_runs)
@@ -670,7 +672,7 @@ def render(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m agg_pipeline.bench", description=__doc__.split("\n\n")[0]
+        prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--days", type=float, default=1.0)
     parser.add_argument("--devices", type=int, default=20)

@@ -1,4 +1,4 @@
-"""Dagster definitions used only by the benchmark (`python -m agg_pipeline.bench`).
+"""Dagster definitions used only by the benchmark (`python -m benchmarks.bench`).
 
 - ``old_way_hourly``: what the replaced ETL did, one run per hourly partition: pull the
   hour's raw rows into pandas, aggregate in Python (validity and duplicates handled the

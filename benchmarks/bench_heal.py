@@ -25,8 +25,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from agg_pipeline import simulator
 from agg_pipeline.catalogue import load_catalogue
+from agg_pipeline.demo import readings as simulator
 from agg_pipeline.settings import PACKAGE_DIR
 
 HEAL_TIMEOUT_S = 600.0  # a trial not exact by then ends in a wrong state
@@ -290,14 +290,14 @@ def measure_healing(bench_env, trials: int, devices: int = 3, hz: float = 0.05) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Only this benchmark: ``python -m agg_pipeline.bench_heal [--trials 5]``."""
+    """Only this benchmark: ``python -m benchmarks.bench_heal [--trials 5]``."""
     import argparse
     import json
 
     from agg_pipeline import migrate
-    from agg_pipeline.bench import BenchEnv
+    from benchmarks.bench import BenchEnv
 
-    parser = argparse.ArgumentParser(prog="python -m agg_pipeline.bench_heal")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_heal")
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
