@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import dashboard, realtime, writers, writers_devices
+from agg_pipeline import realtime, writers, writers_devices
 from agg_pipeline.catalogue import CatalogueError, load_catalogue, parse_catalogue
 from agg_pipeline.compute import formulas
 from agg_pipeline.compute.windows import Window
 from agg_pipeline.demo import readings as simulator
 from agg_pipeline.resources.sources import readings_source
 from agg_pipeline.resources.warehouse import WarehouseResource
+from agg_pipeline.serving import dashboard
 from agg_pipeline.settings import Settings
 from agg_pipeline_tests import reference
 

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import influx_sink, patterns, writers
+from agg_pipeline import influx_sink, writers
 from agg_pipeline.catalogue import CatalogueError, load_catalogue, parse_catalogue
 from agg_pipeline.compute import flux
 from agg_pipeline.compute.windows import Window, day_window
@@ -31,6 +31,7 @@ from agg_pipeline.resources.influx import InfluxError, InfluxResource
 from agg_pipeline.resources.influx_source import InfluxReadingsSource
 from agg_pipeline.resources.sources import readings_source
 from agg_pipeline.resources.warehouse import WarehouseResource
+from agg_pipeline.serving import patterns
 from agg_pipeline.settings import Settings
 from agg_pipeline_tests import data
 from agg_pipeline_tests.influx_server import FakeInflux, Fault, readings_to_points

@@ -9,12 +9,12 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import patterns
 from agg_pipeline.assets import pattern_anomaly_daily, pattern_detectors
 from agg_pipeline.compute import patterns as detect
 from agg_pipeline.demo import home_events as simulator_events
 from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
+from agg_pipeline.serving import patterns
 
 UTC_ZONE = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")

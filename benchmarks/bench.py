@@ -365,7 +365,7 @@ DASHBOARD_RAW = {
 
 
 def measure_reads(env: BenchEnv, start: datetime, end: datetime, reps: int) -> dict:
-    from agg_pipeline import dashboard
+    from agg_pipeline.serving import dashboard
 
     catalogue = load_catalogue("hydroponics")
     with env.engine.connect() as conn:
@@ -446,7 +446,7 @@ def measure_reads(env: BenchEnv, start: datetime, end: datetime, reps: int) -> d
 
 def measure_pattern_writes(env: BenchEnv, reps: int) -> dict:
     try:
-        from agg_pipeline.patterns import bench_write_batch  # the pattern-aggregates issue
+        from agg_pipeline.serving.patterns import bench_write_batch  # the pattern-aggregates issue
     except ImportError:
         return {"note": "pattern aggregates not implemented yet: not measured"}
     result = bench_write_batch(env.engine, n=1000, reps=reps)
@@ -462,8 +462,9 @@ def measure_influx_pattern_writes(n: int, reps: int) -> dict:
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from agg_pipeline import influx_sink, patterns
+    from agg_pipeline import influx_sink
     from agg_pipeline.resources.influx import InfluxResource
+    from agg_pipeline.serving import patterns
 
     received: list[int] = []
 

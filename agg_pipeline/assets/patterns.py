@@ -11,12 +11,13 @@ from datetime import date, datetime, timedelta
 import dagster as dg
 import sqlalchemy as sa
 
-from agg_pipeline import influx_sink, partitions, patterns
+from agg_pipeline import influx_sink, partitions
 from agg_pipeline.assets._common import BACKFILL, markdown_table, partition_window
 from agg_pipeline.catalogue import get_catalogue
 from agg_pipeline.compute import patterns as detect
 from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
+from agg_pipeline.serving import patterns
 from agg_pipeline.settings import get_settings
 
 _settings = get_settings()

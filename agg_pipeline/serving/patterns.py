@@ -1,6 +1,6 @@
 """Daily pattern aggregates: typed models, batch writes and a read API.
 
-    from agg_pipeline import patterns
+    from agg_pipeline.serving import patterns
     result = patterns.query(engine, "sequence", date(2026, 11, 1), date(2026, 11, 30))
     result.rows        # [SequenceDaily(day=..., sequence=[...], confidence=0.9, ...)]
     result.problems    # rows whose stored JSON did not parse, named - never dropped silently
@@ -32,7 +32,8 @@ import sqlalchemy as sa
 from psycopg2.extras import execute_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agg_pipeline import read_params, retention
+from agg_pipeline import retention
+from agg_pipeline.serving import read_params
 
 MAX_DAYS = 366  # days per query, both ends included
 

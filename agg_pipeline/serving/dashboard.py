@@ -27,7 +27,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
 
-from agg_pipeline import read_params
+from agg_pipeline.serving import read_params
 
 MAX_HOURS = 24 * 31
 MAX_DAYS = 366
