@@ -372,3 +372,14 @@ def test_dashboard_views_exist_for_bi_tools(engine):
         "hourly_sensor_agg_realtime",
         "daily_sensor_agg_realtime",
     } <= views
+
+
+def test_old_import_paths_are_the_moved_modules():
+    import agg_pipeline.dashboard
+    import agg_pipeline.patterns
+    from agg_pipeline import dashboard as by_from
+    from agg_pipeline.serving import dashboard, patterns
+
+    assert agg_pipeline.dashboard is dashboard is by_from
+    assert agg_pipeline.patterns is patterns
+    assert callable(agg_pipeline.patterns.query)
