@@ -28,7 +28,7 @@ from agg_pipeline.assets import (
 )
 from agg_pipeline.assets.maintenance import retention_cleanup
 from agg_pipeline.assets.raw import observe_late_hours
-from agg_pipeline.resources.influx import InfluxResource
+from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
 

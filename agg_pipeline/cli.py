@@ -29,7 +29,7 @@ from agg_pipeline import localdb, migrate
 from agg_pipeline.catalogue import CatalogueError, get_catalogue
 from agg_pipeline.demo import readings as simulator
 from agg_pipeline.history import HistoryError
-from agg_pipeline.resources.influx import InfluxError
+from agg_pipeline.influx.client import InfluxError
 from agg_pipeline.resources.warehouse import (
     WarehouseUnavailable,
     check_reachable,
@@ -284,7 +284,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _influx():
-    from agg_pipeline.resources.influx import InfluxError, InfluxResource
+    from agg_pipeline.influx.client import InfluxError, InfluxResource
 
     env = {k: os.environ.get(f"INFLUXDB_{k.upper()}") for k in ("url", "token", "org")}
     missing = [f"INFLUXDB_{k.upper()}" for k, v in env.items() if not v]
@@ -294,7 +294,7 @@ def _influx():
 
 
 def cmd_influx(args: argparse.Namespace) -> int:
-    from agg_pipeline import influx_sink
+    from agg_pipeline.influx import sink as influx_sink
 
     influx = _influx()
     if args.action == "ensure-buckets":

@@ -34,9 +34,9 @@ import pandas as pd
 import sqlalchemy as sa
 
 from agg_pipeline.catalogue import Catalogue
-from agg_pipeline.compute import flux
+from agg_pipeline.influx import flux
+from agg_pipeline.influx.client import InfluxError, InfluxResource
 from agg_pipeline.migrate import LEGACY_SUFFIX, quote
-from agg_pipeline.resources.influx import InfluxError, InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
 

@@ -15,7 +15,7 @@ import dagster as dg
 from agg_pipeline import clock, healing, partitions
 from agg_pipeline.assets.raw import observe_late_hours
 from agg_pipeline.catalogue import get_catalogue
-from agg_pipeline.resources.influx import InfluxResource
+from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
 

@@ -28,7 +28,7 @@ import pandas as pd
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from agg_pipeline.compute.flux import parse_header
+from agg_pipeline.influx.flux import parse_header
 
 
 @dataclass

@@ -8,9 +8,10 @@ from dataclasses import replace
 import dagster as dg
 import pytest
 
-from agg_pipeline import checks, healing, influx_sink, retention, settings, status
+from agg_pipeline import checks, healing, retention, settings, status
 from agg_pipeline.core import hierarchy
 from agg_pipeline.definitions import defs
+from agg_pipeline.influx import sink as influx_sink
 from agg_pipeline.warehouse import levels
 
 PARTITIONS = {"hourly": "0 * * * *", "daily": "0 0 * * *", "weekly": "0 0 * * 1"}

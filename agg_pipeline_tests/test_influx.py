@@ -23,16 +23,17 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import influx_sink, writers
+from agg_pipeline import writers
 from agg_pipeline.catalogue import CatalogueError, load_catalogue, parse_catalogue
-from agg_pipeline.compute import flux
 from agg_pipeline.compute.windows import Window, day_window
-from agg_pipeline.resources.influx import InfluxError, InfluxResource
-from agg_pipeline.resources.influx_source import InfluxReadingsSource
-from agg_pipeline.resources.sources import readings_source
+from agg_pipeline.influx import flux
+from agg_pipeline.influx import sink as influx_sink
+from agg_pipeline.influx.client import InfluxError, InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.serving import patterns
 from agg_pipeline.settings import Settings
+from agg_pipeline.sources.influx import InfluxReadingsSource
+from agg_pipeline.sources.postgres import readings_source
 from agg_pipeline_tests import data
 from agg_pipeline_tests.influx_server import FakeInflux, Fault, readings_to_points
 
@@ -221,7 +222,7 @@ def test_a_connection_reset_mid_response_is_an_error_not_a_short_answer(influx):
 
 def test_writes_retry_honouring_retry_after_then_succeed(influx, monkeypatch):
     waits: list[float] = []
-    monkeypatch.setattr("agg_pipeline.resources.influx.time.sleep", waits.append)
+    monkeypatch.setattr("agg_pipeline.influx.client.time.sleep", waits.append)
     influx.buckets["b"] = {"name": "b"}
     influx.fail_next("/api/v2/write", Fault(429, {"Retry-After": "7"}, '{"message": "slow"}'),
                      Fault(503, {}, '{"message": "busy"}'))  # fmt: skip
@@ -234,7 +235,7 @@ def test_writes_retry_honouring_retry_after_then_succeed(influx, monkeypatch):
 
 
 def test_a_write_that_keeps_failing_raises_after_three_attempts(influx, monkeypatch):
-    monkeypatch.setattr("agg_pipeline.resources.influx.time.sleep", lambda s: None)
+    monkeypatch.setattr("agg_pipeline.influx.client.time.sleep", lambda s: None)
     influx.buckets["b"] = {"name": "b"}
     influx.fail_next("/api/v2/write", *[Fault(503, {"Retry-After": "1"},
                                               '{"message": "storage busy"}')] * 3)  # fmt: skip

@@ -25,7 +25,7 @@ from agg_pipeline.assets import (
     rollup_weekly,
 )
 from agg_pipeline.automation import late_data_sensor
-from agg_pipeline.resources.influx import InfluxResource
+from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline_tests import data
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from agg_pipeline.assets import pattern_anomaly_daily, pattern_detectors
 from agg_pipeline.compute import patterns as detect
 from agg_pipeline.demo import home_events as simulator_events
-from agg_pipeline.resources.influx import InfluxResource
+from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.serving import patterns
 

@@ -17,7 +17,7 @@ from agg_pipeline.assets import (
     rollup_weekly,
 )
 from agg_pipeline.catalogue import load_catalogue
-from agg_pipeline.resources.influx import InfluxResource
+from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline_tests import data, reference
 

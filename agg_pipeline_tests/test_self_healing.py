@@ -31,7 +31,7 @@ from agg_pipeline.assets import (
 from agg_pipeline.assets.raw import observe_late_hours
 from agg_pipeline.automation import JOBS, self_healing_sensor
 from agg_pipeline.definitions import defs
-from agg_pipeline.resources.influx import InfluxResource
+from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
 from agg_pipeline_tests import data, reference

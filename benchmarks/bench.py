@@ -462,8 +462,8 @@ def measure_influx_pattern_writes(n: int, reps: int) -> dict:
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from agg_pipeline import influx_sink
-    from agg_pipeline.resources.influx import InfluxResource
+    from agg_pipeline.influx import sink as influx_sink
+    from agg_pipeline.influx.client import InfluxResource
     from agg_pipeline.serving import patterns
 
     received: list[int] = []

@@ -15,7 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from agg_pipeline.catalogue import get_catalogue
-from agg_pipeline.resources.influx import InfluxResource
+from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
 

@@ -14,8 +14,7 @@ from agg_pipeline import partitions
 from agg_pipeline.catalogue import get_catalogue
 from agg_pipeline.compute import statements
 from agg_pipeline.compute.windows import Window
-from agg_pipeline.resources.influx import InfluxResource
-from agg_pipeline.resources.sources import readings_source
+from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.resources.warehouse import (
     LockWaitTimeout,
     WarehouseResource,
@@ -25,6 +24,7 @@ from agg_pipeline.resources.warehouse import (
     sqlstate,
 )
 from agg_pipeline.settings import get_settings
+from agg_pipeline.sources.postgres import readings_source
 from agg_pipeline.writers import WriteContext, WriteReport
 
 # A backfill over many partitions is one run, and each run writes its whole window with a
@@ -75,7 +75,7 @@ def sink_windows(
 ) -> None:
     """Write the run's windows to the InfluxDB sink (if the catalogue has one): after the
     warehouse committed, so InfluxDB only ever gets what PostgreSQL holds."""
-    from agg_pipeline import influx_sink
+    from agg_pipeline.influx import sink as influx_sink
 
     written = influx_sink.write_windows(
         warehouse.get_engine(), influx, get_catalogue(), level, report.window

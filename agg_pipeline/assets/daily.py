@@ -24,7 +24,7 @@ from agg_pipeline.assets.raw import raw_readings
 from agg_pipeline.assets.rollups import STATS, rollup_hourly
 from agg_pipeline.automation_conditions import daily_correction
 from agg_pipeline.compute.windows import Window
-from agg_pipeline.resources.influx import InfluxResource
+from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
 

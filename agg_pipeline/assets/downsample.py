@@ -15,7 +15,7 @@ from agg_pipeline.assets._common import (
 )
 from agg_pipeline.assets.raw import raw_readings
 from agg_pipeline.automation_conditions import hourly_correction
-from agg_pipeline.resources.influx import InfluxResource
+from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
 

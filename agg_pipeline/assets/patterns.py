@@ -11,11 +11,12 @@ from datetime import date, datetime, timedelta
 import dagster as dg
 import sqlalchemy as sa
 
-from agg_pipeline import influx_sink, partitions
+from agg_pipeline import partitions
 from agg_pipeline.assets._common import BACKFILL, markdown_table, partition_window
 from agg_pipeline.catalogue import get_catalogue
 from agg_pipeline.compute import patterns as detect
-from agg_pipeline.resources.influx import InfluxResource
+from agg_pipeline.influx import sink as influx_sink
+from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.serving import patterns
 from agg_pipeline.settings import get_settings

@@ -41,8 +41,8 @@ def observe_late_hours(
 
 def observe_influx(engine, influx, since: datetime, now: datetime, settle: timedelta) -> int:
     """One Flux query over the lookback: hourly point counts and last point times."""
-    from agg_pipeline.compute import flux
-    from agg_pipeline.resources.influx import InfluxError
+    from agg_pipeline.influx import flux
+    from agg_pipeline.influx.client import InfluxError
 
     if influx is None or not influx.enabled:
         raise InfluxError("raw readings are in InfluxDB, but INFLUXDB_URL is not set")

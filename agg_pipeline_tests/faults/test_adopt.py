@@ -18,7 +18,7 @@ from agg_pipeline import checks, cli, history, migrate, schema_compat
 from agg_pipeline.assets import daily_rollup_and_conditions, readings_1m, readings_5m, rollup_hourly
 from agg_pipeline.catalogue import load_catalogue
 from agg_pipeline.compute.windows import Window
-from agg_pipeline.resources.influx import InfluxResource
+from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline_tests import data
 from agg_pipeline_tests.conftest import SESSION_TAG, create_database, drop_database

@@ -31,7 +31,7 @@ from agg_pipeline.assets import (
     rollup_hourly,
 )
 from agg_pipeline.catalogue import load_catalogue
-from agg_pipeline.resources.influx import InfluxResource
+from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource, is_transient
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.faults.checksums import checksums

@@ -22,7 +22,7 @@ from agg_pipeline import realtime
 from agg_pipeline.assets import daily_rollup_and_conditions, rollup_weekly
 from agg_pipeline.assets.maintenance import retention_cleanup
 from agg_pipeline.catalogue import load_catalogue
-from agg_pipeline.resources.influx import InfluxResource
+from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
 from agg_pipeline_tests import data, reference

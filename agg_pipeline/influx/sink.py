@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from agg_pipeline.catalogue import Catalogue, InfluxSink
 from agg_pipeline.compute.windows import Window
 from agg_pipeline.core import hierarchy
-from agg_pipeline.resources.influx import InfluxError, InfluxResource
+from agg_pipeline.influx.client import InfluxError, InfluxResource
 
 STATS = ("mean", "min", "max", "count")
 # Measurement suffix -> (table, window length in seconds), from the hierarchy.

@@ -25,7 +25,7 @@ from agg_pipeline.catalogue import Catalogue
 from agg_pipeline.compute import statements
 from agg_pipeline.compute.conditions import ConditionBand
 from agg_pipeline.compute.windows import Window
-from agg_pipeline.resources.influx import InfluxResource
+from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.resources.warehouse import set_lock_timeout
 
 
@@ -231,7 +231,7 @@ def readings_source(
     if catalogue.source.kind == "postgres":
         return PostgresReadingsSource(catalogue, engine, shards, work_mem)
     if catalogue.source.kind == "influxdb":
-        from agg_pipeline.resources.influx_source import InfluxReadingsSource
+        from agg_pipeline.sources.influx import InfluxReadingsSource
 
         return InfluxReadingsSource(catalogue, influx or InfluxResource())
     raise ValueError(f"unsupported source kind {catalogue.source.kind!r}")
