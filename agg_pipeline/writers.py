@@ -37,7 +37,7 @@ from agg_pipeline.core import hierarchy
 from agg_pipeline.core.hierarchy import Grain, Level, Median
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import Settings
-from agg_pipeline.sources.postgres import ReadingsSource, StageContext
+from agg_pipeline.sources.base import ReadingsSource, StageContext
 from agg_pipeline.warehouse import levels
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from agg_pipeline.demo import readings as simulator
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.serving import dashboard
 from agg_pipeline.settings import Settings
-from agg_pipeline.sources.postgres import readings_source
+from agg_pipeline.sources import readings_source
 from agg_pipeline_tests import reference
 
 OIL = load_catalogue("oil_well")

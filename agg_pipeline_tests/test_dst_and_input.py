@@ -17,7 +17,7 @@ from agg_pipeline.compute.windows import Window, day_window
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import Settings
-from agg_pipeline.sources.postgres import readings_source
+from agg_pipeline.sources import readings_source
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.test_rollups import assert_matches, table
 

@@ -32,8 +32,8 @@ from agg_pipeline.influx.client import InfluxError, InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.serving import patterns
 from agg_pipeline.settings import Settings
+from agg_pipeline.sources import readings_source
 from agg_pipeline.sources.influx import InfluxReadingsSource
-from agg_pipeline.sources.postgres import readings_source
 from agg_pipeline_tests import data
 from agg_pipeline_tests.influx_server import FakeInflux, Fault, readings_to_points
 

@@ -24,7 +24,7 @@ from agg_pipeline.resources.warehouse import (
     sqlstate,
 )
 from agg_pipeline.settings import get_settings
-from agg_pipeline.sources.postgres import readings_source
+from agg_pipeline.sources import readings_source
 from agg_pipeline.writers import WriteContext, WriteReport
 
 # A backfill over many partitions is one run, and each run writes its whole window with a

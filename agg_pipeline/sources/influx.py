@@ -1,6 +1,6 @@
 """Raw readings in InfluxDB 2.x: the same questions as the PostgreSQL source, in Flux.
 
-Each staging call sends Flux that aggregates inside InfluxDB (``compute/flux.py``); the
+Each staging call sends Flux that aggregates inside InfluxDB (``influx/flux.py``); the
 aggregated rows are loaded into the same temp tables the PostgreSQL source fills
 (``stage_1m``, ``stage_daily``, ``stage_medians``), so every writer works unchanged.
 
@@ -28,7 +28,7 @@ from agg_pipeline.compute.conditions import ConditionBand
 from agg_pipeline.compute.windows import Window
 from agg_pipeline.influx import flux
 from agg_pipeline.influx.client import InfluxError, InfluxResource
-from agg_pipeline.sources.postgres import StageContext
+from agg_pipeline.sources.base import StageContext
 
 STAGE_1M_COLUMNS = {
     "device": "text", "field": "text", "known": "boolean", "kind": "text",

@@ -1,23 +1,12 @@
-"""Raw-readings sources. Each answers the same questions, pushed down to where the rows are.
-
-A source fills temp tables in the warehouse transaction it is given:
-
-- ``stage_1m``: 1-minute partials, hourly medians and rejection counts, per hour;
-- ``stage_daily``: per (device, field, local day) the exact median and the condition
-  counts and held durations - one pass for rollup_daily and conditions_daily;
-- ``stage_medians``: exact medians per (device, field, week) for the weekly rollup.
-
-The writers (``agg_pipeline.writers``) take it from there, whatever the source was.
-"""
+"""Raw readings in a PostgreSQL table of the warehouse (``raw.readings`` or the catalogue's
+own table): the questions of ``sources.base`` answered in SQL, where the rows are."""
 
 from __future__ import annotations
 
 import hashlib
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import date, datetime
-from typing import Protocol
+from datetime import date
 
 import sqlalchemy as sa
 
@@ -25,36 +14,8 @@ from agg_pipeline.catalogue import Catalogue
 from agg_pipeline.compute import statements
 from agg_pipeline.compute.conditions import ConditionBand
 from agg_pipeline.compute.windows import Window
-from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.resources.warehouse import set_lock_timeout
-
-
-@dataclass(frozen=True)
-class StageContext:
-    """What every staging query needs besides the window."""
-
-    timezone: str
-    latest_allowed: datetime  # readings stamped after this are `future`
-    max_gap_seconds: float
-
-
-class ReadingsSource(Protocol):
-    def stage_partials_1m(self, conn: sa.Connection, window: Window, ctx: StageContext) -> None: ...
-
-    def stage_medians(
-        self, conn: sa.Connection, window: Window, grain: str, ctx: StageContext
-    ) -> None: ...
-
-    def stage_daily(
-        self,
-        conn: sa.Connection,
-        window: Window,
-        bands: dict[tuple[date, str], ConditionBand],
-        ctx: StageContext,
-        with_medians: bool,
-        with_conditions: bool,
-    ) -> None: ...
-
+from agg_pipeline.sources.base import StageContext
 
 _PLANNER = (
     # The planner cannot estimate how many (device, field, bucket) groups a window has, nor
@@ -218,20 +179,3 @@ class PostgresReadingsSource:
         }
         sql = self._render("stage_daily")
         self._stage(conn, "stage_daily", sql, params)
-
-
-def readings_source(
-    catalogue: Catalogue,
-    engine: sa.Engine,
-    shards: int = 1,
-    work_mem: str = "256MB",
-    influx: InfluxResource | None = None,
-) -> ReadingsSource:
-    """The source the catalogue describes: a table of ``engine``'s database, or InfluxDB."""
-    if catalogue.source.kind == "postgres":
-        return PostgresReadingsSource(catalogue, engine, shards, work_mem)
-    if catalogue.source.kind == "influxdb":
-        from agg_pipeline.sources.influx import InfluxReadingsSource
-
-        return InfluxReadingsSource(catalogue, influx or InfluxResource())
-    raise ValueError(f"unsupported source kind {catalogue.source.kind!r}")
