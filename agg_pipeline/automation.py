@@ -29,8 +29,8 @@ from agg_pipeline.assets import (
 from agg_pipeline.assets.maintenance import retention_cleanup
 from agg_pipeline.assets.raw import observe_late_hours
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
+from agg_pipeline.warehouse.engine import WarehouseResource
 
 settings = get_settings()
 TZ = settings.timezone
@@ -276,7 +276,7 @@ SENSOR_RUNNING = dg.DefaultSensorStatus.RUNNING
 def late_data_sensor(
     context: dg.SensorEvaluationContext, warehouse: WarehouseResource, influx: InfluxResource
 ) -> dg.SensorResult:
-    from agg_pipeline import late_data
+    from agg_pipeline.warehouse import late_data
 
     seq = int(context.cursor or 0)
     observe_late_hours(warehouse, influx)  # record late readings as per-hour late counts

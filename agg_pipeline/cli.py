@@ -25,19 +25,19 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from agg_pipeline import localdb, migrate
 from agg_pipeline.catalogue import CatalogueError, get_catalogue
 from agg_pipeline.demo import readings as simulator
-from agg_pipeline.history import HistoryError
 from agg_pipeline.influx.client import InfluxError
-from agg_pipeline.resources.warehouse import (
+from agg_pipeline.settings import SettingsError, get_settings, project_root
+from agg_pipeline.warehouse import localdb, migrate
+from agg_pipeline.warehouse.engine import (
     WarehouseUnavailable,
     check_reachable,
     engine_for,
     masked,
     resolve_url,
 )
-from agg_pipeline.settings import SettingsError, get_settings, project_root
+from agg_pipeline.warehouse.history import HistoryError
 
 
 def _warehouse_engine() -> sa.Engine:
@@ -74,7 +74,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_import_history(args: argparse.Namespace) -> int:
-    from agg_pipeline import history
+    from agg_pipeline.warehouse import history
 
     engine = _warehouse_engine()
     catalogue = get_catalogue()

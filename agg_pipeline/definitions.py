@@ -19,8 +19,8 @@ from agg_pipeline.assets import ALL_ASSETS  # noqa: E402
 from agg_pipeline.automation import FRESHNESS_CHECKS, JOBS, SCHEDULES, SENSORS  # noqa: E402
 from agg_pipeline.catalogue import get_catalogue  # noqa: E402
 from agg_pipeline.influx.client import InfluxResource  # noqa: E402
-from agg_pipeline.resources.warehouse import WarehouseResource  # noqa: E402
 from agg_pipeline.settings import get_settings  # noqa: E402
+from agg_pipeline.warehouse.engine import WarehouseResource  # noqa: E402
 
 
 def warehouse_resource() -> WarehouseResource:

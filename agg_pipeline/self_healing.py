@@ -12,12 +12,13 @@ from datetime import timedelta
 
 import dagster as dg
 
-from agg_pipeline import clock, healing, partitions
+from agg_pipeline import clock, partitions
 from agg_pipeline.assets.raw import observe_late_hours
 from agg_pipeline.catalogue import get_catalogue
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
+from agg_pipeline.warehouse import healing
+from agg_pipeline.warehouse.engine import WarehouseResource
 
 NAME = "self_healing_sensor"
 REASON_TAG = "agg_pipeline/healing"

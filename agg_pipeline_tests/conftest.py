@@ -18,10 +18,10 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import localdb, migrate
 from agg_pipeline.catalogue import get_catalogue
 from agg_pipeline.demo import readings as simulator
 from agg_pipeline.settings import get_settings
+from agg_pipeline.warehouse import localdb, migrate
 
 SESSION_TAG = uuid.uuid4().hex[:8]
 
@@ -84,7 +84,7 @@ def warehouse_url(pg_server_url: str, template_db: str, monkeypatch) -> Iterator
     monkeypatch.setenv("DATABASE_URL", url)
     get_settings.cache_clear()
     yield url
-    from agg_pipeline.resources.warehouse import engine_for
+    from agg_pipeline.warehouse.engine import engine_for
 
     engine_for(url).dispose()
     drop_database(pg_server_url, name)

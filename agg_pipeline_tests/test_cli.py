@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agg_pipeline import migrate
+from agg_pipeline.warehouse import migrate
 
 BIN = Path(sys.executable).parent
 

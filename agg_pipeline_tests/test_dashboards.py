@@ -9,15 +9,17 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import realtime, writers, writers_devices
 from agg_pipeline.catalogue import CatalogueError, load_catalogue, parse_catalogue
 from agg_pipeline.compute import formulas
 from agg_pipeline.compute.windows import Window
 from agg_pipeline.demo import readings as simulator
-from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.serving import dashboard
 from agg_pipeline.settings import Settings
 from agg_pipeline.sources import readings_source
+from agg_pipeline.warehouse import realtime
+from agg_pipeline.warehouse.engine import WarehouseResource
+from agg_pipeline.warehouse.writes import devices as writers_devices
+from agg_pipeline.warehouse.writes import readings as writers
 from agg_pipeline_tests import reference
 
 OIL = load_catalogue("oil_well")

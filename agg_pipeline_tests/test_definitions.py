@@ -117,7 +117,7 @@ def test_schedules_and_sensors_run_by_default():
 
 
 def test_every_materialized_asset_has_freshness_checks_and_automation():
-    from agg_pipeline import healing
+    from agg_pipeline.warehouse import healing
 
     graph = defs.resolve_asset_graph()
     for key in graph.get_all_asset_keys():

@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import writers
 from agg_pipeline.assets import readings_1m
 from agg_pipeline.catalogue import load_catalogue
 from agg_pipeline.compute.windows import Window, day_window
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import Settings
 from agg_pipeline.sources import readings_source
+from agg_pipeline.warehouse.engine import WarehouseResource
+from agg_pipeline.warehouse.writes import readings as writers
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.test_rollups import assert_matches, table
 

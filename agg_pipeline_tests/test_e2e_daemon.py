@@ -120,7 +120,7 @@ def test_backfill_through_the_daemon(pg_server_url, project_root, tmp_path):
     warehouse = create_database(pg_server_url, f"agge2e_wh_{tag}")
     storage = create_database(pg_server_url, f"agge2e_dg_{tag}")
     engine = sa.create_engine(warehouse)
-    from agg_pipeline import migrate
+    from agg_pipeline.warehouse import migrate
 
     migrate.migrate(engine)
     data.seed(engine, start=data.DAY0, days=1, devices=2, hz=0.01)
@@ -229,8 +229,8 @@ def test_self_healing_through_the_daemon(pg_server_url, project_root, tmp_path):
     warehouse = create_database(pg_server_url, f"agge2e_wh_{tag}")
     storage = create_database(pg_server_url, f"agge2e_dg_{tag}")
     engine = sa.create_engine(warehouse)
-    from agg_pipeline import migrate
     from agg_pipeline.demo import readings as simulator
+    from agg_pipeline.warehouse import migrate
 
     migrate.migrate(engine)
     simulator.write_demo_crops(engine)  # the bands the pandas reference expects (BANDS)

@@ -8,11 +8,11 @@ from dataclasses import replace
 import dagster as dg
 import pytest
 
-from agg_pipeline import checks, healing, retention, settings, status
+from agg_pipeline import checks, settings, status
 from agg_pipeline.core import hierarchy
 from agg_pipeline.definitions import defs
 from agg_pipeline.influx import sink as influx_sink
-from agg_pipeline.warehouse import levels
+from agg_pipeline.warehouse import healing, levels, retention
 
 PARTITIONS = {"hourly": "0 * * * *", "daily": "0 0 * * *", "weekly": "0 0 * * 1"}
 

@@ -23,17 +23,17 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import writers
 from agg_pipeline.catalogue import CatalogueError, load_catalogue, parse_catalogue
 from agg_pipeline.compute.windows import Window, day_window
 from agg_pipeline.influx import flux
 from agg_pipeline.influx import sink as influx_sink
 from agg_pipeline.influx.client import InfluxError, InfluxResource
-from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.serving import patterns
 from agg_pipeline.settings import Settings
 from agg_pipeline.sources import readings_source
 from agg_pipeline.sources.influx import InfluxReadingsSource
+from agg_pipeline.warehouse.engine import WarehouseResource
+from agg_pipeline.warehouse.writes import readings as writers
 from agg_pipeline_tests import data
 from agg_pipeline_tests.influx_server import FakeInflux, Fault, readings_to_points
 
@@ -423,7 +423,7 @@ def test_bi_tables_from_influxdb_equal_those_from_postgresql(influx, warehouse_u
 
 
 def test_late_points_in_influxdb_are_observed_per_hour(influx, engine):
-    from agg_pipeline import late_data
+    from agg_pipeline.warehouse import late_data
 
     start = datetime(2026, 11, 2, tzinfo=UTC)
     src = INFLUX_HYDRO.source

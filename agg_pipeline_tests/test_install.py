@@ -22,8 +22,8 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import migrate
 from agg_pipeline.catalogue import load_catalogue
+from agg_pipeline.warehouse import migrate
 from agg_pipeline_tests import reference
 from agg_pipeline_tests.conftest import create_database, drop_database
 from agg_pipeline_tests.test_rollups import assert_matches, table
@@ -100,7 +100,7 @@ def test_installed_package_migrates_seeds_and_materializes(installed, pg_server_
             [
                 str(installed / "python"),
                 "-c",
-                "import agg_pipeline, agg_pipeline.migrate as m; "
+                "import agg_pipeline, agg_pipeline.warehouse.migrate as m; "
                 "print(agg_pipeline.__file__); print(m.sql_dir())",
             ],
             env,

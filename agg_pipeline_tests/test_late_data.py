@@ -26,7 +26,7 @@ from agg_pipeline.assets import (
 )
 from agg_pipeline.automation import late_data_sensor
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.resources.warehouse import WarehouseResource
+from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # a Monday

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from agg_pipeline import migrate
 from agg_pipeline.settings import get_settings
+from agg_pipeline.warehouse import migrate
 
 
 def test_migrations_recorded_and_idempotent(engine, tmp_path, monkeypatch):

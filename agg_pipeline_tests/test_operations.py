@@ -23,7 +23,7 @@ from agg_pipeline.assets import (
 from agg_pipeline.assets.maintenance import retention_cleanup
 from agg_pipeline.definitions import defs
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.resources.warehouse import WarehouseResource
+from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data
 from agg_pipeline_tests.test_rollups import run_hours, run_partition
 

@@ -13,8 +13,8 @@ from agg_pipeline.assets import pattern_anomaly_daily, pattern_detectors
 from agg_pipeline.compute import patterns as detect
 from agg_pipeline.demo import home_events as simulator_events
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.serving import patterns
+from agg_pipeline.warehouse.engine import WarehouseResource
 
 UTC_ZONE = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -18,7 +18,7 @@ from agg_pipeline.assets import (
 )
 from agg_pipeline.catalogue import load_catalogue
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.resources.warehouse import WarehouseResource
+from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data, reference
 
 REL = 1e-9

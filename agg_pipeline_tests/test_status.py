@@ -18,7 +18,7 @@ from agg_pipeline.assets import readings_1m, readings_5m, rollup_hourly
 from agg_pipeline.compute.cron import previous_tick
 from agg_pipeline.definitions import defs
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.resources.warehouse import WarehouseResource
+from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data
 
 REPO = defs.get_repository_def()

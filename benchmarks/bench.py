@@ -41,10 +41,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from agg_pipeline import localdb, migrate
 from agg_pipeline.catalogue import load_catalogue
 from agg_pipeline.demo import readings as simulator
 from agg_pipeline.settings import PACKAGE_DIR, get_settings
+from agg_pipeline.warehouse import localdb, migrate
 from benchmarks import bench_heal
 
 BENCH_FIELDS = ("temperature", "humidity", "ph", "ec", "light")

@@ -16,8 +16,8 @@ import sqlalchemy as sa
 
 from agg_pipeline.catalogue import get_catalogue
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
+from agg_pipeline.warehouse.engine import WarehouseResource
 
 _start = get_settings().start_date
 hourly = dg.HourlyPartitionsDefinition(start_date=f"{_start:%Y-%m-%d}-00:00", end_offset=1)

@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    from agg_pipeline import migrate
+    from agg_pipeline.warehouse import migrate
     from benchmarks.bench import BenchEnv
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_heal")

@@ -12,10 +12,12 @@ import sqlalchemy as sa
 
 from agg_pipeline import partitions
 from agg_pipeline.catalogue import get_catalogue
-from agg_pipeline.compute import statements
 from agg_pipeline.compute.windows import Window
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.resources.warehouse import (
+from agg_pipeline.settings import get_settings
+from agg_pipeline.sources import readings_source
+from agg_pipeline.warehouse import statements
+from agg_pipeline.warehouse.engine import (
     LockWaitTimeout,
     WarehouseResource,
     is_transient,
@@ -23,9 +25,7 @@ from agg_pipeline.resources.warehouse import (
     pg_message,
     sqlstate,
 )
-from agg_pipeline.settings import get_settings
-from agg_pipeline.sources import readings_source
-from agg_pipeline.writers import WriteContext, WriteReport
+from agg_pipeline.warehouse.writes.readings import WriteContext, WriteReport
 
 # A backfill over many partitions is one run, and each run writes its whole window with a
 # few set-based statements (one transaction per chunk of days): the per-run overhead of

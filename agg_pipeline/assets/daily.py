@@ -12,7 +12,7 @@ from datetime import timedelta
 import dagster as dg
 import sqlalchemy as sa
 
-from agg_pipeline import checks, partitions, writers
+from agg_pipeline import checks, partitions
 from agg_pipeline.assets._common import (
     BACKFILL,
     materialize_result,
@@ -25,8 +25,9 @@ from agg_pipeline.assets.rollups import STATS, rollup_hourly
 from agg_pipeline.automation_conditions import daily_correction
 from agg_pipeline.compute.windows import Window
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
+from agg_pipeline.warehouse.engine import WarehouseResource
+from agg_pipeline.warehouse.writes import readings as writers
 
 _settings = get_settings()
 _BY_0230 = dg.FreshnessPolicy.cron(

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from agg_pipeline import partitions, writers_devices
+from agg_pipeline import partitions
 from agg_pipeline.assets._common import (
     BACKFILL,
     materialize_result,
@@ -16,8 +16,9 @@ from agg_pipeline.assets.downsample import readings_1m
 from agg_pipeline.assets.rollups import rollup_hourly
 from agg_pipeline.automation_conditions import hourly_correction
 from agg_pipeline.catalogue import get_catalogue
-from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
+from agg_pipeline.warehouse.engine import WarehouseResource
+from agg_pipeline.warehouse.writes import devices as writers_devices
 
 _catalogue = get_catalogue()
 _metrics = (

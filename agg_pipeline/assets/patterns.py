@@ -17,9 +17,9 @@ from agg_pipeline.catalogue import get_catalogue
 from agg_pipeline.compute import patterns as detect
 from agg_pipeline.influx import sink as influx_sink
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.serving import patterns
 from agg_pipeline.settings import get_settings
+from agg_pipeline.warehouse.engine import WarehouseResource
 
 _settings = get_settings()
 _catalogue = get_catalogue()

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from agg_pipeline import checks, partitions, writers
+from agg_pipeline import checks, partitions
 from agg_pipeline.assets._common import (
     BACKFILL,
     materialize_result,
@@ -16,8 +16,9 @@ from agg_pipeline.assets.downsample import readings_1m
 from agg_pipeline.assets.raw import raw_readings
 from agg_pipeline.automation_conditions import daily_correction, hourly_correction
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
+from agg_pipeline.warehouse.engine import WarehouseResource
+from agg_pipeline.warehouse.writes import readings as writers
 
 STATS = (
     "avg, min, max, sample_count and sample stddev (NULL for one reading) merged exactly from "

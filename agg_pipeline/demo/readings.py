@@ -20,7 +20,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from agg_pipeline.catalogue import Catalogue, FieldSpec
-from agg_pipeline.compute import statements
+from agg_pipeline.warehouse import statements
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ import sqlalchemy as sa
 from psycopg2.extras import execute_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agg_pipeline import retention
 from agg_pipeline.serving import read_params
+from agg_pipeline.warehouse import retention
 
 MAX_DAYS = 366  # days per query, both ends included
 

@@ -23,12 +23,12 @@ import pandas as pd
 import sqlalchemy as sa
 
 from agg_pipeline.catalogue import Catalogue, InfluxSource
-from agg_pipeline.compute import statements
 from agg_pipeline.compute.conditions import ConditionBand
 from agg_pipeline.compute.windows import Window
 from agg_pipeline.influx import flux
 from agg_pipeline.influx.client import InfluxError, InfluxResource
 from agg_pipeline.sources.base import StageContext
+from agg_pipeline.warehouse import statements
 
 STAGE_1M_COLUMNS = {
     "device": "text", "field": "text", "known": "boolean", "kind": "text",

@@ -11,11 +11,11 @@ from datetime import date
 import sqlalchemy as sa
 
 from agg_pipeline.catalogue import Catalogue
-from agg_pipeline.compute import statements
 from agg_pipeline.compute.conditions import ConditionBand
 from agg_pipeline.compute.windows import Window
-from agg_pipeline.resources.warehouse import set_lock_timeout
 from agg_pipeline.sources.base import StageContext
+from agg_pipeline.warehouse import statements
+from agg_pipeline.warehouse.engine import set_lock_timeout
 
 _PLANNER = (
     # The planner cannot estimate how many (device, field, bucket) groups a window has, nor

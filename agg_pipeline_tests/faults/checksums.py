@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from agg_pipeline.compute.statements import quote_ident
+from agg_pipeline.warehouse.statements import quote_ident
 
 
 def table_checksum(conn: sa.Connection, table: str) -> tuple[int, str]:

@@ -14,12 +14,13 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import checks, cli, history, migrate, schema_compat
+from agg_pipeline import checks, cli
 from agg_pipeline.assets import daily_rollup_and_conditions, readings_1m, readings_5m, rollup_hourly
 from agg_pipeline.catalogue import load_catalogue
 from agg_pipeline.compute.windows import Window
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.resources.warehouse import WarehouseResource
+from agg_pipeline.warehouse import history, migrate, schema_compat
+from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data
 from agg_pipeline_tests.conftest import SESSION_TAG, create_database, drop_database
 from agg_pipeline_tests.faults.checksums import checksums
@@ -125,7 +126,7 @@ def old_db(pg_server_url, monkeypatch):
     get_settings.cache_clear()
     yield url, engine
     engine.dispose()
-    from agg_pipeline.resources.warehouse import engine_for
+    from agg_pipeline.warehouse.engine import engine_for
 
     engine_for(url).dispose()
     drop_database(pg_server_url, name)
@@ -279,7 +280,7 @@ def test_fresh_database_gets_no_demo_rows_and_seed_adds_them(pg_server_url, monk
             )
     finally:
         engine.dispose()
-        from agg_pipeline.resources.warehouse import engine_for
+        from agg_pipeline.warehouse.engine import engine_for
 
         engine_for(url).dispose()
         drop_database(pg_server_url, name)

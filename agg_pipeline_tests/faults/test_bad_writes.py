@@ -23,7 +23,6 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import late_data
 from agg_pipeline.assets import (
     daily_rollup_and_conditions,
     diagnostic_summary_daily,
@@ -32,7 +31,8 @@ from agg_pipeline.assets import (
 )
 from agg_pipeline.catalogue import load_catalogue
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.resources.warehouse import WarehouseResource, is_transient
+from agg_pipeline.warehouse import late_data
+from agg_pipeline.warehouse.engine import WarehouseResource, is_transient
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.faults.checksums import checksums
 from agg_pipeline_tests.test_rollups import assert_matches, table

@@ -18,13 +18,13 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import realtime
 from agg_pipeline.assets import daily_rollup_and_conditions, rollup_weekly
 from agg_pipeline.assets.maintenance import retention_cleanup
 from agg_pipeline.catalogue import load_catalogue
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
+from agg_pipeline.warehouse import realtime
+from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.faults.checksums import checksums
 from agg_pipeline_tests.test_rollups import run_hours, run_partition

@@ -38,8 +38,8 @@ from agg_pipeline import cli
 from agg_pipeline.assets import _common, readings_1m
 from agg_pipeline.catalogue import CatalogueError, load_catalogue, parse_catalogue
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.resources.warehouse import WarehouseResource, engine_for
 from agg_pipeline.settings import get_settings
+from agg_pipeline.warehouse.engine import WarehouseResource, engine_for
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.faults.checksums import checksums
 from agg_pipeline_tests.test_rollups import HOURLY_ASSETS, assert_matches, table

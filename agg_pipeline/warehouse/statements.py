@@ -1,4 +1,4 @@
-"""SQL statement text, loaded from ``compute/sql/*.sql`` and rendered with identifiers.
+"""SQL statement text, loaded from ``warehouse/sql/*.sql`` and rendered with identifiers.
 
 Values are always bound parameters (``:name``). The only text substituted into SQL are
 identifiers from the validated catalogue, quoted here, and fixed fragments written in this
@@ -59,12 +59,12 @@ _COMMENT = re.compile(r"--[^\n]*")
 
 @functools.cache
 def load(name: str) -> str:
-    """The text of ``compute/sql/<name>.sql``, without ``--`` comments.
+    """The text of ``warehouse/sql/<name>.sql``, without ``--`` comments.
 
     Comments are stripped so that prose such as ``:start`` in them is never taken for a bind
     parameter (our SQL files keep ``--`` out of string literals).
     """
-    path = resources.files("agg_pipeline.compute").joinpath("sql", f"{name}.sql")
+    path = resources.files("agg_pipeline.warehouse").joinpath("sql", f"{name}.sql")
     return _COMMENT.sub("", path.read_text(encoding="utf-8"))
 
 

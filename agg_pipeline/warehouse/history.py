@@ -36,9 +36,9 @@ import sqlalchemy as sa
 from agg_pipeline.catalogue import Catalogue
 from agg_pipeline.influx import flux
 from agg_pipeline.influx.client import InfluxError, InfluxResource
-from agg_pipeline.migrate import LEGACY_SUFFIX, quote
-from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import get_settings
+from agg_pipeline.warehouse.engine import WarehouseResource
+from agg_pipeline.warehouse.migrate import LEGACY_SUFFIX, quote
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from datetime import datetime, time
 import sqlalchemy as sa
 
 from agg_pipeline.catalogue import Catalogue
-from agg_pipeline.compute.statements import RawColumns
 from agg_pipeline.settings import Settings
+from agg_pipeline.warehouse.statements import RawColumns
 
 
 def _literal(text: str) -> str:

@@ -34,9 +34,9 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from agg_pipeline import versions
 from agg_pipeline.core import hierarchy
 from agg_pipeline.settings import Settings
+from agg_pipeline.warehouse import versions
 
 RAW = versions.RAW
 GRAINS = ("hourly", "daily", "weekly")  # run groups, lowest level first
@@ -354,7 +354,7 @@ def probe_raw_hours(
 ) -> int:
     """Give a version to every hour in [lo, hi) holding raw rows but no version yet (one
     index probe per such hour); empty hours stay without one. Commit right after."""
-    from agg_pipeline.compute import statements
+    from agg_pipeline.warehouse import statements
 
     t, c = statements.quote_ident(table), statements.quote_ident(time_column)
     versions.lock(conn)
@@ -471,7 +471,7 @@ CONSISTENCY: dict[str, str] = {
 def _null_medians_sql(table: str, key: str, lo: str, hi: str, raw: tuple[str, str] | None) -> str:
     """NULL medians that the raw readings could fill (their window still holds raw rows
     and is within the median limit)."""
-    from agg_pipeline.compute import statements
+    from agg_pipeline.warehouse import statements
 
     if key == "hour_start":
         span = "t.hour_start, t.hour_start + interval '1 hour'"

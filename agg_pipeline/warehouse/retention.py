@@ -34,9 +34,9 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from agg_pipeline.catalogue import Catalogue, PostgresSource
-from agg_pipeline.compute import statements
 from agg_pipeline.core import hierarchy
 from agg_pipeline.settings import Settings
+from agg_pipeline.warehouse import statements
 
 # A week's check and deletes wait at most this long for a lock (e.g. dropping a partition
 # needs an exclusive lock on the parent table); then that step is skipped and retried on
@@ -136,7 +136,7 @@ def _record_release(
 # Raw readings
 # --------------------------------------------------------------------------------------
 
-# Valid readings are counted exactly as the writers count them (compute/sql/
+# Valid readings are counted exactly as the writers count them (warehouse/sql/
 # stage_partials_1m.sql): a device name that is not a `bad_device`, a catalogue field, a
 # value inside the field's physical bounds (false for NULL, NaN and +/-inf), one reading per
 # (device, field, time).

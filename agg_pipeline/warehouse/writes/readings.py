@@ -28,17 +28,15 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from agg_pipeline import realtime, retention, versions
 from agg_pipeline.catalogue import Catalogue
 from agg_pipeline.compute import conditions as cond
-from agg_pipeline.compute import statements
 from agg_pipeline.compute.windows import Window
 from agg_pipeline.core import hierarchy
 from agg_pipeline.core.hierarchy import Grain, Level, Median
-from agg_pipeline.resources.warehouse import WarehouseResource
 from agg_pipeline.settings import Settings
 from agg_pipeline.sources.base import ReadingsSource, StageContext
-from agg_pipeline.warehouse import levels
+from agg_pipeline.warehouse import levels, realtime, retention, statements, versions
+from agg_pipeline.warehouse.engine import WarehouseResource
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from agg_pipeline import retention, versions
-from agg_pipeline.compute import formulas, statements
+from agg_pipeline.compute import formulas
 from agg_pipeline.compute.windows import Window
-from agg_pipeline.writers import WriteContext, WriteReport, _local_dates
+from agg_pipeline.warehouse import retention, statements, versions
+from agg_pipeline.warehouse.writes.readings import WriteContext, WriteReport, _local_dates
 
 # --------------------------------------------------------------------------------------
 # Derived metrics
