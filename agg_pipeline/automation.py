@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from agg_pipeline import clock, partitions
+from agg_pipeline import partitions
 from agg_pipeline.assets import (
     dashboard_views,
     device_performance_hourly,
@@ -28,8 +28,9 @@ from agg_pipeline.assets import (
 )
 from agg_pipeline.assets.maintenance import retention_cleanup
 from agg_pipeline.assets.raw import observe_late_hours
+from agg_pipeline.config.settings import get_settings
+from agg_pipeline.core import clock
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.settings import get_settings
 from agg_pipeline.warehouse.engine import WarehouseResource
 
 settings = get_settings()

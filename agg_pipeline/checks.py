@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 import dagster as dg
 import sqlalchemy as sa
 
-from agg_pipeline.compute.windows import Window
 from agg_pipeline.core import hierarchy
+from agg_pipeline.core.windows import Window
 from agg_pipeline.warehouse import levels
 
 # Rollup tables that hold imported history too (migration 015).

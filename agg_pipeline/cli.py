@@ -25,10 +25,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import CatalogueError, get_catalogue
+from agg_pipeline.config.catalogue import CatalogueError, get_catalogue
+from agg_pipeline.config.settings import SettingsError, get_settings, project_root
 from agg_pipeline.demo import readings as simulator
 from agg_pipeline.influx.client import InfluxError
-from agg_pipeline.settings import SettingsError, get_settings, project_root
 from agg_pipeline.warehouse import localdb, migrate
 from agg_pipeline.warehouse.engine import (
     WarehouseUnavailable,

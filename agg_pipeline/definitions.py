@@ -17,9 +17,9 @@ warnings.filterwarnings("ignore", category=dg.SupersessionWarning)
 
 from agg_pipeline.assets import ALL_ASSETS  # noqa: E402
 from agg_pipeline.automation import FRESHNESS_CHECKS, JOBS, SCHEDULES, SENSORS  # noqa: E402
-from agg_pipeline.catalogue import get_catalogue  # noqa: E402
+from agg_pipeline.config.catalogue import get_catalogue  # noqa: E402
+from agg_pipeline.config.settings import get_settings  # noqa: E402
 from agg_pipeline.influx.client import InfluxResource  # noqa: E402
-from agg_pipeline.settings import get_settings  # noqa: E402
 from agg_pipeline.warehouse.engine import WarehouseResource  # noqa: E402
 
 

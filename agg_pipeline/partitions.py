@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from agg_pipeline.settings import get_settings
+from agg_pipeline.config.settings import get_settings
 
 _settings = get_settings()
 _start = _settings.start_date

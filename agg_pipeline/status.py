@@ -21,8 +21,8 @@ from typing import TypeVar
 import dagster as dg
 import sqlalchemy as sa
 
-from agg_pipeline.compute.cron import previous_tick
 from agg_pipeline.core import hierarchy
+from agg_pipeline.core.cron import previous_tick
 
 TABLES = {
     **{level.asset: level.table for level in hierarchy.DERIVED},
@@ -135,7 +135,7 @@ def _table_rows(engine: sa.Engine, table: str) -> int | None:
 
 
 def _raw_rows(engine: sa.Engine) -> int | None:
-    from agg_pipeline.catalogue import get_catalogue
+    from agg_pipeline.config.catalogue import get_catalogue
 
     catalogue = get_catalogue()
     if not catalogue.raw_in_postgres:  # an InfluxDB source is not counted here
@@ -334,9 +334,9 @@ def healing_problems(engine: sa.Engine, now: datetime) -> list[str]:
     """Self-healing's view (healing.py): stale partitions in the healing window, raw
     changes not yet observed, levels that disagree with their parents as they are now,
     NULL medians the raw readings could fill. Any of them is a problem: ``ok`` means none."""
-    from agg_pipeline.catalogue import get_catalogue
+    from agg_pipeline.config.catalogue import get_catalogue
+    from agg_pipeline.config.settings import get_settings
     from agg_pipeline.self_healing import origin
-    from agg_pipeline.settings import get_settings
     from agg_pipeline.warehouse import healing
 
     catalogue = get_catalogue()

@@ -18,9 +18,9 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import get_catalogue
+from agg_pipeline.config.catalogue import get_catalogue
+from agg_pipeline.config.settings import get_settings
 from agg_pipeline.demo import readings as simulator
-from agg_pipeline.settings import get_settings
 from agg_pipeline.warehouse import localdb, migrate
 
 SESSION_TAG = uuid.uuid4().hex[:8]
@@ -35,7 +35,7 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a maintenance database on a server where tests may create databases."""
     configured = os.environ.get("TEST_DATABASE_URL")
     if configured:
-        from agg_pipeline.settings import normalize_database_url
+        from agg_pipeline.config.settings import normalize_database_url
 
         yield normalize_database_url(configured)
         return

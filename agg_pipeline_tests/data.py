@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import load_catalogue
+from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.demo import readings as simulator
 
 # A Monday, so a two-day set also exercises a (partial) week.

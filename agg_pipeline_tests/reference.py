@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import Catalogue
+from agg_pipeline.config.catalogue import Catalogue
 
 
 def load_raw(engine: sa.Engine, start: datetime, end: datetime) -> pd.DataFrame:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agg_pipeline.catalogue import SHIPPED, CatalogueError, load_catalogue, parse_catalogue
-from agg_pipeline.settings import SettingsError, load_settings
+from agg_pipeline.config.catalogue import SHIPPED, CatalogueError, load_catalogue, parse_catalogue
+from agg_pipeline.config.settings import SettingsError, load_settings
 
 GOOD = """
 name: farm

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agg_pipeline.compute.conditions import band, share_pct, widest
+from agg_pipeline.core.conditions import band, share_pct, widest
 
 
 def test_critical_is_twenty_percent_beyond_each_bound():

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agg_pipeline.compute.windows import (
+from agg_pipeline.core.windows import (
     Partial,
     Window,
     day_window,

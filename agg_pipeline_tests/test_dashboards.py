@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import CatalogueError, load_catalogue, parse_catalogue
-from agg_pipeline.compute import formulas
-from agg_pipeline.compute.windows import Window
+from agg_pipeline.config.catalogue import CatalogueError, load_catalogue, parse_catalogue
+from agg_pipeline.config.settings import Settings
+from agg_pipeline.core import formulas
+from agg_pipeline.core.windows import Window
 from agg_pipeline.demo import readings as simulator
 from agg_pipeline.serving import dashboard
-from agg_pipeline.settings import Settings
 from agg_pipeline.sources import readings_source
 from agg_pipeline.warehouse import realtime
 from agg_pipeline.warehouse.engine import WarehouseResource

@@ -24,7 +24,7 @@ from typing import IO
 
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import load_catalogue
+from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.conftest import create_database, drop_database
 from agg_pipeline_tests.test_rollups import assert_matches, table

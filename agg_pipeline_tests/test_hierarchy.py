@@ -8,7 +8,8 @@ from dataclasses import replace
 import dagster as dg
 import pytest
 
-from agg_pipeline import checks, settings, status
+from agg_pipeline import checks, status
+from agg_pipeline.config import settings
 from agg_pipeline.core import hierarchy
 from agg_pipeline.definitions import defs
 from agg_pipeline.influx import sink as influx_sink

@@ -23,13 +23,13 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import CatalogueError, load_catalogue, parse_catalogue
-from agg_pipeline.compute.windows import Window, day_window
+from agg_pipeline.config.catalogue import CatalogueError, load_catalogue, parse_catalogue
+from agg_pipeline.config.settings import Settings
+from agg_pipeline.core.windows import Window, day_window
 from agg_pipeline.influx import flux
 from agg_pipeline.influx import sink as influx_sink
 from agg_pipeline.influx.client import InfluxError, InfluxResource
 from agg_pipeline.serving import patterns
-from agg_pipeline.settings import Settings
 from agg_pipeline.sources import readings_source
 from agg_pipeline.sources.influx import InfluxReadingsSource
 from agg_pipeline.warehouse.engine import WarehouseResource

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import load_catalogue
+from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.warehouse import migrate
 from agg_pipeline_tests import reference
 from agg_pipeline_tests.conftest import create_database, drop_database

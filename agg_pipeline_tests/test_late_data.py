@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import clock, self_healing
+from agg_pipeline import self_healing
 from agg_pipeline.assets import (
     daily_rollup_and_conditions,
     device_performance_hourly,
@@ -25,6 +25,7 @@ from agg_pipeline.assets import (
     rollup_weekly,
 )
 from agg_pipeline.automation import late_data_sensor
+from agg_pipeline.core import clock
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data

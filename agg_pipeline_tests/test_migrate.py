@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from agg_pipeline.settings import get_settings
+from agg_pipeline.config.settings import get_settings
 from agg_pipeline.warehouse import migrate
 
 

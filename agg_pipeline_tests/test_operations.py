@@ -208,7 +208,7 @@ def test_retention_keeps_days_whose_rollups_are_incomplete(warehouse_url, engine
     monkeypatch.setenv("AGG_PIPELINE_RETENTION_RAW_DAYS", str(max(age - 2, 1)))
     monkeypatch.setenv("AGG_PIPELINE_RETENTION_DOWNSAMPLE_DAYS", str(max(age - 2, 1)))
     monkeypatch.setenv("AGG_PIPELINE_RETENTION_BATCH_ROWS", "1000")
-    from agg_pipeline.settings import get_settings
+    from agg_pipeline.config.settings import get_settings
 
     get_settings.cache_clear()
     with engine.connect() as conn:

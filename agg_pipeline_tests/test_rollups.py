@@ -16,7 +16,7 @@ from agg_pipeline.assets import (
     rollup_hourly,
     rollup_weekly,
 )
-from agg_pipeline.catalogue import load_catalogue
+from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data, reference

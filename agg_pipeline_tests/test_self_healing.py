@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import clock, self_healing, status
+from agg_pipeline import self_healing, status
 from agg_pipeline.assets import (
     ALL_ASSETS,
     daily_rollup_and_conditions,
@@ -30,9 +30,10 @@ from agg_pipeline.assets import (
 )
 from agg_pipeline.assets.raw import observe_late_hours
 from agg_pipeline.automation import JOBS, self_healing_sensor
+from agg_pipeline.config.settings import get_settings
+from agg_pipeline.core import clock
 from agg_pipeline.definitions import defs
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.settings import get_settings
 from agg_pipeline.warehouse import healing
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline.warehouse.writes import readings as writers

@@ -41,9 +41,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import load_catalogue
+from agg_pipeline.config.catalogue import load_catalogue
+from agg_pipeline.config.settings import PACKAGE_DIR, get_settings
 from agg_pipeline.demo import readings as simulator
-from agg_pipeline.settings import PACKAGE_DIR, get_settings
 from agg_pipeline.warehouse import localdb, migrate
 from benchmarks import bench_heal
 

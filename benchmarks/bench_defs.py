@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import get_catalogue
+from agg_pipeline.config.catalogue import get_catalogue
+from agg_pipeline.config.settings import get_settings
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.settings import get_settings
 from agg_pipeline.warehouse.engine import WarehouseResource
 
 _start = get_settings().start_date

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import load_catalogue
+from agg_pipeline.config.catalogue import load_catalogue
+from agg_pipeline.config.settings import PACKAGE_DIR
 from agg_pipeline.demo import readings as simulator
-from agg_pipeline.settings import PACKAGE_DIR
 
 HEAL_TIMEOUT_S = 600.0  # a trial not exact by then ends in a wrong state
 LIVE_DEVICE = "live_dev"

@@ -11,10 +11,10 @@ import dagster as dg
 import sqlalchemy as sa
 
 from agg_pipeline import partitions
-from agg_pipeline.catalogue import get_catalogue
-from agg_pipeline.compute.windows import Window
+from agg_pipeline.config.catalogue import get_catalogue
+from agg_pipeline.config.settings import get_settings
+from agg_pipeline.core.windows import Window
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.settings import get_settings
 from agg_pipeline.sources import readings_source
 from agg_pipeline.warehouse import statements
 from agg_pipeline.warehouse.engine import (

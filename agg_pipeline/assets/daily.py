@@ -23,9 +23,9 @@ from agg_pipeline.assets._common import (
 from agg_pipeline.assets.raw import raw_readings
 from agg_pipeline.assets.rollups import STATS, rollup_hourly
 from agg_pipeline.automation_conditions import daily_correction
-from agg_pipeline.compute.windows import Window
+from agg_pipeline.config.settings import get_settings
+from agg_pipeline.core.windows import Window
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.settings import get_settings
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline.warehouse.writes import readings as writers
 

@@ -15,8 +15,8 @@ from agg_pipeline.assets._common import (
 from agg_pipeline.assets.downsample import readings_1m
 from agg_pipeline.assets.rollups import rollup_hourly
 from agg_pipeline.automation_conditions import hourly_correction
-from agg_pipeline.catalogue import get_catalogue
-from agg_pipeline.settings import get_settings
+from agg_pipeline.config.catalogue import get_catalogue
+from agg_pipeline.config.settings import get_settings
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline.warehouse.writes import devices as writers_devices
 

@@ -13,12 +13,12 @@ import sqlalchemy as sa
 
 from agg_pipeline import partitions
 from agg_pipeline.assets._common import BACKFILL, markdown_table, partition_window
-from agg_pipeline.catalogue import get_catalogue
-from agg_pipeline.compute import patterns as detect
+from agg_pipeline.config.catalogue import get_catalogue
+from agg_pipeline.config.settings import get_settings
+from agg_pipeline.core import detectors as detect
 from agg_pipeline.influx import sink as influx_sink
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.serving import patterns
-from agg_pipeline.settings import get_settings
 from agg_pipeline.warehouse.engine import WarehouseResource
 
 _settings = get_settings()

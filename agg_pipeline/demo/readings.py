@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import Catalogue, FieldSpec
+from agg_pipeline.config.catalogue import Catalogue, FieldSpec
 from agg_pipeline.warehouse import statements
 
 

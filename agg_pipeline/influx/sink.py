@@ -24,9 +24,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import Catalogue, InfluxSink
-from agg_pipeline.compute.windows import Window
+from agg_pipeline.config.catalogue import Catalogue, InfluxSink
 from agg_pipeline.core import hierarchy
+from agg_pipeline.core.windows import Window
 from agg_pipeline.influx.client import InfluxError, InfluxResource
 
 STATS = ("mean", "min", "max", "count")

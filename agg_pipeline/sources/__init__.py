@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import Catalogue
+from agg_pipeline.config.catalogue import Catalogue
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.sources.base import ReadingsSource, StageContext
 from agg_pipeline.sources.influx import InfluxReadingsSource

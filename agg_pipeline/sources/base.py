@@ -19,8 +19,8 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
-from agg_pipeline.compute.conditions import ConditionBand
-from agg_pipeline.compute.windows import Window
+from agg_pipeline.core.conditions import ConditionBand
+from agg_pipeline.core.windows import Window
 
 
 @dataclass(frozen=True)

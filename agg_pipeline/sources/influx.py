@@ -22,9 +22,9 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import Catalogue, InfluxSource
-from agg_pipeline.compute.conditions import ConditionBand
-from agg_pipeline.compute.windows import Window
+from agg_pipeline.config.catalogue import Catalogue, InfluxSource
+from agg_pipeline.core.conditions import ConditionBand
+from agg_pipeline.core.windows import Window
 from agg_pipeline.influx import flux
 from agg_pipeline.influx.client import InfluxError, InfluxResource
 from agg_pipeline.sources.base import StageContext

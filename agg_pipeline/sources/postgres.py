@@ -10,9 +10,9 @@ from datetime import date
 
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import Catalogue
-from agg_pipeline.compute.conditions import ConditionBand
-from agg_pipeline.compute.windows import Window
+from agg_pipeline.config.catalogue import Catalogue
+from agg_pipeline.core.conditions import ConditionBand
+from agg_pipeline.core.windows import Window
 from agg_pipeline.sources.base import StageContext
 from agg_pipeline.warehouse import statements
 from agg_pipeline.warehouse.engine import set_lock_timeout

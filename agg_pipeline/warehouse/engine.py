@@ -20,8 +20,8 @@ import psycopg2
 import sqlalchemy as sa
 from pydantic import Field
 
-from agg_pipeline.catalogue import Catalogue
-from agg_pipeline.settings import get_settings, normalize_database_url
+from agg_pipeline.config.catalogue import Catalogue
+from agg_pipeline.config.settings import get_settings, normalize_database_url
 from agg_pipeline.warehouse import localdb
 
 log = logging.getLogger(__name__)

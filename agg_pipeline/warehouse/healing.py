@@ -34,8 +34,8 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from agg_pipeline.config.settings import Settings
 from agg_pipeline.core import hierarchy
-from agg_pipeline.settings import Settings
 from agg_pipeline.warehouse import versions
 
 RAW = versions.RAW

@@ -33,10 +33,10 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import Catalogue
+from agg_pipeline.config.catalogue import Catalogue
+from agg_pipeline.config.settings import get_settings
 from agg_pipeline.influx import flux
 from agg_pipeline.influx.client import InfluxError, InfluxResource
-from agg_pipeline.settings import get_settings
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline.warehouse.migrate import LEGACY_SUFFIX, quote
 

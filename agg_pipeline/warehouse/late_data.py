@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from agg_pipeline.compute.windows import Window
+from agg_pipeline.core.windows import Window
 from agg_pipeline.warehouse import versions
 
 _DRAIN_LOCK = 7_301_002

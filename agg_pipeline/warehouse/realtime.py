@@ -25,8 +25,8 @@ from datetime import datetime, time
 
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import Catalogue
-from agg_pipeline.settings import Settings
+from agg_pipeline.config.catalogue import Catalogue
+from agg_pipeline.config.settings import Settings
 from agg_pipeline.warehouse.statements import RawColumns
 
 

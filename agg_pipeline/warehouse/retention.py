@@ -33,9 +33,9 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import Catalogue, PostgresSource
+from agg_pipeline.config.catalogue import Catalogue, PostgresSource
+from agg_pipeline.config.settings import Settings
 from agg_pipeline.core import hierarchy
-from agg_pipeline.settings import Settings
 from agg_pipeline.warehouse import statements
 
 # A week's check and deletes wait at most this long for a lock (e.g. dropping a partition

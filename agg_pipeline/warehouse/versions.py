@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from agg_pipeline.compute.windows import Window
+from agg_pipeline.core.windows import Window
 
 VERSION_LOCK = 7_301_016  # advisory lock: version order = commit order
 RAW = "raw_readings"

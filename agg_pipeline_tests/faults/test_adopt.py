@@ -16,8 +16,8 @@ import sqlalchemy as sa
 
 from agg_pipeline import checks, cli
 from agg_pipeline.assets import daily_rollup_and_conditions, readings_1m, readings_5m, rollup_hourly
-from agg_pipeline.catalogue import load_catalogue
-from agg_pipeline.compute.windows import Window
+from agg_pipeline.config.catalogue import load_catalogue
+from agg_pipeline.core.windows import Window
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse import history, migrate, schema_compat
 from agg_pipeline.warehouse.engine import WarehouseResource
@@ -121,7 +121,7 @@ def old_db(pg_server_url, monkeypatch):
         conn.connection.dbapi_connection.cursor().execute(OLD_ETL)
         conn.connection.dbapi_connection.commit()
     monkeypatch.setenv("DATABASE_URL", url)
-    from agg_pipeline.settings import get_settings
+    from agg_pipeline.config.settings import get_settings
 
     get_settings.cache_clear()
     yield url, engine
@@ -263,7 +263,7 @@ def test_fresh_database_gets_no_demo_rows_and_seed_adds_them(pg_server_url, monk
             ).one()
         assert tuple(empty) == (0, 0)
         monkeypatch.setenv("DATABASE_URL", url)
-        from agg_pipeline.settings import get_settings
+        from agg_pipeline.config.settings import get_settings
 
         get_settings.cache_clear()
         args = ["seed", "--days", "0.01", "--devices", "1", "--start", "2026-11-02"]

@@ -29,7 +29,7 @@ from agg_pipeline.assets import (
     readings_1m,
     rollup_hourly,
 )
-from agg_pipeline.catalogue import load_catalogue
+from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse import late_data
 from agg_pipeline.warehouse.engine import WarehouseResource, is_transient
@@ -293,7 +293,7 @@ def test_serialization_failure_is_retried_then_succeeds(warehouse_url, seeded):
 
 @pytest.fixture
 def short_locks(monkeypatch):
-    from agg_pipeline.settings import get_settings
+    from agg_pipeline.config.settings import get_settings
 
     monkeypatch.setenv("AGG_PIPELINE_LOCK_TIMEOUT_SECONDS", "0.5")
     monkeypatch.setenv("AGG_PIPELINE_LOCK_RETRIES", "3")

@@ -20,9 +20,9 @@ import sqlalchemy as sa
 
 from agg_pipeline.assets import daily_rollup_and_conditions, rollup_weekly
 from agg_pipeline.assets.maintenance import retention_cleanup
-from agg_pipeline.catalogue import load_catalogue
+from agg_pipeline.config.catalogue import load_catalogue
+from agg_pipeline.config.settings import get_settings
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.settings import get_settings
 from agg_pipeline.warehouse import realtime
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data, reference

@@ -36,9 +36,9 @@ import sqlalchemy as sa
 
 from agg_pipeline import cli
 from agg_pipeline.assets import _common, readings_1m
-from agg_pipeline.catalogue import CatalogueError, load_catalogue, parse_catalogue
+from agg_pipeline.config.catalogue import CatalogueError, load_catalogue, parse_catalogue
+from agg_pipeline.config.settings import get_settings
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.settings import get_settings
 from agg_pipeline.warehouse.engine import WarehouseResource, engine_for
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.faults.checksums import checksums
@@ -672,7 +672,7 @@ def test_a_run_with_an_injected_catalogue_executes_nothing(
     path.write_text(_evil_catalogue("source.table"), encoding="utf-8")
     monkeypatch.setenv("AGG_PIPELINE_CATALOGUE", str(path))
     get_settings.cache_clear()
-    from agg_pipeline.catalogue import get_catalogue
+    from agg_pipeline.config.catalogue import get_catalogue
 
     get_catalogue.cache_clear()
     result = dg.materialize(

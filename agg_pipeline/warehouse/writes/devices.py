@@ -10,8 +10,8 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from agg_pipeline.compute import formulas
-from agg_pipeline.compute.windows import Window
+from agg_pipeline.core import formulas
+from agg_pipeline.core.windows import Window
 from agg_pipeline.warehouse import retention, statements, versions
 from agg_pipeline.warehouse.writes.readings import WriteContext, WriteReport, _local_dates
 

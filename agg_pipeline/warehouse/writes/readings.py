@@ -28,12 +28,12 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from agg_pipeline.catalogue import Catalogue
-from agg_pipeline.compute import conditions as cond
-from agg_pipeline.compute.windows import Window
+from agg_pipeline.config.catalogue import Catalogue
+from agg_pipeline.config.settings import Settings
+from agg_pipeline.core import conditions as cond
 from agg_pipeline.core import hierarchy
 from agg_pipeline.core.hierarchy import Grain, Level, Median
-from agg_pipeline.settings import Settings
+from agg_pipeline.core.windows import Window
 from agg_pipeline.sources.base import ReadingsSource, StageContext
 from agg_pipeline.warehouse import levels, realtime, retention, statements, versions
 from agg_pipeline.warehouse.engine import WarehouseResource

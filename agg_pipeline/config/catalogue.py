@@ -214,7 +214,7 @@ class Catalogue(_Strict):
 
     @model_validator(mode="after")
     def _formulas_parse(self) -> Catalogue:
-        from agg_pipeline.compute.formulas import FormulaError, parse
+        from agg_pipeline.core.formulas import FormulaError, parse
 
         for name, metric in self.derived.items():
             try:
@@ -277,7 +277,7 @@ def parse_catalogue(text: str, origin: str) -> Catalogue:
 def load_catalogue(name_or_path: str) -> Catalogue:
     """Load a shipped catalogue by name, or a YAML file by path."""
     if name_or_path in SHIPPED:
-        text = resources.files("agg_pipeline.catalogues").joinpath(f"{name_or_path}.yaml")
+        text = resources.files("agg_pipeline.config.catalogues").joinpath(f"{name_or_path}.yaml")
         return parse_catalogue(text.read_text(encoding="utf-8"), f"{name_or_path}.yaml")
     path = Path(name_or_path).expanduser()
     if not path.is_file():
@@ -291,6 +291,6 @@ def load_catalogue(name_or_path: str) -> Catalogue:
 @functools.cache
 def get_catalogue() -> Catalogue:
     """The catalogue chosen by settings (AGG_PIPELINE_CATALOGUE), loaded once."""
-    from agg_pipeline.settings import get_settings
+    from agg_pipeline.config.settings import get_settings
 
     return load_catalogue(get_settings().catalogue)

@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError as _SourceError
 
 ENV_PREFIX = "AGG_PIPELINE_"
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # agg_pipeline/ (this is config/)
 
 # Bounds of the numeric settings (also in each field's description and the README): finite,
 # and far enough from the limits of timedelta and PostgreSQL that no value inside them can

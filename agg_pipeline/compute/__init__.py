@@ -1,1 +1,0 @@
-"""Pure computation: window maths, SQL text, conditions, patterns. No Dagster, no I/O."""
