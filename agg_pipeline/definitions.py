@@ -15,10 +15,10 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 warnings.filterwarnings("ignore", category=dg.SupersessionWarning)
 
-from agg_pipeline.assets import ALL_ASSETS  # noqa: E402
-from agg_pipeline.automation import FRESHNESS_CHECKS, JOBS, SCHEDULES, SENSORS  # noqa: E402
 from agg_pipeline.config.catalogue import get_catalogue  # noqa: E402
 from agg_pipeline.config.settings import get_settings  # noqa: E402
+from agg_pipeline.defs.assets import ALL_ASSETS  # noqa: E402
+from agg_pipeline.defs.automation import FRESHNESS_CHECKS, JOBS, SCHEDULES, SENSORS  # noqa: E402
 from agg_pipeline.influx.client import InfluxResource  # noqa: E402
 from agg_pipeline.warehouse.engine import WarehouseResource  # noqa: E402
 

@@ -336,7 +336,7 @@ def healing_problems(engine: sa.Engine, now: datetime) -> list[str]:
     NULL medians the raw readings could fill. Any of them is a problem: ``ok`` means none."""
     from agg_pipeline.config.catalogue import get_catalogue
     from agg_pipeline.config.settings import get_settings
-    from agg_pipeline.self_healing import origin
+    from agg_pipeline.defs.operations.self_healing import origin
     from agg_pipeline.warehouse import healing
 
     catalogue = get_catalogue()

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline.assets import readings_1m
 from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.config.settings import Settings
 from agg_pipeline.core.windows import Window, day_window
+from agg_pipeline.defs.assets import readings_1m
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.sources import readings_source
 from agg_pipeline.warehouse.engine import WarehouseResource

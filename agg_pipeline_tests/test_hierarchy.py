@@ -8,10 +8,11 @@ from dataclasses import replace
 import dagster as dg
 import pytest
 
-from agg_pipeline import checks, status
+from agg_pipeline import status
 from agg_pipeline.config import settings
 from agg_pipeline.core import hierarchy
 from agg_pipeline.definitions import defs
+from agg_pipeline.defs.readings import checks
 from agg_pipeline.influx import sink as influx_sink
 from agg_pipeline.warehouse import healing, levels, retention
 

@@ -15,8 +15,8 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import self_healing
-from agg_pipeline.assets import (
+from agg_pipeline.core import clock
+from agg_pipeline.defs.assets import (
     daily_rollup_and_conditions,
     device_performance_hourly,
     readings_1m,
@@ -24,8 +24,8 @@ from agg_pipeline.assets import (
     rollup_hourly,
     rollup_weekly,
 )
-from agg_pipeline.automation import late_data_sensor
-from agg_pipeline.core import clock
+from agg_pipeline.defs.automation import late_data_sensor
+from agg_pipeline.defs.operations import self_healing
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data

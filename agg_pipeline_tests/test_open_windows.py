@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import sqlalchemy as sa
 
-from agg_pipeline import automation
-from agg_pipeline.assets import readings_1m, readings_5m
 from agg_pipeline.config.catalogue import load_catalogue
+from agg_pipeline.defs import automation
+from agg_pipeline.defs.assets import readings_1m, readings_5m
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.test_rollups import run_partition
 

@@ -11,8 +11,9 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import automation
-from agg_pipeline.assets import (
+from agg_pipeline.definitions import defs
+from agg_pipeline.defs import automation
+from agg_pipeline.defs.assets import (
     daily_rollup_and_conditions,
     dashboard_views,
     readings_1m,
@@ -20,8 +21,7 @@ from agg_pipeline.assets import (
     rollup_hourly,
     rollup_weekly,
 )
-from agg_pipeline.assets.maintenance import retention_cleanup
-from agg_pipeline.definitions import defs
+from agg_pipeline.defs.operations.maintenance import retention_cleanup
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data

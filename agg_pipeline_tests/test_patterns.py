@@ -9,8 +9,8 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline.assets import pattern_anomaly_daily, pattern_detectors
 from agg_pipeline.core import detectors as detect
+from agg_pipeline.defs.assets import pattern_anomaly_daily, pattern_detectors
 from agg_pipeline.demo import home_events as simulator_events
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.serving import patterns

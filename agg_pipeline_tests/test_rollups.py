@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline.assets import (
+from agg_pipeline.config.catalogue import load_catalogue
+from agg_pipeline.defs.assets import (
     daily_rollup_and_conditions,
     readings_1m,
     readings_5m,
     rollup_hourly,
     rollup_weekly,
 )
-from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data, reference

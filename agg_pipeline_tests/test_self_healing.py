@@ -18,8 +18,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import self_healing, status
-from agg_pipeline.assets import (
+from agg_pipeline import status
+from agg_pipeline.config.settings import get_settings
+from agg_pipeline.core import clock
+from agg_pipeline.definitions import defs
+from agg_pipeline.defs.assets import (
     ALL_ASSETS,
     daily_rollup_and_conditions,
     device_performance_hourly,
@@ -28,11 +31,9 @@ from agg_pipeline.assets import (
     rollup_hourly,
     rollup_weekly,
 )
-from agg_pipeline.assets.raw import observe_late_hours
-from agg_pipeline.automation import JOBS, self_healing_sensor
-from agg_pipeline.config.settings import get_settings
-from agg_pipeline.core import clock
-from agg_pipeline.definitions import defs
+from agg_pipeline.defs.automation import JOBS, self_healing_sensor
+from agg_pipeline.defs.operations import self_healing
+from agg_pipeline.defs.readings.raw import observe_late_hours
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse import healing
 from agg_pipeline.warehouse.engine import WarehouseResource

@@ -14,9 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from agg_pipeline import status as status_mod
-from agg_pipeline.assets import readings_1m, readings_5m, rollup_hourly
 from agg_pipeline.core.cron import previous_tick
 from agg_pipeline.definitions import defs
+from agg_pipeline.defs.assets import readings_1m, readings_5m, rollup_hourly
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pandas as pd
 import sqlalchemy as sa
 
-from agg_pipeline.assets import readings_1m, readings_5m, rollup_hourly
+from agg_pipeline.defs.assets import readings_1m, readings_5m, rollup_hourly
 from agg_pipeline_tests import data
 from agg_pipeline_tests.test_rollups import run_hours, run_partition
 

@@ -14,10 +14,16 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import checks, cli
-from agg_pipeline.assets import daily_rollup_and_conditions, readings_1m, readings_5m, rollup_hourly
+from agg_pipeline import cli
 from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.core.windows import Window
+from agg_pipeline.defs.assets import (
+    daily_rollup_and_conditions,
+    readings_1m,
+    readings_5m,
+    rollup_hourly,
+)
+from agg_pipeline.defs.readings import checks
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse import history, migrate, schema_compat
 from agg_pipeline.warehouse.engine import WarehouseResource

@@ -20,13 +20,13 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import partitions
 from agg_pipeline import status as status_mod
-from agg_pipeline.assets import readings_1m, readings_5m, rollup_hourly
 from agg_pipeline.config.settings import Settings, SettingsError, env_name, load_settings
 from agg_pipeline.definitions import defs
+from agg_pipeline.defs import partitions
+from agg_pipeline.defs.assets import readings_1m, readings_5m, rollup_hourly
+from agg_pipeline.defs.partitions import PartitionKeyError
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.partitions import PartitionKeyError
 from agg_pipeline.serving import dashboard, patterns
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data

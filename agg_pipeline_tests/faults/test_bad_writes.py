@@ -23,13 +23,13 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline.assets import (
+from agg_pipeline.config.catalogue import load_catalogue
+from agg_pipeline.defs.assets import (
     daily_rollup_and_conditions,
     diagnostic_summary_daily,
     readings_1m,
     rollup_hourly,
 )
-from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse import late_data
 from agg_pipeline.warehouse.engine import WarehouseResource, is_transient

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline.assets import daily_rollup_and_conditions, rollup_weekly
-from agg_pipeline.assets.maintenance import retention_cleanup
 from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.config.settings import get_settings
+from agg_pipeline.defs.assets import daily_rollup_and_conditions, rollup_weekly
+from agg_pipeline.defs.operations.maintenance import retention_cleanup
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse import realtime
 from agg_pipeline.warehouse.engine import WarehouseResource

@@ -35,9 +35,9 @@ import pytest
 import sqlalchemy as sa
 
 from agg_pipeline import cli
-from agg_pipeline.assets import _common, readings_1m
 from agg_pipeline.config.catalogue import CatalogueError, load_catalogue, parse_catalogue
 from agg_pipeline.config.settings import get_settings
+from agg_pipeline.defs.assets import _common, readings_1m
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse.engine import WarehouseResource, engine_for
 from agg_pipeline_tests import data, reference

@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from agg_pipeline import partitions
 from agg_pipeline.config.catalogue import get_catalogue
 from agg_pipeline.config.settings import get_settings
 from agg_pipeline.core import clock
+from agg_pipeline.defs import partitions
 from agg_pipeline.warehouse import late_data
 
 _catalogue = get_catalogue()

@@ -16,8 +16,10 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from agg_pipeline import partitions
-from agg_pipeline.assets import (
+from agg_pipeline.config.settings import get_settings
+from agg_pipeline.core import clock
+from agg_pipeline.defs import partitions
+from agg_pipeline.defs.assets import (
     dashboard_views,
     device_performance_hourly,
     diagnostic_summary_daily,
@@ -26,10 +28,8 @@ from agg_pipeline.assets import (
     rollup_hourly,
     rollup_weekly,
 )
-from agg_pipeline.assets.maintenance import retention_cleanup
-from agg_pipeline.assets.raw import observe_late_hours
-from agg_pipeline.config.settings import get_settings
-from agg_pipeline.core import clock
+from agg_pipeline.defs.operations.maintenance import retention_cleanup
+from agg_pipeline.defs.readings.raw import observe_late_hours
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse.engine import WarehouseResource
 
@@ -387,7 +387,7 @@ freshness_checks_sensor = dg.build_sensor_for_freshness_checks(
     minimum_interval_seconds=60,
 )
 
-from agg_pipeline import self_healing  # noqa: E402
+from agg_pipeline.defs.operations import self_healing  # noqa: E402
 
 self_healing_sensor = self_healing.build_sensor(
     {

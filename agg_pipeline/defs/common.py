@@ -10,10 +10,10 @@ from datetime import datetime
 import dagster as dg
 import sqlalchemy as sa
 
-from agg_pipeline import partitions
 from agg_pipeline.config.catalogue import get_catalogue
 from agg_pipeline.config.settings import get_settings
 from agg_pipeline.core.windows import Window
+from agg_pipeline.defs import partitions
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.sources import readings_source
 from agg_pipeline.warehouse import statements

@@ -11,11 +11,11 @@ from datetime import date, datetime, timedelta
 import dagster as dg
 import sqlalchemy as sa
 
-from agg_pipeline import partitions
-from agg_pipeline.assets._common import BACKFILL, markdown_table, partition_window
 from agg_pipeline.config.catalogue import get_catalogue
 from agg_pipeline.config.settings import get_settings
 from agg_pipeline.core import detectors as detect
+from agg_pipeline.defs import partitions
+from agg_pipeline.defs.common import BACKFILL, markdown_table, partition_window
 from agg_pipeline.influx import sink as influx_sink
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.serving import patterns

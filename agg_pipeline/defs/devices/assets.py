@@ -4,19 +4,19 @@ from datetime import timedelta
 
 import dagster as dg
 
-from agg_pipeline import partitions
-from agg_pipeline.assets._common import (
+from agg_pipeline.config.catalogue import get_catalogue
+from agg_pipeline.config.settings import get_settings
+from agg_pipeline.defs import partitions
+from agg_pipeline.defs.automation_conditions import hourly_correction
+from agg_pipeline.defs.common import (
     BACKFILL,
     materialize_result,
     partition_window,
     write_context,
     write_with_retries,
 )
-from agg_pipeline.assets.downsample import readings_1m
-from agg_pipeline.assets.rollups import rollup_hourly
-from agg_pipeline.automation_conditions import hourly_correction
-from agg_pipeline.config.catalogue import get_catalogue
-from agg_pipeline.config.settings import get_settings
+from agg_pipeline.defs.readings.downsample import readings_1m
+from agg_pipeline.defs.readings.rollups import rollup_hourly
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline.warehouse.writes import devices as writers_devices
 

@@ -4,8 +4,10 @@ from datetime import timedelta
 
 import dagster as dg
 
-from agg_pipeline import checks, partitions
-from agg_pipeline.assets._common import (
+from agg_pipeline.config.settings import get_settings
+from agg_pipeline.defs import partitions
+from agg_pipeline.defs.automation_conditions import hourly_correction
+from agg_pipeline.defs.common import (
     BACKFILL,
     materialize_result,
     partition_window,
@@ -13,9 +15,8 @@ from agg_pipeline.assets._common import (
     write_context,
     write_with_retries,
 )
-from agg_pipeline.assets.raw import raw_readings
-from agg_pipeline.automation_conditions import hourly_correction
-from agg_pipeline.config.settings import get_settings
+from agg_pipeline.defs.readings import checks
+from agg_pipeline.defs.readings.raw import raw_readings
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline.warehouse.writes import readings as writers

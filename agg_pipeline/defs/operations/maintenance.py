@@ -6,10 +6,10 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
 
-from agg_pipeline import partitions
-from agg_pipeline.assets.downsample import readings_1m
 from agg_pipeline.config.catalogue import get_catalogue
 from agg_pipeline.config.settings import get_settings
+from agg_pipeline.defs import partitions
+from agg_pipeline.defs.readings.downsample import readings_1m
 from agg_pipeline.warehouse import retention
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline.warehouse.writes import readings as writers

@@ -12,11 +12,11 @@ from datetime import timedelta
 
 import dagster as dg
 
-from agg_pipeline import partitions
-from agg_pipeline.assets.raw import observe_late_hours
 from agg_pipeline.config.catalogue import get_catalogue
 from agg_pipeline.config.settings import get_settings
 from agg_pipeline.core import clock
+from agg_pipeline.defs import partitions
+from agg_pipeline.defs.readings.raw import observe_late_hours
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse import healing
 from agg_pipeline.warehouse.engine import WarehouseResource
