@@ -104,3 +104,12 @@ def test_chunks_split_at_local_midnights():
     assert chunks[1].seconds == 25 * 3600  # the fall-back day, whole
     assert chunks[-1].end == w.end
     assert len(list(w.chunks(BERLIN, days=7))) == 1
+
+
+def test_local_dates_are_half_open_local_days():
+    # 2026-03-29 in Berlin is 23 hours long (DST starts): its window ends on 03-30 local.
+    dst_day = day_window(date(2026, 3, 29), BERLIN)
+    assert dst_day.local_dates(BERLIN) == (date(2026, 3, 29), date(2026, 3, 30))
+    assert dst_day.local_days(BERLIN) == [date(2026, 3, 29)]
+    # The same instants seen from UTC start the evening before.
+    assert dst_day.local_dates(ZoneInfo("UTC")) == (date(2026, 3, 28), date(2026, 3, 29))

@@ -38,6 +38,11 @@ class Window:
     def seconds(self) -> float:
         return (self.end - self.start).total_seconds()
 
+    def local_dates(self, zone: ZoneInfo) -> tuple[date, date]:
+        """The local date of the start and of the end (half-open: the end's date is the
+        first day after a window that ends at a local midnight)."""
+        return self.start.astimezone(zone).date(), self.end.astimezone(zone).date()
+
     def local_days(self, zone: ZoneInfo) -> list[date]:
         """Local calendar days the window touches (any instant of them)."""
         first = self.start.astimezone(zone).date()

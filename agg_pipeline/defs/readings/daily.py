@@ -13,7 +13,6 @@ import dagster as dg
 import sqlalchemy as sa
 
 from agg_pipeline.config.settings import get_settings
-from agg_pipeline.core.windows import Window
 from agg_pipeline.defs import partitions
 from agg_pipeline.defs.automation_conditions import daily_correction
 from agg_pipeline.defs.common import (
@@ -132,11 +131,6 @@ def _coverage(conn: sa.Connection, lo, hi) -> dg.AssetCheckResult:
     )
 
 
-def _local_dates(window: Window):
-    zone = _settings.zone
-    return window.start.astimezone(zone).date(), window.end.astimezone(zone).date()
-
-
 @dg.multi_asset(
     name="daily_rollup_and_conditions",
     specs=[ROLLUP_DAILY, CONDITIONS_DAILY],
@@ -162,7 +156,7 @@ def daily_rollup_and_conditions(
     )
     engine = warehouse.get_engine()
     if "conditions_daily" in reports:
-        lo, hi = _local_dates(window)
+        lo, hi = window.local_dates(get_settings().zone)
         with engine.connect() as conn:
             results = [_shares_valid(conn, lo, hi), _coverage(conn, lo, hi)]
         yield materialize_result(

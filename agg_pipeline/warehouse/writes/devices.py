@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from agg_pipeline.core import formulas
 from agg_pipeline.core.windows import Window
 from agg_pipeline.warehouse import retention, statements, versions
-from agg_pipeline.warehouse.writes.readings import WriteContext, WriteReport, _local_dates
+from agg_pipeline.warehouse.writes.readings import WriteContext, WriteReport
 
 # --------------------------------------------------------------------------------------
 # Derived metrics
@@ -223,7 +223,7 @@ def write_diagnostic_summary(ctx: WriteContext, window: Window) -> WriteReport:
     severities = ctx.settings.diagnostic_severities
     for chunk in window.chunks(ctx.zone, ctx.settings.chunk_days):
         report.chunks += 1
-        lo, hi = _local_dates(chunk, ctx.zone)
+        lo, hi = chunk.local_dates(ctx.zone)
         days = [lo + timedelta(days=i) for i in range((hi - lo).days)]
         with ctx.warehouse.locked_transaction(report.table, days) as conn:
             if retention.released_days(conn, "raw.diagnostics", days):

@@ -131,15 +131,10 @@ def _shown_field(name: str) -> str:
     return name if len(name) <= 63 else statements.shown_name(name)
 
 
-def _local_dates(window: Window, zone: ZoneInfo) -> tuple[date, date]:
-    """First local date in the window and the first local date after it (half-open)."""
-    return window.start.astimezone(zone).date(), window.end.astimezone(zone).date()
-
-
 def _has_rows(
     conn: sa.Connection, table: str, key: str, chunk: Window, zone: ZoneInfo | None = None
 ) -> bool:
-    lo, hi = (chunk.start, chunk.end) if zone is None else _local_dates(chunk, zone)
+    lo, hi = (chunk.start, chunk.end) if zone is None else chunk.local_dates(zone)
     t, k = statements.quote_ident(table), statements.quote_ident(key)
     sql = f"SELECT EXISTS (SELECT 1 FROM {t} WHERE {k} >= :lo AND {k} < :hi)"
     return bool(conn.execute(sa.text(sql), {"lo": lo, "hi": hi}).scalar_one())
@@ -174,7 +169,7 @@ def _keep_released(report: WriteReport, chunk: Window) -> None:
 
 def _preview(conn: sa.Connection, level: Level, chunk: Window, zone: ZoneInfo | None) -> list[dict]:
     """The last few rows written in the chunk, readable (device and field, not ids)."""
-    lo, hi = (chunk.start, chunk.end) if zone is None else _local_dates(chunk, zone)
+    lo, hi = (chunk.start, chunk.end) if zone is None else chunk.local_dates(zone)
     t, k = statements.quote_ident(level.table), statements.quote_ident(level.bucket_column)
     mean_col = level.mean_column
     rows = conn.execute(
@@ -411,7 +406,7 @@ def _merge_chunk(
     target = statements.quote_ident(level.table)
     key = statements.quote_ident(level.bucket_column)
     parts = levels.parts_sql(level)
-    start_date, end_date = _local_dates(chunk, ctx.zone)
+    start_date, end_date = chunk.local_dates(ctx.zone)
     params = {
         "start": chunk.start,
         "end": chunk.end,
@@ -731,7 +726,7 @@ def write_daily(
         reports["conditions_daily"] = WriteReport("bi.daily_sensor_conditions", window)
     tables = [r.table for r in reports.values()]
     for chunk in window.chunks(ctx.zone, ctx.settings.chunk_days):
-        lo, hi = _local_dates(chunk, ctx.zone)
+        lo, hi = chunk.local_dates(ctx.zone)
         days = [lo + timedelta(days=i) for i in range((hi - lo).days)]
         with ctx.warehouse.locked_transaction(tables, days) as conn:
             computed_from = versions.watermark(conn)  # before any parent row (rule 2)
