@@ -29,6 +29,7 @@ from agg_pipeline.config.catalogue import CatalogueError, get_catalogue
 from agg_pipeline.config.settings import SettingsError, get_settings, project_root
 from agg_pipeline.demo import readings as simulator
 from agg_pipeline.influx.client import InfluxError
+from agg_pipeline.sources.history import HistoryError
 from agg_pipeline.warehouse import localdb, migrate
 from agg_pipeline.warehouse.engine import (
     WarehouseUnavailable,
@@ -37,7 +38,6 @@ from agg_pipeline.warehouse.engine import (
     masked,
     resolve_url,
 )
-from agg_pipeline.warehouse.history import HistoryError
 
 
 def _warehouse_engine() -> sa.Engine:
@@ -74,7 +74,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_import_history(args: argparse.Namespace) -> int:
-    from agg_pipeline.warehouse import history
+    from agg_pipeline.sources import history
 
     engine = _warehouse_engine()
     catalogue = get_catalogue()

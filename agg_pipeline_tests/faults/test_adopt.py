@@ -25,7 +25,8 @@ from agg_pipeline.defs.assets import (
 )
 from agg_pipeline.defs.readings import checks
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.warehouse import history, migrate, schema_compat
+from agg_pipeline.sources import history
+from agg_pipeline.warehouse import migrate, schema_compat
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data
 from agg_pipeline_tests.conftest import SESSION_TAG, create_database, drop_database
