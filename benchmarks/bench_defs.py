@@ -15,11 +15,11 @@ import pandas as pd
 import sqlalchemy as sa
 
 from agg_pipeline.config.catalogue import get_catalogue
-from agg_pipeline.config.settings import get_settings
+from agg_pipeline.defs.loaded import SETTINGS
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse.engine import WarehouseResource
 
-_start = get_settings().start_date
+_start = SETTINGS.start_date
 hourly = dg.HourlyPartitionsDefinition(start_date=f"{_start:%Y-%m-%d}-00:00", end_offset=1)
 _trivial_start = (datetime.now(UTC) - timedelta(days=90)).replace(minute=0, second=0, microsecond=0)
 trivial_partitions = dg.HourlyPartitionsDefinition(

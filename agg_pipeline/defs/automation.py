@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from agg_pipeline.config.settings import get_settings
 from agg_pipeline.core import clock
 from agg_pipeline.defs import partitions
 from agg_pipeline.defs.assets import (
@@ -28,13 +27,14 @@ from agg_pipeline.defs.assets import (
     rollup_hourly,
     rollup_weekly,
 )
+from agg_pipeline.defs.loaded import SETTINGS, TIMEZONE
 from agg_pipeline.defs.operations.maintenance import retention_cleanup
 from agg_pipeline.defs.readings.raw import observe_late_hours
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse.engine import WarehouseResource
 
-settings = get_settings()
-TZ = settings.timezone
+settings = SETTINGS  # definitions-time switches and zone (defs/loaded.py)
+TZ = TIMEZONE
 RUNNING, STOPPED = dg.DefaultScheduleStatus.RUNNING, dg.DefaultScheduleStatus.STOPPED
 
 

@@ -13,11 +13,10 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from agg_pipeline.config.settings import get_settings
+from agg_pipeline.defs.loaded import SETTINGS
 
-_settings = get_settings()
-_start = _settings.start_date
-_zone = _settings.timezone
+_start = SETTINGS.start_date
+_zone = SETTINGS.timezone
 
 hourly = dg.HourlyPartitionsDefinition(
     start_date=f"{_start:%Y-%m-%d}-00:00", timezone=_zone, end_offset=1

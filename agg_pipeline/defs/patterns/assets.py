@@ -12,16 +12,16 @@ import dagster as dg
 import sqlalchemy as sa
 
 from agg_pipeline.config.catalogue import get_catalogue
-from agg_pipeline.config.settings import get_settings
 from agg_pipeline.core import detectors as detect
 from agg_pipeline.defs import partitions
 from agg_pipeline.defs.common import BACKFILL, markdown_table, partition_window
+from agg_pipeline.defs.loaded import SETTINGS
 from agg_pipeline.influx import sink as influx_sink
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.serving import patterns
 from agg_pipeline.warehouse.engine import WarehouseResource
 
-_settings = get_settings()
+_settings = SETTINGS  # (defs/loaded.py)
 _catalogue = get_catalogue()
 BASELINE_DAYS = 14
 CHUNK_ROWS = 20_000  # events fetched per round trip (server-side cursor)

@@ -22,6 +22,7 @@ from agg_pipeline.defs.common import (
     write_context,
     write_with_retries,
 )
+from agg_pipeline.defs.loaded import TIMEZONE
 from agg_pipeline.defs.readings import checks
 from agg_pipeline.defs.readings.raw import raw_readings
 from agg_pipeline.defs.readings.rollups import STATS, rollup_hourly
@@ -29,11 +30,10 @@ from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline.warehouse.writes import readings as writers
 
-_settings = get_settings()
 _BY_0230 = dg.FreshnessPolicy.cron(
     deadline_cron="30 2 * * *",
     lower_bound_delta=timedelta(hours=2, minutes=30),
-    timezone=_settings.timezone,
+    timezone=TIMEZONE,
 )
 
 ROLLUP_DAILY = dg.AssetSpec(
@@ -117,7 +117,7 @@ def _coverage(conn: sa.Connection, lo, hi) -> dg.AssetCheckResult:
         ),
         {"lo": lo, "hi": hi},
     ).all()
-    low = [f"{d}: {p}%" for d, p in rows if p is not None and p < _settings.coverage_warn_pct]
+    low = [f"{d}: {p}%" for d, p in rows if p is not None and p < get_settings().coverage_warn_pct]
     return dg.AssetCheckResult(
         asset_key="conditions_daily",
         check_name="coverage",
@@ -126,7 +126,7 @@ def _coverage(conn: sa.Connection, lo, hi) -> dg.AssetCheckResult:
         metadata={
             "coverage_by_day": {d: float(p) for d, p in rows},
             "days_below_threshold": low,
-            "warn_below_pct": _settings.coverage_warn_pct,
+            "warn_below_pct": get_settings().coverage_warn_pct,
         },
     )
 

@@ -4,7 +4,6 @@ from datetime import timedelta
 
 import dagster as dg
 
-from agg_pipeline.config.settings import get_settings
 from agg_pipeline.defs import partitions
 from agg_pipeline.defs.automation_conditions import daily_correction, hourly_correction
 from agg_pipeline.defs.common import (
@@ -14,6 +13,7 @@ from agg_pipeline.defs.common import (
     write_context,
     write_with_retries,
 )
+from agg_pipeline.defs.loaded import TIMEZONE
 from agg_pipeline.defs.readings import checks
 from agg_pipeline.defs.readings.downsample import readings_1m
 from agg_pipeline.defs.readings.raw import raw_readings
@@ -27,7 +27,7 @@ STATS = (
     "computed from the raw readings while they are retained (metadata `median_status` says "
     "when they are not)."
 )
-_TZ = get_settings().timezone
+_TZ = TIMEZONE
 
 
 def _run(

@@ -1,0 +1,13 @@
+"""The settings the Dagster definitions are built with, read once when the code location
+loads: partition start and zone, schedule switches, freshness deadlines in the local zone.
+
+The one module that reads settings at import time. Code that runs later (an asset, a
+check, a sensor tick) calls ``get_settings()`` then, so a value is never captured twice.
+"""
+
+from __future__ import annotations
+
+from agg_pipeline.config.settings import Settings, get_settings
+
+SETTINGS: Settings = get_settings()
+TIMEZONE: str = SETTINGS.timezone
