@@ -1,9 +1,10 @@
 """Dashboard queries: the seven questions the old continuous aggregates answered.
 
 Each is served from the rollup tables only (through the ``bi.v_*`` views and the
-``bi.device_ranking`` function in ``sql/012_dashboards.sql``, which Grafana or any BI tool
-can also query directly). Parameters are validated before anything reaches the database,
-and a bad one raises ``DashboardError`` (a ``ValueError``) with a message that names it:
+``bi.device_ranking`` function in ``warehouse/migrations/012_dashboards.sql``, which
+Grafana or any BI tool can also query directly). Parameters are validated before anything
+reaches the database, and a bad one raises ``DashboardError`` (a ``ValueError``) with a
+message that names it:
 
 - ``hours`` an int from 1 to 744 (31 days), ``days`` an int from 1 to 366, ``limit`` an
   int from 1 to 100 (a bool is not an int here);

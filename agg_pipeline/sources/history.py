@@ -10,7 +10,7 @@ Sources:
 - the old InfluxDB tasks' ``<bucket>_hourly`` / ``<bucket>_daily`` buckets (mean/min/max/
   count per sensor tag and field), through the official client (see ``import_influx``).
 
-Rows land in the rollup tables with ``origin = 'imported'`` (sql/015): what the old system
+Rows land in the rollup tables with ``origin = 'imported'`` (migration 015): what the old system
 did not keep (median, m2 when there is no spread, first/last reading) is NULL. Rows
 computed from raw always win: an import never replaces a computed row (``ON CONFLICT ...
 WHERE origin = 'imported'``), and a computation from raw replaces an imported row
