@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
+from importlib import resources
 from pathlib import Path
 
 import dagster as dg
@@ -37,7 +38,8 @@ import sqlalchemy as sa
 from agg_pipeline import cli
 from agg_pipeline.config.catalogue import CatalogueError, load_catalogue, parse_catalogue
 from agg_pipeline.config.settings import get_settings
-from agg_pipeline.defs.assets import _common, readings_1m
+from agg_pipeline.defs import common as _common
+from agg_pipeline.defs.assets import readings_1m
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse.engine import WarehouseResource, engine_for
 from agg_pipeline_tests import data, reference
@@ -608,8 +610,10 @@ def test_unreachable_database_never_shows_the_password(
 
 EVIL = 'x"; DROP TABLE raw.readings; --'
 GOOD = (
-    Path(__file__).resolve().parents[2] / "agg_pipeline" / "catalogues" / "hydroponics.yaml"
-).read_text(encoding="utf-8")
+    resources.files("agg_pipeline.config.catalogues")
+    .joinpath("hydroponics.yaml")
+    .read_text(encoding="utf-8")
+)
 
 
 FORMULAS = {
