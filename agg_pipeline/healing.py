@@ -348,11 +348,13 @@ class InFlight:
 TOGETHER = ({"rollup_daily", "conditions_daily"},)
 
 
-def _descendants_in_group(assets: set[str], group: str, settings: Settings) -> set[str]:
+def _descendants_in_group(
+    assets: set[str], group: str, settings: Settings, together: bool = True
+) -> set[str]:
     out = set(assets)
-    for together in TOGETHER:
-        if out & together:
-            out |= {a for a in together if BY_ASSET[a].switched_on(settings)}
+    for both in TOGETHER if together else ():
+        if out & both:
+            out |= {a for a in both if BY_ASSET[a].switched_on(settings)}
     changed = True
     while changed:
         changed = False
@@ -404,15 +406,26 @@ def plan(
         for start in sorted(by_start):
             end = end_of(grain, start, zone)
             run = _descendants_in_group(by_start[start], group, settings)
+            # Behind a parent whose latest write failed a blocking check: held, with the
+            # assets of the run that depend on them; the others still run.
+            failed = {a: why for a in run if (why := _failed_parent(vs, a, run, start, zone))}
+            if failed:
+                out = _descendants_in_group(set(failed), group, settings, together=False) & run
+                why_of = next(iter(failed.values()))
+                result.held += [
+                    Stale(a, start, failed.get(a, why_of)) for a in sorted(out & by_start[start])
+                ]
+                run -= out
+                if not run & by_start[start]:
+                    continue
             blocked = any(r.covers(a, start, end) for a in run for r in in_flight) or any(
                 busy(p, parents_from(BY_ASSET[a], start, zone), end, run)
                 for a in run
                 for p in BY_ASSET[a].parents
             )
-            failed = _failed_parent(vs, run, start, zone)
-            if blocked or failed:
+            if blocked:
                 result.held += [
-                    Stale(a, start, failed or reasons[(a, start)]) for a in sorted(by_start[start])
+                    Stale(a, start, reasons[(a, start)]) for a in sorted(run & by_start[start])
                 ]
                 continue
             ordered = tuple(n.asset for n in NODES if n.asset in run)
@@ -457,19 +470,20 @@ def plan(
 HELD_BY_CHECK = "a parent's blocking check failed"  # reason prefix
 
 
-def _failed_parent(vs: Versions, run: set[str], start: datetime, zone: ZoneInfo) -> str | None:
-    """Why ``run`` must not start at ``start``: a parent outside it whose latest write over
-    the partitions read failed a blocking check (its rows are suspect; they stay out of
-    the levels above until a write passes)."""
-    for a in sorted(run):
-        node = BY_ASSET[a]
-        lo, end = parents_from(node, start, zone), end_of(node.grain, start, zone)
-        for p in node.parents:
-            if p in run or p in SOURCES:
-                continue
-            hit = vs.failed_in(p, lo, end)
-            if hit is not None:
-                return f"{HELD_BY_CHECK}: {p} {hit[0].isoformat()} {hit[1]}"
+def _failed_parent(
+    vs: Versions, asset: str, run: set[str], start: datetime, zone: ZoneInfo
+) -> str | None:
+    """Why ``asset`` must not be computed at ``start``: a parent outside the run whose
+    latest write over the partitions read failed a blocking check (its rows are suspect;
+    they stay out of the levels above until a write passes)."""
+    node = BY_ASSET[asset]
+    lo, end = parents_from(node, start, zone), end_of(node.grain, start, zone)
+    for p in node.parents:
+        if p in run or p in SOURCES:
+            continue
+        hit = vs.failed_in(p, lo, end)
+        if hit is not None:
+            return f"{HELD_BY_CHECK}: {p} {hit[0].isoformat()} {hit[1]}"
     return None
 
 
