@@ -219,6 +219,13 @@ def test_every_healed_edge_is_the_asset_graph():
         pdef = graph.get(dg.AssetKey(node.asset)).partitions_def
         assert pdef is self_healing.PDEFS[node.grain], node.asset
         assert graph.get(dg.AssetKey(node.asset)).automation_condition is None  # one mechanism
+    # ... and every partitioned asset computed from something is healed.
+    computed = {
+        k.to_user_string()
+        for k in graph.materializable_asset_keys
+        if graph.get(k).partitions_def is not None and graph.get(k).parent_keys
+    }
+    assert computed == set(healing.BY_ASSET)
 
 
 def test_first_fill_then_parent_and_child_stale_in_one_tick_child_run_first(env):
