@@ -4,8 +4,9 @@ One sensor, ``self_healing_sensor``, owns every correction and every catch-up (t
 schedules keep the regular cadence). Each tick it:
 
 1. records raw changes as raw-hour versions (drains the late-data change log, or compares
-   InfluxDB fingerprints; PostgreSQL hours holding readings but no version yet - history
-   written before the trigger existed - are probed once each);
+   InfluxDB fingerprints; raw events and diagnostics: their change log, sql/018; source
+   hours holding rows but no version yet - history written before the trigger existed -
+   are probed once each);
 2. computes, set-based from ``ops.partition_versions`` (``versions.py``), the **stale**
    partitions in the lookback: a parent's version is above the version the child was
    computed from, or the child is missing while a parent holds data and its schedule is
@@ -16,6 +17,12 @@ schedules keep the regular cadence). Each tick it:
    assets of a partition plus their descendants of the same grain (executed in
    dependency order inside the run), and contiguous partitions with the same assets go
    into one multi-partition run (a Dagster run costs ~2.5 s).
+
+Two verdicts of the checks feed in too (columns of ``ops.partition_versions``, sql/018):
+a partition found inconsistent with its parents as they are now (the
+``consistent_with_parents`` check after a write, or this sensor's periodic ``scan``) is
+stale until rewritten (at most ``MAX_INCONSISTENT_RUNS`` times in a row, then held and
+reported); a partition whose latest write failed a blocking check holds its children.
 
 So a level above is requested only after the level below is current, and a parent that
 changes while its child runs leaves the child stale (versions, not timestamps): it runs

@@ -592,6 +592,15 @@ def test_a_rollup_corrupted_behind_the_pipelines_back_is_recomputed(short, monke
         dg.RunRequest(asset_selection=[dg.AssetKey(k) for k in DAILY], partition_key="2026-11-24"),
     )
     assert not check_passed(env, "rollup_daily", "consistent_with_parents")
+    with engine.connect() as conn:  # the check's verdict, fed back: the day is stale
+        flagged = conn.execute(
+            sa.text(
+                "SELECT inconsistent_version = version FROM ops.partition_versions "
+                "WHERE asset = 'rollup_daily' AND partition_start = :d"
+            ),
+            {"d": TUE},
+        ).scalar_one()
+    assert flagged
     assert heal(env) == [
         [(("rollup_hourly", "device_performance_hourly"), "2026-11-24-05:00", "2026-11-24-05:00")],
         [(DAILY, "2026-11-24", "2026-11-24")],
