@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import clock, healing, self_healing, status, writers
+from agg_pipeline import clock, healing, late_data, self_healing, status, writers
 from agg_pipeline.assets import (
     ALL_ASSETS,
     daily_rollup_and_conditions,
@@ -661,3 +661,51 @@ def test_children_wait_while_a_blocking_check_fails(short):
     assert heal(env) == [[(DAILY, "2026-11-24", "2026-11-24")]]
     assert problems(env) == []
     assert_equals_raw(engine, TUE, TUE + timedelta(days=1))
+
+
+def test_an_event_moved_to_another_day_changes_both(engine):
+    """The events' trigger logs an UPDATE's old and new times (sql/018)."""
+    insert_events(engine, [(MON + timedelta(hours=8), "light.hall", "on")])
+    origin = self_healing.origin()
+    late_data.drain_sources(engine, origin)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE raw.events SET time = time + interval '1 day'"))
+    late_data.drain_sources(engine, origin)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT partition_start, version FROM ops.partition_versions "
+                "WHERE asset = 'raw_events' ORDER BY 1"
+            )
+        ).all()
+    assert [r[0] for r in rows] == [MON + timedelta(hours=8), TUE + timedelta(hours=8)]
+    assert rows[0][1] != rows[1][1]  # Monday's hour got a second version, with Tuesday's
+
+
+def test_an_inconsistent_partition_is_recomputed_a_few_times_then_reported():
+    """Planning only (no database): the loop guard on the consistency flag."""
+    settings = get_settings()
+    origin = datetime(2025, 1, 1, tzinfo=UTC)
+    hour = datetime(2026, 11, 20, 10, tzinfo=UTC)
+    day = datetime(2026, 11, 20, tzinfo=ZoneInfo(settings.timezone))
+
+    def plan_with(runs: int) -> healing.Plan:
+        rows = [("raw_readings", hour, 1, None, None, 0, None)]
+        # Every level current (computed after every version there is) ...
+        rows += [(a, hour, 2, 9, None, 0, None) for a in HOURLY]
+        rows += [
+            ("conditions_daily", day, 3, 9, None, 0, None),
+            ("rollup_daily", day, 3, 9, 3, runs, None),  # ... but the day's write is flagged
+        ]
+        return healing.plan(healing.Versions(rows), NOW, settings, origin)
+
+    (request,) = plan_with(1).requests
+    assert request.assets == DAILY
+    assert set(request.reasons) == {"inconsistent with its parents", "parent rewritten in this run"}
+    stuck = plan_with(healing.MAX_INCONSISTENT_RUNS + 1)
+    assert stuck.requests == []
+    held = {s.asset: s.reason for s in stuck.held}
+    assert held == {
+        "rollup_daily": f"{healing.STUCK} 4 recomputations",
+        "rollup_weekly": "missing",  # its day is not right: it waits
+    }
