@@ -46,7 +46,6 @@ from agg_pipeline.settings import Settings
 
 RAW = versions.RAW
 SOURCES = (RAW, "raw_events", "raw_diagnostics")  # versioned by the hour, never written here
-GRAINS = ("hourly", "daily", "weekly")
 # Run groups, lowest level first: one run covers one group (one job, one partitions
 # definition); the daily grain has three independent families.
 GROUPS = ("hourly", "daily", "diagnostics", "patterns", "weekly")

@@ -67,7 +67,7 @@ FROM (SELECT DISTINCT source, date_bin('1 hour', bucket_start, :origin) AS hour_
 ON CONFLICT (asset, partition_start) DO UPDATE
 SET version = EXCLUDED.version, written_at = clock_timestamp()
 """
-SOURCES = {"raw_events": "raw.events", "raw_diagnostics": "raw.diagnostics"}  # asset: table
+SOURCE_TABLES = {"raw_events": "raw.events", "raw_diagnostics": "raw.diagnostics"}
 
 
 def drain_sources(engine: sa.Engine, origin: datetime) -> int:

@@ -121,7 +121,7 @@ def tick(
     engine, now = warehouse.get_engine(), clock.now()
     observe_late_hours(warehouse, influx)  # raw changes -> raw-hour versions
     late_data.drain_sources(engine, origin())  # events / diagnostics -> source-hour versions
-    probes = [(a, t, "time") for a, t in late_data.SOURCES.items()]
+    probes = [(a, t, "time") for a, t in late_data.SOURCE_TABLES.items()]
     raw = None
     if catalogue.raw_in_postgres:
         raw = (catalogue.source.table, catalogue.source.time_column)

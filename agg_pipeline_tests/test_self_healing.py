@@ -536,6 +536,43 @@ def test_events_and_diagnostics_heal_like_readings(short):
     assert problems(env) == []
     assert_events_and_diagnostics_equal_raw(engine)
 
+    # Retention released Monday (its aggregates are final): a late row for it re-runs
+    # the day, which keeps its rows and is current all the same - no loop.
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO ops.raw_retention_ledger (source_table, day, rows_deleted, method) "
+                "VALUES ('raw.events', '2026-11-23', 0, 'delete'), "
+                "('raw.diagnostics', '2026-11-23', 0, 'delete')"
+            )
+        )
+
+    def monday():
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.text(
+                    "SELECT (SELECT array_agg(occurrences ORDER BY entity_id) "
+                    "FROM bi.pattern_time_based_daily WHERE day = '2026-11-23'), "
+                    "(SELECT array_agg(diagnostics_count ORDER BY device_id) "
+                    "FROM bi.diagnostic_summary_daily WHERE metric_date = '2026-11-23')"
+                )
+            ).one()
+
+    kept = monday()
+    late = [
+        (MON + timedelta(hours=13, minutes=m), "switch.fan", s)
+        for m, s in ((10, "on"), (15, "off"))
+    ]
+    insert_events(engine, late)  # one activation more, if Monday were recomputed
+    insert_diagnostics(engine, [(MON + timedelta(hours=12), "arduino_002", "drift", "low", 0.2)])
+    assert heal(env) == [
+        [
+            (("diagnostic_summary_daily",), "2026-11-23", "2026-11-23"),
+            (PATTERNS, "2026-11-23", "2026-11-24"),
+        ]
+    ]
+    assert monday() == kept
+
 
 # --------------------------------------------------------------------------------------
 # Cross-level consistency fed back; children held behind a failing blocking check
