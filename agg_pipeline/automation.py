@@ -27,6 +27,7 @@ from agg_pipeline.assets import (
     rollup_weekly,
 )
 from agg_pipeline.assets.maintenance import retention_cleanup
+from agg_pipeline.assets.patterns import EVENT_DETECTORS
 from agg_pipeline.assets.raw import observe_late_hours
 from agg_pipeline.resources.influx import InfluxResource
 from agg_pipeline.resources.warehouse import WarehouseResource
@@ -395,6 +396,11 @@ self_healing_sensor = self_healing.build_sensor(
             ["readings_1m", "readings_5m", "rollup_hourly", "device_performance_hourly"],
         ),
         "daily": (daily_job, _DAILY_SELECTED),
+        "diagnostics": (daily_job, ["diagnostic_summary_daily"]),
+        "patterns": (
+            patterns_job,
+            [f"pattern_{n}_daily" for n in (*EVENT_DETECTORS, "anomaly")],
+        ),
         "weekly": (weekly_rollup_job, ["rollup_weekly"]),
     }
 )
