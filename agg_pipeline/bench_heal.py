@@ -4,7 +4,8 @@ the newest minute is final soon after it closes.
 The daemon (``dagster-daemon run``: schedules, the self-healing sensor, the run queue) runs
 against fresh benchmark databases holding the last ~9 days of readings. It first fills
 them by itself (no backfill is launched); then each trial inserts one late reading into a
-settled hour of yesterday and one into last week, and polls until the hour, the day and
+settled hour of yesterday (the day before until its daily rollup is due, ~02:00 UTC) and
+one into last week, and polls until the hour, the day and
 the week equal a computation from raw (count and exact median, here in SQL over raw, not
 the pipeline's code). A feeder writes a reading every 2 s for a live device meanwhile; each
 minute and 5-minute window that closes is timed until ``bi.readings_1m`` /
@@ -211,8 +212,13 @@ def measure_healing(
     """First fill, heal latency per level and minute latency, through the daemon."""
     catalogue = load_catalogue("hydroponics")
     now = datetime.now(UTC)
-    today = now.date()
-    last_monday = today - timedelta(days=today.weekday() + 7)
+    # The newest day and week that are due (their 01:30 / Monday 02:00 schedules, and the
+    # healer's end + 1 h 45 / 2 h 15 for a missing partition, have passed): before
+    # ~02:00 UTC yesterday still belongs to its schedule, not to the healer, and until
+    # Monday 02:30 so does last week.
+    due_day = (now - timedelta(days=1, hours=2)).date()
+    week_due = (now - timedelta(hours=2, minutes=30)).date()
+    last_monday = week_due - timedelta(days=week_due.weekday() + 7)
     start = _midnight(last_monday)
     spec = simulator.SimulationSpec(
         start=start,
@@ -233,13 +239,12 @@ def measure_healing(
     try:
         # 1. First fill: nobody clicks; the healer fills the lookback by itself.
         t0 = time.monotonic()
-        probe = datetime.combine(today - timedelta(days=1), datetime.min.time(), UTC)
-        probe += timedelta(hours=12)
+        probe = _midnight(due_day) + timedelta(hours=12)
         week_probe = _midnight(last_monday) + timedelta(days=2, hours=12)
         device = "arduino_001"
         filled = False
         while time.monotonic() - t0 < HEAL_TIMEOUT_S * 2:
-            # Yesterday's hour and day (its week is still open), and all of last week.
+            # The due day's hour and day (its week may still be open), and last week.
             recent = _exact(bench_env.engine, device, LIVE_FIELD, probe, lo, hi)
             if (
                 recent["hour"]
@@ -251,7 +256,8 @@ def measure_healing(
             time.sleep(2)
         result["first_fill_s"] = round(time.monotonic() - t0, 1) if filled else None
         feeder.start()
-        # 2. Trials: one late reading into yesterday, one into last week.
+        # 2. Trials: one late reading into the due day (yesterday after ~02:00 UTC), one
+        # into last week.
         per_level: dict[str, list[float]] = {lv.name: [] for lv in _LEVELS}
         all_levels, wrong = [], 0
         for i in range(trials):
