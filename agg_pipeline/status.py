@@ -333,7 +333,8 @@ def collect(
 def healing_problems(engine: sa.Engine, now: datetime) -> list[str]:
     """Self-healing's view (healing.py): stale partitions in the healing window, raw
     changes not yet observed, levels that disagree with their parents as they are now,
-    NULL medians the raw readings could fill. Any of them is a problem: ``ok`` means none."""
+    NULL medians the raw readings could fill, partitions held behind a failed blocking
+    check or inconsistent too often. Any of them is a problem: ``ok`` means none."""
     from agg_pipeline.config.catalogue import get_catalogue
     from agg_pipeline.config.settings import get_settings
     from agg_pipeline.defs.operations.self_healing import origin

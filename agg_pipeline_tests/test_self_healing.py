@@ -18,10 +18,12 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline import status
-from agg_pipeline.config.settings import get_settings
 from agg_pipeline.core import clock
-from agg_pipeline.definitions import defs
+from agg_pipeline.warehouse import healing
+from agg_pipeline.warehouse import late_data
+from agg_pipeline.defs.operations import self_healing
+from agg_pipeline import status
+from agg_pipeline.warehouse.writes import readings as writers
 from agg_pipeline.defs.assets import (
     ALL_ASSETS,
     daily_rollup_and_conditions,
@@ -31,13 +33,12 @@ from agg_pipeline.defs.assets import (
     rollup_hourly,
     rollup_weekly,
 )
-from agg_pipeline.defs.automation import JOBS, self_healing_sensor
-from agg_pipeline.defs.operations import self_healing
 from agg_pipeline.defs.readings.raw import observe_late_hours
+from agg_pipeline.defs.automation import JOBS, self_healing_sensor
+from agg_pipeline.definitions import defs
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.warehouse import healing
 from agg_pipeline.warehouse.engine import WarehouseResource
-from agg_pipeline.warehouse.writes import readings as writers
+from agg_pipeline.config.settings import get_settings
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.test_rollups import CATALOGUE, REL, assert_matches, table
 
@@ -223,6 +224,13 @@ def test_every_healed_edge_is_the_asset_graph():
         pdef = graph.get(dg.AssetKey(node.asset)).partitions_def
         assert pdef is self_healing.PDEFS[node.grain], node.asset
         assert graph.get(dg.AssetKey(node.asset)).automation_condition is None  # one mechanism
+    # ... and every partitioned asset computed from something is healed.
+    computed = {
+        k.to_user_string()
+        for k in graph.materializable_asset_keys
+        if graph.get(k).partitions_def is not None and graph.get(k).parent_keys
+    }
+    assert computed == set(healing.BY_ASSET)
 
 
 def test_first_fill_then_parent_and_child_stale_in_one_tick_child_run_first(env):
@@ -401,3 +409,345 @@ def test_partition_helpers_cover_whole_weeks():
     assert days[0] == datetime(2026, 11, 16, tzinfo=zone) and len(days) == 8
     weeks = healing.partitions_between("weekly", WEEK, NOW, origin, zone)
     assert [w.date() for w in weeks] == [date(2026, 11, 16), date(2026, 11, 23)]
+
+
+# --------------------------------------------------------------------------------------
+# The other sources: raw.events -> pattern detectors -> anomalies; raw.diagnostics
+# --------------------------------------------------------------------------------------
+
+PATTERNS = tuple(
+    f"pattern_{n}_daily"
+    for n in ("time_based", "co_occurrence", "sequence", "room_based", "duration", "anomaly")
+)
+MON = datetime(2026, 11, 23, tzinfo=UTC)
+
+
+def insert_events(engine, rows: list[tuple]) -> None:
+    """(time, entity_id, state) rows; domain from the entity, area 'kitchen'."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO raw.events (time, entity_id, domain, area_id, state) "
+                "VALUES (:t, :e, split_part(:e, '.', 1), 'kitchen', :s)"
+            ),
+            [{"t": t, "e": e, "s": s} for t, e, s in rows],
+        )
+
+
+def insert_diagnostics(engine, rows: list[tuple]) -> None:
+    """(time, device, diagnosis_type, severity, confidence) rows."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO raw.diagnostics (time, device, diagnosis_type, severity, "
+                "confidence) VALUES (:t, :d, :k, :s, :c)"
+            ),
+            [{"t": t, "d": d, "k": k, "s": s, "c": c} for t, d, k, s, c in rows],
+        )
+
+
+def assert_events_and_diagnostics_equal_raw(engine) -> None:
+    """time_based and diagnostic_summary_daily equal pandas over raw (activations: an
+    'on' whose previous event of the entity, any day before, is not 'on')."""
+    with engine.connect() as conn:
+        ev = pd.read_sql(sa.text("SELECT time, entity_id, state FROM raw.events"), conn)
+        got = pd.read_sql(
+            sa.text(
+                "SELECT day, entity_id, occurrences, hourly_distribution "
+                "FROM bi.pattern_time_based_daily"
+            ),
+            conn,
+        )
+        diag = pd.read_sql(sa.text("SELECT * FROM raw.diagnostics"), conn)
+        got_d = pd.read_sql(
+            sa.text(
+                "SELECT dv.device_code AS device, s.metric_date AS day, s.diagnostics_count, "
+                "s.confidence_min, s.confidence_max, s.by_severity "
+                "FROM bi.diagnostic_summary_daily s JOIN iot.devices dv ON dv.id = s.device_id"
+            ),
+            conn,
+        )
+    ev = ev.sort_values(["entity_id", "time"])
+    previous = ev.groupby("entity_id")["state"].shift()
+    on = ev[(ev["state"] == "on") & (previous != "on")].copy()
+    on["day"] = on["time"].dt.date
+    expected = on.groupby(["day", "entity_id"]).size().rename("n").reset_index()
+    merged = expected.merge(got, on=["day", "entity_id"], how="outer")
+    assert (merged["n"].fillna(0) == merged["occurrences"].fillna(0)).all(), merged
+    for _, row in got.iterrows():
+        hours = on[(on["day"] == row["day"]) & (on["entity_id"] == row["entity_id"])]
+        assert sorted(row["hourly_distribution"]) == sorted(
+            hours["time"].dt.hour.value_counts().reindex(range(24), fill_value=0).tolist()
+        )
+    diag["day"] = diag["time"].dt.date
+    exp_d = (
+        diag.groupby(["device", "day"])
+        .agg(n=("confidence", "size"), lo=("confidence", "min"), hi=("confidence", "max"))
+        .reset_index()
+    )
+    merged = exp_d.merge(got_d, on=["device", "day"], how="outer")
+    assert (merged["n"] == merged["diagnostics_count"]).all(), merged
+    assert merged["lo"].to_numpy() == pytest.approx(merged["confidence_min"].to_numpy())
+    assert merged["hi"].to_numpy() == pytest.approx(merged["confidence_max"].to_numpy())
+    for _, row in merged.iterrows():
+        counts = diag[(diag["device"] == row["device"]) & (diag["day"] == row["day"])]
+        assert row["by_severity"] == counts["severity"].value_counts().to_dict()
+
+
+def test_events_and_diagnostics_heal_like_readings(short):
+    """First fill, then late rows: detectors re-run for their day and the days that carry
+    its state (Monday's late 'on' changes Tuesday's first activation), anomalies with
+    them, the diagnostics summary for its day - and nothing else."""
+    env = short
+    engine = env["engine"]
+    rows = []
+    for day in (MON, TUE):
+        for h in range(6, 22, 2):  # on at even hours, off half an hour later
+            rows += [
+                (day + timedelta(hours=h), "light.kitchen", "on"),
+                (day + timedelta(hours=h, minutes=30), "light.kitchen", "off"),
+                (day + timedelta(hours=h, minutes=1), "switch.fan", "on"),
+                (day + timedelta(hours=h, minutes=20), "switch.fan", "off"),
+            ]
+    insert_events(engine, rows)
+    insert_diagnostics(
+        engine,
+        [
+            (day + timedelta(hours=h), dev, "drift", sev, c)
+            for day in (MON, TUE)
+            for h, dev, sev, c in ((3, "arduino_001", "low", 0.4), (9, "arduino_002", "high", 0.9))
+        ],
+    )
+    assert any("stale" in p for p in problems(env))
+    assert heal(env) == [
+        [
+            (("diagnostic_summary_daily",), "2026-11-23", "2026-11-24"),
+            (PATTERNS, "2026-11-23", "2026-11-24"),
+        ]
+    ]
+    assert problems(env) == []
+    assert_events_and_diagnostics_equal_raw(engine)
+
+    # Late: Monday's light left on at 23:50 (Tuesday's 06:00 'on' is no activation now),
+    # one more diagnosis on Tuesday.
+    insert_events(engine, [(MON + timedelta(hours=23, minutes=50), "light.kitchen", "on")])
+    insert_diagnostics(engine, [(TUE + timedelta(hours=15), "arduino_001", "leak", "critical", 1)])
+    assert heal(env) == [
+        [
+            (("diagnostic_summary_daily",), "2026-11-24", "2026-11-24"),
+            (PATTERNS, "2026-11-23", "2026-11-24"),
+        ]
+    ]
+    assert problems(env) == []
+    assert_events_and_diagnostics_equal_raw(engine)
+
+    # Retention released Monday (its aggregates are final): a late row for it re-runs
+    # the day, which keeps its rows and is current all the same - no loop.
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO ops.raw_retention_ledger (source_table, day, rows_deleted, method) "
+                "VALUES ('raw.events', '2026-11-23', 0, 'delete'), "
+                "('raw.diagnostics', '2026-11-23', 0, 'delete')"
+            )
+        )
+
+    def monday():
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.text(
+                    "SELECT (SELECT array_agg(occurrences ORDER BY entity_id) "
+                    "FROM bi.pattern_time_based_daily WHERE day = '2026-11-23'), "
+                    "(SELECT array_agg(diagnostics_count ORDER BY device_id) "
+                    "FROM bi.diagnostic_summary_daily WHERE metric_date = '2026-11-23')"
+                )
+            ).one()
+
+    kept = monday()
+    late = [
+        (MON + timedelta(hours=13, minutes=m), "switch.fan", s)
+        for m, s in ((10, "on"), (15, "off"))
+    ]
+    insert_events(engine, late)  # one activation more, if Monday were recomputed
+    insert_diagnostics(engine, [(MON + timedelta(hours=12), "arduino_002", "drift", "low", 0.2)])
+    assert heal(env) == [
+        [
+            (("diagnostic_summary_daily",), "2026-11-23", "2026-11-23"),
+            (PATTERNS, "2026-11-23", "2026-11-24"),
+        ]
+    ]
+    assert monday() == kept
+
+
+# --------------------------------------------------------------------------------------
+# Cross-level consistency fed back; children held behind a failing blocking check
+# --------------------------------------------------------------------------------------
+
+
+def check_passed(env, asset: str, name: str) -> bool:
+    record = env["instance"].get_latest_asset_check_evaluation_record(
+        dg.AssetCheckKey(dg.AssetKey(asset), name)
+    )
+    return record.evaluation.passed
+
+
+def test_a_rollup_corrupted_behind_the_pipelines_back_is_recomputed(short, monkeypatch):
+    env = short
+    engine = env["engine"]
+    monkeypatch.setenv("AGG_PIPELINE_CONSISTENCY_SCAN_MINUTES", "0")  # scan every tick
+    get_settings.cache_clear()
+    data.seed(engine, start=TUE, days=1, devices=2, hz=0.005)
+    heal(env)
+    assert check_passed(env, "rollup_daily", "consistent_with_parents")
+    # A manual edit: one day's count. Nothing about it changes a data version.
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE bi.daily_sensor_agg SET sample_count = sample_count + 5 "
+                "WHERE metric_date = '2026-11-24' "
+                "AND sensor_id = (SELECT min(sensor_id) FROM bi.daily_sensor_agg)"
+            )
+        )
+    assert any("rollup_daily vs rollup_hourly" in p for p in problems(env))
+    # One tick finds it (the scan), one run fixes it.
+    (request,) = tick(env)
+    assert describe(request) == (DAILY, "2026-11-24", "2026-11-24")
+    assert "inconsistent with its parents" in request.tags[self_healing.REASON_TAG]
+    execute(env, request)
+    assert tick(env) == []
+    assert problems(env) == []
+    assert_equals_raw(engine, TUE, TUE + timedelta(days=1))
+
+    # The check after a write finds what the write could not fix: an hour edited by hand,
+    # then its day rebuilt from it (a click). The day's check fails (its count is not the
+    # day's valid raw count) and flags it; the scan flags the hour; the healer fixes both.
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE bi.hourly_sensor_agg SET sample_count = sample_count + 2 "
+                "WHERE hour_start = '2026-11-24 05:00+00' "
+                "AND sensor_id = (SELECT min(sensor_id) FROM bi.hourly_sensor_agg)"
+            )
+        )
+    execute(
+        env,
+        dg.RunRequest(asset_selection=[dg.AssetKey(k) for k in DAILY], partition_key="2026-11-24"),
+    )
+    assert not check_passed(env, "rollup_daily", "consistent_with_parents")
+    with engine.connect() as conn:  # the check's verdict, fed back: the day is stale
+        flagged = conn.execute(
+            sa.text(
+                "SELECT inconsistent_version = version FROM ops.partition_versions "
+                "WHERE asset = 'rollup_daily' AND partition_start = :d"
+            ),
+            {"d": TUE},
+        ).scalar_one()
+    assert flagged
+    assert heal(env) == [
+        [(("rollup_hourly", "device_performance_hourly"), "2026-11-24-05:00", "2026-11-24-05:00")],
+        [(DAILY, "2026-11-24", "2026-11-24")],
+    ]
+    assert check_passed(env, "rollup_daily", "consistent_with_parents")
+    assert problems(env) == []
+    assert_equals_raw(engine, TUE, TUE + timedelta(days=1))
+
+
+def test_children_wait_while_a_blocking_check_fails(short):
+    env = short
+    engine = env["engine"]
+    data.seed(engine, start=TUE, days=1, devices=2, hz=0.005)
+    heal(env)
+    data.insert(engine, late_rows(datetime(2026, 11, 24, 9, tzinfo=UTC)))
+    hour = "2026-11-24-09:00"
+    assert [describe(r) for r in tick(env)] == [(HOURLY, hour, hour)]  # not run: instead,
+    execute(env, dg.RunRequest(asset_selection=[dg.AssetKey("readings_1m")], partition_key=hour))
+    # A bad edit of the minutes, then the hour rebuilt from them by hand (not the healer's
+    # run): its blocking stats_valid fails.
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE bi.readings_1m SET min_value = max_value + 1 "
+                "WHERE window_start >= '2026-11-24 09:00+00' "
+                "AND window_start < '2026-11-24 10:00+00' "
+                "AND sensor_id = (SELECT min(sensor_id) FROM bi.readings_1m)"
+            )
+        )
+    result = dg.materialize(
+        [rollup_hourly],
+        instance=env["instance"],
+        resources=env["resources"],
+        partition_key=hour,
+        raise_on_error=False,
+    )
+    assert not result.success
+    # The hour's children (its device metrics, the day) wait; what does not read it runs.
+    plan, requests = self_healing.tick(
+        env["instance"], env["resources"]["warehouse"], env["resources"]["influx"]
+    )
+    assert [describe(r) for r in requests] == [
+        (("readings_5m",), hour, hour),
+        (("conditions_daily",), "2026-11-24", "2026-11-24"),
+    ]
+    held = {(s.asset, s.reason) for s in plan.held}
+    why = f"{healing.HELD_BY_CHECK}: rollup_hourly 2026-11-24T09:00:00+00:00 stats_valid"
+    assert held == {("device_performance_hourly", why), ("rollup_daily", why)}
+    shown = f"rollup_daily: held at 2026-11-24T00:00:00+00:00: {why}"
+    assert shown in problems(env)
+    # (The 5-minute windows merge the bad minutes too: that run would fail its own check.)
+    execute(env, requests[1])
+    assert [describe(r) for r in tick(env)] == [(("readings_5m",), hour, hour)]  # still held
+    # The hour is rebuilt at every level (the minutes from raw): the check passes, the
+    # children follow.
+    keys = [dg.AssetKey(k) for k in HOURLY]
+    execute(env, dg.RunRequest(asset_selection=keys, partition_key=hour))
+    assert heal(env) == [[(DAILY, "2026-11-24", "2026-11-24")]]
+    assert problems(env) == []
+    assert_equals_raw(engine, TUE, TUE + timedelta(days=1))
+
+
+def test_an_event_moved_to_another_day_changes_both(engine):
+    """The events' trigger logs an UPDATE's old and new times (sql/018)."""
+    insert_events(engine, [(MON + timedelta(hours=8), "light.hall", "on")])
+    origin = self_healing.origin()
+    late_data.drain_sources(engine, origin)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE raw.events SET time = time + interval '1 day'"))
+    late_data.drain_sources(engine, origin)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT partition_start, version FROM ops.partition_versions "
+                "WHERE asset = 'raw_events' ORDER BY 1"
+            )
+        ).all()
+    assert [r[0] for r in rows] == [MON + timedelta(hours=8), TUE + timedelta(hours=8)]
+    assert rows[0][1] != rows[1][1]  # Monday's hour got a second version, with Tuesday's
+
+
+def test_an_inconsistent_partition_is_recomputed_a_few_times_then_reported():
+    """Planning only (no database): the loop guard on the consistency flag."""
+    settings = get_settings()
+    origin = datetime(2025, 1, 1, tzinfo=UTC)
+    hour = datetime(2026, 11, 20, 10, tzinfo=UTC)
+    day = datetime(2026, 11, 20, tzinfo=ZoneInfo(settings.timezone))
+
+    def plan_with(runs: int) -> healing.Plan:
+        rows = [("raw_readings", hour, 1, None, None, 0, None)]
+        # Every level current (computed after every version there is) ...
+        rows += [(a, hour, 2, 9, None, 0, None) for a in HOURLY]
+        rows += [
+            ("conditions_daily", day, 3, 9, None, 0, None),
+            ("rollup_daily", day, 3, 9, 3, runs, None),  # ... but the day's write is flagged
+        ]
+        return healing.plan(healing.Versions(rows), NOW, settings, origin)
+
+    (request,) = plan_with(1).requests
+    assert request.assets == DAILY
+    assert set(request.reasons) == {"inconsistent with its parents", "parent rewritten in this run"}
+    stuck = plan_with(healing.MAX_INCONSISTENT_RUNS + 1)
+    assert stuck.requests == []
+    held = {s.asset: s.reason for s in stuck.held}
+    assert held == {
+        "rollup_daily": f"{healing.STUCK} 4 recomputations",
+        "rollup_weekly": "missing",  # its day is not right: it waits
+    }

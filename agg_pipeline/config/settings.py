@@ -214,6 +214,15 @@ class Settings(BaseSettings):
         description="A reading is late when it arrives this long after its hour ended. 0 to "
         "1440 (one day).",
     )
+    consistency_scan_minutes: float = Field(
+        default=15.0,
+        ge=0,
+        le=1440,
+        allow_inf_nan=False,
+        description="Every this many minutes, self_healing_sensor compares every rollup "
+        "level in the lookback with its parents as they are now and recomputes partitions "
+        "that disagree (0 = every tick; 0 to 1440).",
+    )
     coverage_warn_pct: float = Field(
         default=90.0,
         ge=0,

@@ -32,6 +32,7 @@ from agg_pipeline.defs.operations.maintenance import retention_cleanup
 from agg_pipeline.defs.readings.raw import observe_late_hours
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse.engine import WarehouseResource
+from agg_pipeline.defs.patterns.assets import EVENT_DETECTORS
 
 settings = SETTINGS  # definitions-time switches and zone (defs/loaded.py)
 TZ = TIMEZONE
@@ -396,6 +397,11 @@ self_healing_sensor = self_healing.build_sensor(
             ["readings_1m", "readings_5m", "rollup_hourly", "device_performance_hourly"],
         ),
         "daily": (daily_job, _DAILY_SELECTED),
+        "diagnostics": (daily_job, ["diagnostic_summary_daily"]),
+        "patterns": (
+            patterns_job,
+            [f"pattern_{n}_daily" for n in (*EVENT_DETECTORS, "anomaly")],
+        ),
         "weekly": (weekly_rollup_job, ["rollup_weekly"]),
     }
 )

@@ -18,6 +18,7 @@ from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.sources import readings_source
 from agg_pipeline.warehouse import statements
 from agg_pipeline.warehouse.engine import (
+from agg_pipeline.warehouse import versions
     LockWaitTimeout,
     WarehouseResource,
     is_transient,
@@ -354,4 +355,30 @@ def materialize_result(
         f"({report.rows_deleted} replaced), {len(report.sensors)} series"
         + (f"; {late_rows} late rows arrived since the last run" if late_rows else "")
     )
+    _note_blocking_checks(context, key, checks, warehouse, report.window)
     return dg.MaterializeResult(asset_key=asset_key, metadata=metadata, check_results=list(checks))
+
+
+def _note_blocking_checks(
+    context: dg.AssetExecutionContext,
+    key: dg.AssetKey,
+    checks: Sequence[dg.AssetCheckResult],
+    warehouse: WarehouseResource,
+    window: Window,
+) -> None:
+    """Record whether a blocking check failed on the partitions just written: the healer
+    holds their children while one did (``healing.py``)."""
+    blocking = {s.name for s in context.assets_def.check_specs if s.asset_key == key and s.blocking}
+    if not blocking:
+        return
+    failed = sorted(
+        r.check_name
+        for r in checks
+        if r.check_name in blocking
+        and not r.passed
+        and (r.asset_key is None or dg.AssetKey.from_coercible(r.asset_key) == key)
+    )
+    with warehouse.get_engine().begin() as conn:
+        versions.note_blocking_checks(
+            conn, key.to_user_string(), window, failed[0] if failed else None
+        )

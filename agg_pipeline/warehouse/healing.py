@@ -4,8 +4,9 @@ One sensor, ``self_healing_sensor``, owns every correction and every catch-up (t
 schedules keep the regular cadence). Each tick it:
 
 1. records raw changes as raw-hour versions (drains the late-data change log, or compares
-   InfluxDB fingerprints; PostgreSQL hours holding readings but no version yet - history
-   written before the trigger existed - are probed once each);
+   InfluxDB fingerprints; raw events and diagnostics: their change log, sql/018; source
+   hours holding rows but no version yet - history written before the trigger existed -
+   are probed once each);
 2. computes, set-based from ``ops.partition_versions`` (``versions.py``), the **stale**
    partitions in the lookback: a parent's version is above the version the child was
    computed from, or the child is missing while a parent holds data and its schedule is
@@ -16,6 +17,12 @@ schedules keep the regular cadence). Each tick it:
    assets of a partition plus their descendants of the same grain (executed in
    dependency order inside the run), and contiguous partitions with the same assets go
    into one multi-partition run (a Dagster run costs ~2.5 s).
+
+Two verdicts of the checks feed in too (columns of ``ops.partition_versions``, sql/018):
+a partition found inconsistent with its parents as they are now (the
+``consistent_with_parents`` check after a write, or this sensor's periodic ``scan``) is
+stale until rewritten (at most ``MAX_INCONSISTENT_RUNS`` times in a row, then held and
+reported); a partition whose latest write failed a blocking check holds its children.
 
 So a level above is requested only after the level below is current, and a parent that
 changes while its child runs leaves the child stale (versions, not timestamps): it runs
@@ -36,10 +43,18 @@ import sqlalchemy as sa
 
 from agg_pipeline.config.settings import Settings
 from agg_pipeline.core import hierarchy
-from agg_pipeline.warehouse import versions
+from agg_pipeline.warehouse import consistency, versions
 
 RAW = versions.RAW
-GRAINS = ("hourly", "daily", "weekly")  # run groups, lowest level first
+SOURCES = (RAW, "raw_events", "raw_diagnostics")  # versioned by the hour, never written here
+# Run groups, lowest level first: one run covers one group (one job, one partitions
+# definition); the daily grain has three independent families.
+GROUPS = ("hourly", "daily", "diagnostics", "patterns", "weekly")
+GROUP_GRAIN = {"diagnostics": "daily", "patterns": "daily"}
+# A partition found inconsistent with its parents is recomputed at most this many times
+# in a row; then it is reported (status, held) instead of being recomputed in a loop.
+MAX_INCONSISTENT_RUNS = 3
+STUCK = "inconsistent after"  # reason prefix of such a partition
 
 
 @dataclass(frozen=True)
@@ -47,11 +62,34 @@ class Node:
     asset: str
     grain: str
     parents: tuple[str, ...]
-    switch: str | None = None  # settings flag: off = no first fill (its feature is off)
+    # Settings flag(s): all off = no first fill (its feature is off).
+    switch: str | tuple[str, ...] | None = None
+    group: str | None = None  # run group (GROUPS); None: the grain's
+    # The parents' partitions read reach back this many days before the child's (the
+    # anomaly baseline's partition mapping; the detectors' state carried into the day).
+    days_before: int = 0
+
+    @property
+    def run_group(self) -> str:
+        return self.group or self.grain
+
+    def switched_on(self, settings: Settings) -> bool:
+        if self.switch is None:
+            return True
+        names = (self.switch,) if isinstance(self.switch, str) else self.switch
+        return any(bool(getattr(settings, n)) for n in names)
+
+
+# pattern_*_daily read each entity's last event up to this many days before the day (its
+# state at midnight, assets/patterns.load_day): a change there changes the day.
+PATTERN_CARRY_DAYS = 7
+PATTERN_BASELINE_DAYS = 14  # pattern_anomaly_daily's partition mapping (assets/patterns.py)
+_PATTERN_DETECTORS = ("time_based", "co_occurrence", "sequence", "room_based", "duration")
 
 
 # Every healed edge of the asset graph (test_self_healing checks it against the graph):
-# the hierarchy's levels, then the assets beside it; lowest grain first (stable).
+# the hierarchy's levels, the assets beside it, then the other sources' families; lowest
+# run group first (stable).
 NODES: tuple[Node, ...] = tuple(
     sorted(
         (
@@ -66,12 +104,40 @@ NODES: tuple[Node, ...] = tuple(
                 "schedule_rollup_hourly",
             ),
             Node("conditions_daily", "daily", (RAW,), "schedule_conditions_daily"),
+            # The daily_rollup job's third asset, from its own source (the 01:30 schedule).
+            Node(
+                "diagnostic_summary_daily",
+                "daily",
+                ("raw_diagnostics",),
+                ("schedule_rollup_daily", "schedule_conditions_daily"),
+                group="diagnostics",
+            ),
+            *(
+                Node(
+                    f"pattern_{name}_daily",
+                    "daily",
+                    ("raw_events",),
+                    "schedule_patterns",
+                    group="patterns",
+                    days_before=PATTERN_CARRY_DAYS,
+                )
+                for name in _PATTERN_DETECTORS
+            ),
+            Node(
+                "pattern_anomaly_daily",
+                "daily",
+                ("pattern_time_based_daily",),
+                "schedule_patterns",
+                group="patterns",
+                days_before=PATTERN_BASELINE_DAYS,
+            ),
         ),
-        key=lambda node: GRAINS.index(node.grain),
+        key=lambda node: GROUPS.index(node.run_group),
     )
 )
 BY_ASSET = {n.asset: n for n in NODES}
-GRAIN_OF = {RAW: "hourly", **{n.asset: n.grain for n in NODES}}
+GRAIN_OF = {**{s: "hourly" for s in SOURCES}, **{n.asset: n.grain for n in NODES}}
+GROUP_OF = {n.asset: n.run_group for n in NODES}
 
 # A missing partition is filled once its schedule should have produced it (:05, 01:30,
 # Monday 02:00) plus a grace: the healer never races a healthy schedule, and takes over
@@ -79,6 +145,8 @@ GRAIN_OF = {RAW: "hourly", **{n.asset: n.grain for n in NODES}}
 DUE = {
     "hourly": timedelta(minutes=15),
     "daily": timedelta(hours=1, minutes=45),
+    "diagnostics": timedelta(hours=1, minutes=45),
+    "patterns": timedelta(hours=2, minutes=15),  # the 01:45 schedule
     "weekly": timedelta(hours=2, minutes=15),
 }
 
@@ -100,13 +168,16 @@ class Request:
     last: datetime  # last partition start (inclusive)
     partitions: int
     reasons: tuple[str, ...]
+    group: str = ""  # run group (GROUPS): which job runs it; "" = the grain's
 
 
 @dataclass
 class Plan:
     stale: list[Stale] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
-    held: list[Stale] = field(default_factory=list)  # stale, waiting for a parent
+    # Stale, not requested: waiting for a parent (stale, requested or in flight), behind a
+    # parent whose latest write failed a blocking check, or inconsistent too many times.
+    held: list[Stale] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------
@@ -153,17 +224,44 @@ def partitions_between(
 # --------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What the checks said of a partition's latest write (sql/018)."""
+
+    inconsistent: bool  # the latest write disagrees with its parents as they are now
+    inconsistent_runs: int  # writes in a row found inconsistent
+    failed_check: str | None  # a blocking check that failed on the latest write
+
+
 class Versions:
     """The version rows in and around the lookback, indexed for range maxima."""
 
-    def __init__(self, rows: Iterable[tuple[str, datetime, int, int | None]]):
+    def __init__(self, rows: Iterable[tuple]):
         self.rows: dict[Partition, tuple[int, int | None]] = {}
+        self.verdicts: dict[Partition, Verdict] = {}
         by_asset: dict[str, list[tuple[datetime, int]]] = defaultdict(list)
-        for asset, start, version, computed_from in rows:
+        failed: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
+        for asset, start, version, computed_from, *flags in rows:
             self.rows[(asset, start)] = (int(version), computed_from)
             by_asset[asset].append((start, int(version)))
+            if flags:
+                inconsistent_version, runs, check = flags
+                if inconsistent_version == version or check:
+                    self.verdicts[(asset, start)] = Verdict(
+                        inconsistent_version == version, int(runs or 0), check
+                    )
+                if check:
+                    failed[asset].append((start, check))
         self._starts = {a: [s for s, _ in sorted(v)] for a, v in by_asset.items()}
         self._versions = {a: [x for _, x in sorted(v)] for a, v in by_asset.items()}
+        self._failed = {a: sorted(v) for a, v in failed.items()}
+
+    def failed_in(self, asset: str, lo: datetime, hi: datetime) -> tuple[datetime, str] | None:
+        """The first partition of ``asset`` in [lo, hi) whose latest write failed a blocking
+        check, and the check."""
+        items = self._failed.get(asset, [])
+        i = bisect.bisect_left(items, (lo, ""))
+        return items[i] if i < len(items) and items[i][0] < hi else None
 
     def max_in(self, asset: str, lo: datetime, hi: datetime) -> int | None:
         starts = self._starts.get(asset, [])
@@ -174,10 +272,12 @@ class Versions:
     def load(cls, conn: sa.Connection, since: datetime) -> Versions:
         rows = conn.execute(
             sa.text(
-                "SELECT asset, partition_start, version, computed_from "
+                "SELECT asset, partition_start, version, computed_from, "
+                "inconsistent_version, inconsistent_runs, failed_check "
                 "FROM ops.partition_versions WHERE partition_start >= :lo"
             ),
-            {"lo": since - timedelta(days=8)},  # whole weeks around the lookback
+            # Whole weeks around the lookback, and the parents' reach before it.
+            {"lo": since - timedelta(days=8 + max(n.days_before for n in NODES))},
         ).all()
         return cls(rows)
 
@@ -201,24 +301,40 @@ def find_stale(vs: Versions, now: datetime, settings: Settings, origin: datetime
     settle = timedelta(minutes=settings.late_data_settle_minutes)
     out: list[Stale] = []
     for node in NODES:
-        fill = node.switch is None or bool(getattr(settings, node.switch))
+        fill = node.switched_on(settings)
         for start in partitions_between(node.grain, since, now, origin, zone):
             end = end_of(node.grain, start, zone)
             if end + settle > now:
                 continue
+            lo = parents_from(node, start, zone)
             parent_max = max(
-                (v for p in node.parents if (v := vs.max_in(p, start, end)) is not None),
+                (v for p in node.parents if (v := vs.max_in(p, lo, end)) is not None),
                 default=None,
             )
             if parent_max is None:
                 continue  # no parent holds data: nothing to compute from
             row = vs.rows.get((node.asset, start))
+            verdict = vs.verdicts.get((node.asset, start))
             if row is None:
-                if fill and now >= end + DUE[node.grain]:
+                if fill and now >= end + DUE[node.run_group]:
                     out.append(Stale(node.asset, start, "missing"))
             elif row[1] is None or parent_max > row[1]:
                 out.append(Stale(node.asset, start, "parent changed"))
+            elif verdict is not None and verdict.inconsistent:
+                runs = verdict.inconsistent_runs
+                out.append(
+                    Stale(node.asset, start, f"{STUCK} {runs} recomputations")
+                    if runs > MAX_INCONSISTENT_RUNS
+                    else Stale(node.asset, start, "inconsistent with its parents")
+                )
     return out
+
+
+def parents_from(node: Node, start: datetime, zone: ZoneInfo) -> datetime:
+    """Where the parents' partitions that ``node``'s partition at ``start`` reads begin."""
+    if not node.days_before:
+        return start
+    return _midnight(start.astimezone(zone).date() - timedelta(days=node.days_before), zone)
 
 
 # --------------------------------------------------------------------------------------
@@ -245,16 +361,18 @@ class InFlight:
 TOGETHER = ({"rollup_daily", "conditions_daily"},)
 
 
-def _descendants_in_grain(assets: set[str], grain: str, settings: Settings) -> set[str]:
+def _descendants_in_group(
+    assets: set[str], group: str, settings: Settings, together: bool = True
+) -> set[str]:
     out = set(assets)
-    for group in TOGETHER:
-        if out & group:
-            out |= {a for a in group if getattr(settings, BY_ASSET[a].switch or "", True)}
+    for both in TOGETHER if together else ():
+        if out & both:
+            out |= {a for a in both if BY_ASSET[a].switched_on(settings)}
     changed = True
     while changed:
         changed = False
         for node in NODES:
-            if node.grain == grain and node.asset not in out and out & set(node.parents):
+            if node.run_group == group and node.asset not in out and out & set(node.parents):
                 out.add(node.asset)
                 changed = True
     return out
@@ -287,21 +405,40 @@ def plan(
         i = bisect.bisect_left(starts, lo)
         return i < len(starts) and starts[i] < hi
 
-    for grain in GRAINS:
+    for group in GROUPS:
+        grain = GROUP_GRAIN.get(group, group)
         chosen: dict[datetime, tuple[str, ...]] = {}
         by_start: dict[datetime, set[str]] = defaultdict(set)
         for s in result.stale:
-            if GRAIN_OF[s.asset] == grain:
+            if GROUP_OF[s.asset] != group:
+                continue
+            if s.reason.startswith(STUCK):  # reported, not recomputed again
+                result.held.append(s)
+            else:
                 by_start[s.start].add(s.asset)
         for start in sorted(by_start):
             end = end_of(grain, start, zone)
-            run = _descendants_in_grain(by_start[start], grain, settings)
+            run = _descendants_in_group(by_start[start], group, settings)
+            # Behind a parent whose latest write failed a blocking check: held, with the
+            # assets of the run that depend on them; the others still run.
+            failed = {a: why for a in run if (why := _failed_parent(vs, a, run, start, zone))}
+            if failed:
+                out = _descendants_in_group(set(failed), group, settings, together=False) & run
+                why_of = next(iter(failed.values()))
+                result.held += [
+                    Stale(a, start, failed.get(a, why_of)) for a in sorted(out & by_start[start])
+                ]
+                run -= out
+                if not run & by_start[start]:
+                    continue
             blocked = any(r.covers(a, start, end) for a in run for r in in_flight) or any(
-                busy(p, start, end, run) for a in run for p in BY_ASSET[a].parents
+                busy(p, parents_from(BY_ASSET[a], start, zone), end, run)
+                for a in run
+                for p in BY_ASSET[a].parents
             )
             if blocked:
                 result.held += [
-                    Stale(a, start, reasons[(a, start)]) for a in sorted(by_start[start])
+                    Stale(a, start, reasons[(a, start)]) for a in sorted(run & by_start[start])
                 ]
                 continue
             ordered = tuple(n.asset for n in NODES if n.asset in run)
@@ -312,7 +449,7 @@ def plan(
             prev = result.requests[-1] if result.requests else None
             if (
                 prev is not None
-                and prev.grain == grain
+                and prev.group == group
                 and prev.assets == assets
                 and end_of(grain, prev.last, zone) == start
             ):
@@ -323,17 +460,44 @@ def plan(
                     start,
                     prev.partitions + 1,
                     tuple(sorted(set(prev.reasons) | _why(assets, start, reasons))),
+                    group,
                 )
             else:
                 result.requests.append(
                     Request(
-                        grain, assets, start, start, 1, tuple(sorted(_why(assets, start, reasons)))
+                        grain,
+                        assets,
+                        start,
+                        start,
+                        1,
+                        tuple(sorted(_why(assets, start, reasons))),
+                        group,
                     )
                 )
             for a in assets:
                 if (a, start) not in reasons:  # stale ones are marked already
                     bisect.insort(marked[a], start)
     return result
+
+
+HELD_BY_CHECK = "a parent's blocking check failed"  # reason prefix
+
+
+def _failed_parent(
+    vs: Versions, asset: str, run: set[str], start: datetime, zone: ZoneInfo
+) -> str | None:
+    """Why ``asset`` must not be computed at ``start``: a parent outside the run whose
+    latest write over the partitions read failed a blocking check (its rows are suspect;
+    they stay out of the levels above until a write passes)."""
+    node = BY_ASSET[asset]
+    lo, end = parents_from(node, start, zone), end_of(node.grain, start, zone)
+    for p in node.parents:
+        if p in run or p in SOURCES:
+            continue
+        hit = vs.failed_in(p, lo, end)
+        if hit is not None:
+            return f"{HELD_BY_CHECK}: {p} {hit[0].isoformat()} {hit[1]}"
+    return None
 
 
 def _whys(assets: Iterable[str], start: datetime, reasons: dict) -> tuple[str, ...]:
@@ -350,7 +514,12 @@ def _why(assets: Iterable[str], start: datetime, reasons: dict) -> set[str]:
 
 
 def probe_raw_hours(
-    conn: sa.Connection, table: str, time_column: str, lo: datetime, hi: datetime
+    conn: sa.Connection,
+    table: str,
+    time_column: str,
+    lo: datetime,
+    hi: datetime,
+    asset: str = RAW,
 ) -> int:
     """Give a version to every hour in [lo, hi) holding raw rows but no version yet (one
     index probe per such hour); empty hours stay without one. Commit right after."""
@@ -370,7 +539,7 @@ def probe_raw_hours(
             f"            WHERE r.{c} >= h AND r.{c} < h + interval '1 hour') "
             "ORDER BY h ON CONFLICT DO NOTHING"
         ),
-        {"raw": RAW, "lo": lo, "hi": hi},
+        {"raw": asset, "lo": lo, "hi": hi},
     ).rowcount
 
 
@@ -385,118 +554,77 @@ def assess(
     settings: Settings,
     origin: datetime,
     in_flight: Sequence[InFlight] = (),
-    probe: tuple[str, str] | None = None,
+    probes: Sequence[tuple[str, str, str]] = (),
 ) -> Plan:
-    """Stale partitions and the runs that fix them next. ``probe``: (raw table, time
-    column) to version raw hours that hold readings but have no version yet."""
+    """Stale partitions and the runs that fix them next. ``probes``: (source asset, table,
+    time column) to version source hours that hold rows but have no version yet."""
     since = window_start(now, settings)
-    if probe is not None:
+    if probes:
         lo = max(origin, origin + timedelta(hours=(since - origin) // timedelta(hours=1)))
         with engine.begin() as conn:
-            probe_raw_hours(conn, probe[0], probe[1], lo, now)
+            for asset, table, column in probes:
+                probe_raw_hours(conn, table, column, lo, now, asset)
     with engine.connect() as conn:
         vs = Versions.load(conn, since)
     return plan(vs, now, settings, origin, in_flight)
 
 
 # --------------------------------------------------------------------------------------
-# Cross-level consistency, as the levels are now (status; independent of the versions)
+# Cross-level consistency, as the levels are now (consistency.py; independent of versions)
 # --------------------------------------------------------------------------------------
 
-# Each query returns (partition label, sensors that disagree) for settled partitions in
-# [:lo, :hi): a level against its parents as they are now, on count sums and min / max.
-_HOUR_OF_1M = (
-    "SELECT sensor_id, date_bin('1 hour', window_start, :origin) AS b, sum(sample_count) AS n, "
-    "min(min_value) AS mn, max(max_value) AS mx FROM bi.readings_1m "
-    "WHERE window_start >= :lo AND window_start < :hi GROUP BY 1, 2"
-)
-_DAY_OF_HOURS = (
-    "SELECT sensor_id, (hour_start AT TIME ZONE :tz)::date AS b, sum(sample_count) AS n, "
-    "min(min_value) AS mn, max(max_value) AS mx FROM bi.hourly_sensor_agg "
-    "WHERE hour_start >= :lo AND hour_start < :hi_day_start GROUP BY 1, 2"
-)
-_WEEK_OF_DAYS = (
-    "SELECT sensor_id, date_trunc('week', metric_date)::date AS b, sum(sample_count) AS n, "
-    "min(min_value) AS mn, max(max_value) AS mx FROM bi.daily_sensor_agg "
-    "WHERE metric_date >= :lo_week AND metric_date < :hi_week GROUP BY 1, 2"
-)
 
-
-def _compare(child: str, parent: str) -> str:
-    """Buckets where the child's (count, min, max) differs from the parent's (or one side
-    is missing)."""
-    return (
-        f"SELECT coalesce(c.b, p.b)::text AS bucket, count(*) AS sensors "
-        f"FROM ({child}) AS c FULL JOIN ({parent}) AS p ON p.sensor_id = c.sensor_id AND p.b = c.b "
-        "WHERE (c.n, c.mn, c.mx) IS DISTINCT FROM (p.n, p.mn, p.mx) GROUP BY 1 ORDER BY 1"
+def _settled_bounds(now: datetime, settings: Settings, origin: datetime) -> dict:
+    """Query bounds over the settled partitions of the healing window (the open hour / day
+    / week are still being written)."""
+    hi = now - timedelta(minutes=settings.late_data_settle_minutes)
+    hi_hour = origin + timedelta(hours=max(0, (hi - origin) // timedelta(hours=1)))
+    return consistency.params(
+        window_start(now, settings),
+        hi_hour,
+        origin,
+        settings.zone,
+        settings.timezone,
+        settings.median_max_readings,
     )
 
 
-CONSISTENCY: dict[str, str] = {
-    "readings_5m vs readings_1m": _compare(
-        "SELECT sensor_id, date_bin('1 hour', window_start, :origin) AS b, sum(sample_count) "
-        "AS n, min(min_value) AS mn, max(max_value) AS mx FROM bi.readings_5m "
-        "WHERE window_start >= :lo AND window_start < :hi GROUP BY 1, 2",
-        _HOUR_OF_1M,
-    ),
-    "rollup_hourly vs readings_1m": _compare(
-        "SELECT sensor_id, hour_start AS b, sample_count AS n, min_value AS mn, max_value AS mx "
-        "FROM bi.hourly_sensor_agg WHERE hour_start >= :lo AND hour_start < :hi",
-        _HOUR_OF_1M,
-    ),
-    "rollup_daily vs rollup_hourly": _compare(
-        "SELECT sensor_id, metric_date AS b, sample_count AS n, min_value AS mn, "
-        "max_value AS mx FROM bi.daily_sensor_agg "
-        "WHERE metric_date >= :lo_date AND metric_date < :hi_date",
-        _DAY_OF_HOURS,
-    ),
-    "rollup_weekly vs rollup_daily": _compare(
-        "SELECT sensor_id, week_start AS b, sample_count AS n, min_value AS mn, "
-        "max_value AS mx FROM bi.weekly_sensor_agg "
-        "WHERE week_start >= :lo_week AND week_start < :hi_week",
-        _WEEK_OF_DAYS,
-    ),
-    # The day's valid raw count, from the daily pass over raw (conditions), against the
-    # count merged from the hours: they differ when the hours were stale.
-    "rollup_daily vs valid raw count (conditions_daily)": (
-        "SELECT d.metric_date::text, count(*) FROM bi.daily_sensor_agg AS d "
-        "JOIN bi.daily_sensor_conditions AS c "
-        "  ON c.sensor_id = d.sensor_id AND c.metric_date = d.metric_date "
-        "WHERE d.metric_date >= :lo_date AND d.metric_date < :hi_date "
-        "AND d.sample_count <> c.reading_count GROUP BY 1 ORDER BY 1"
-    ),
-}
+SCAN_MARK = "ops.consistency_scan"  # ops.watermarks row: when the healer last scanned
 
 
-def _null_medians_sql(table: str, key: str, lo: str, hi: str, raw: tuple[str, str] | None) -> str:
-    """NULL medians that the raw readings could fill (their window still holds raw rows
-    and is within the median limit)."""
-    from agg_pipeline.warehouse import statements
-
-    if key == "hour_start":
-        span = "t.hour_start, t.hour_start + interval '1 hour'"
-    elif key == "metric_date":
-        span = (
-            "(t.metric_date::timestamp AT TIME ZONE :tz), "
-            "((t.metric_date + 1)::timestamp AT TIME ZONE :tz)"
+def scan(
+    engine: sa.Engine,
+    now: datetime,
+    settings: Settings,
+    origin: datetime,
+    raw: tuple[str, str] | None,
+) -> list[consistency.Finding]:
+    """The healer's on-demand consistency check: over the healing window, at most every
+    ``AGG_PIPELINE_CONSISTENCY_SCAN_MINUTES`` (0: every tick); each rollup partition that
+    disagrees with its parents is flagged, so this tick requests it. Returns the findings
+    (empty when it was not time to scan)."""
+    every = timedelta(minutes=settings.consistency_scan_minutes)
+    with engine.begin() as conn:
+        due = conn.execute(
+            sa.text(
+                "INSERT INTO ops.watermarks AS w (table_name, complete_until) VALUES (:t, :now) "
+                "ON CONFLICT (table_name) DO UPDATE SET complete_until = EXCLUDED.complete_until "
+                "WHERE w.complete_until <= CAST(:now AS timestamptz) - make_interval(secs => :s) "
+                "OR w.complete_until > :now RETURNING 1"
+            ),
+            {"t": SCAN_MARK, "now": now, "s": every.total_seconds()},
+        ).first()
+        if due is None:
+            return []
+        found = consistency.find(
+            conn, _settled_bounds(now, settings, origin), raw, consistency.CHECKED
         )
-    else:
-        span = (
-            "(t.week_start::timestamp AT TIME ZONE :tz), "
-            "((t.week_start + 7)::timestamp AT TIME ZONE :tz)"
-        )
-    exists = "true"
-    if raw is not None:
-        rt, rc = statements.quote_ident(raw[0]), statements.quote_ident(raw[1])
-        exists = (
-            f"EXISTS (SELECT 1 FROM {rt} AS r, LATERAL (SELECT {span}) AS w (s, e) "
-            f"WHERE r.{rc} >= w.s AND r.{rc} < w.e)"
-        )
-    return (
-        f"SELECT t.{key}::text, count(*) FROM {table} AS t "
-        f"WHERE t.{key} >= :{lo} AND t.{key} < :{hi} AND t.median_value IS NULL "
-        f"AND t.sample_count <= :max_readings AND {exists} GROUP BY 1 ORDER BY 1"
-    )
+        by_asset: dict[str, set[datetime]] = defaultdict(set)
+        for f in found:
+            by_asset[f.asset].add(f.start(settings.zone))
+        for asset, starts in by_asset.items():
+            consistency.flag(conn, asset, sorted(starts))
+    return found
 
 
 def consistency_problems(
@@ -506,37 +634,20 @@ def consistency_problems(
     origin: datetime,
     raw: tuple[str, str] | None = None,
 ) -> list[str]:
-    """Stale partitions (versions), raw changes not yet observed, levels that disagree
-    with their parents, and NULL medians raw could fill - over the settled partitions of
-    the healing window. Empty when everything is current and consistent."""
-    zone = settings.zone
+    """Stale partitions (versions), source changes not yet observed, levels that disagree
+    with their parents, NULL medians raw could fill, and partitions held back (behind a
+    failed blocking check, or inconsistent too often) - over the settled partitions of the
+    healing window. Empty when everything is current and consistent."""
     since = window_start(now, settings)
     settle = timedelta(minutes=settings.late_data_settle_minutes)
-    # Settled windows only: the open hour / day / week are still being written.
-    hi = now - settle
-    hi_hour = origin + timedelta(hours=max(0, (hi - origin) // timedelta(hours=1)))
-    hi_date = hi.astimezone(zone).date()  # days before it have ended
-    hi_week = hi_date - timedelta(days=hi_date.weekday())
-    lo_date = since.astimezone(zone).date()
-    params = {
-        "lo": since,
-        "hi": hi_hour,
-        "origin": origin,
-        "tz": settings.timezone,
-        "lo_date": lo_date,
-        "hi_date": hi_date,
-        "hi_day_start": _midnight(hi_date, zone),
-        "lo_week": lo_date - timedelta(days=lo_date.weekday()),
-        "hi_week": hi_week,
-        "max_readings": settings.median_max_readings,
-    }
     problems: list[str] = []
     with engine.connect() as conn:
         vs = Versions.load(conn, since)
         pending = conn.execute(
             sa.text(
-                "SELECT count(DISTINCT date_bin('1 hour', bucket_start, :origin)) "
-                "FROM raw.readings_change_log "
+                "SELECT count(DISTINCT date_bin('1 hour', bucket_start, :origin)) FROM ("
+                "SELECT bucket_start FROM raw.readings_change_log UNION ALL "
+                "SELECT bucket_start FROM raw.source_change_log) AS log "
                 "WHERE bucket_start + interval '1 hour' + make_interval(secs => :settle) <= :now"
             ),
             {
@@ -550,29 +661,18 @@ def consistency_problems(
                 f"{pending} settled raw hour(s) changed, not yet observed: their levels are "
                 "stale (is self_healing_sensor running?)"
             )
-        for name, sql in CONSISTENCY.items():
-            rows = conn.execute(sa.text(sql), params).all()
-            if rows:
-                problems.append(
-                    f"{name}: {len(rows)} partition(s) disagree, e.g. {rows[0][0]} "
-                    f"({rows[0][1]} sensor(s))"
-                )
-        for table, key, lo, hi_key in (
-            ("bi.hourly_sensor_agg", "hour_start", "lo", "hi"),
-            ("bi.daily_sensor_agg", "metric_date", "lo_date", "hi_date"),
-            ("bi.weekly_sensor_agg", "week_start", "lo_week", "hi_week"),
-        ):
-            rows = conn.execute(
-                sa.text(_null_medians_sql(table, key, lo, hi_key, raw)), params
-            ).all()
-            if rows:
-                problems.append(
-                    f"{table}: NULL medians that raw readings could fill in {len(rows)} "
-                    f"partition(s), e.g. {rows[0][0]} ({rows[0][1]} sensor(s))"
-                )
-    stale = find_stale(vs, now, settings, origin)
+        found = consistency.find(conn, _settled_bounds(now, settings, origin), raw)
+    by_what: dict[str, list[consistency.Finding]] = defaultdict(list)
+    for f in found:
+        by_what[f.what].append(f)
+    for what, items in by_what.items():
+        label = "partition(s)" if "NULL medians" in what else "partition(s) disagree,"
+        problems.append(
+            f"{what}: {len(items)} {label} e.g. {items[0].bucket} ({items[0].sensors} sensor(s))"
+        )
+    result = plan(vs, now, settings, origin)
     by_asset: dict[str, list[Stale]] = defaultdict(list)
-    for s in stale:
+    for s in result.stale:
         by_asset[s.asset].append(s)
     for asset, items in by_asset.items():
         first = min(items, key=lambda s: s.start)
@@ -580,4 +680,7 @@ def consistency_problems(
             f"{asset}: {len(items)} stale partition(s) in the healing window, e.g. "
             f"{first.start.isoformat()} ({first.reason})"
         )
+    for s in result.held:
+        if s.reason.startswith((HELD_BY_CHECK, STUCK)):
+            problems.append(f"{s.asset}: held at {s.start.isoformat()}: {s.reason}")
     return problems

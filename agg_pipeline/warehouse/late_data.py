@@ -54,6 +54,31 @@ SET late_rows = h.late_rows + EXCLUDED.late_rows,
 """
 
 
+# raw.events and raw.diagnostics (sql/018): every changed hour gets a new version of its
+# source asset, as raw readings' hours do (no late counts: nothing reads them).
+_DRAIN_SOURCES = """
+WITH drained AS (
+    DELETE FROM raw.source_change_log RETURNING source, bucket_start
+)
+INSERT INTO ops.partition_versions AS v (asset, partition_start, version)
+SELECT source, hour_start, nextval('ops.partition_version_seq')
+FROM (SELECT DISTINCT source, date_bin('1 hour', bucket_start, :origin) AS hour_start
+      FROM drained ORDER BY 1, 2) AS changed
+ON CONFLICT (asset, partition_start) DO UPDATE
+SET version = EXCLUDED.version, written_at = clock_timestamp()
+"""
+SOURCE_TABLES = {"raw_events": "raw.events", "raw_diagnostics": "raw.diagnostics"}
+
+
+def drain_sources(engine: sa.Engine, origin: datetime) -> int:
+    """Fold the events' and diagnostics' change log into source-hour versions; return how
+    many (source, hour) versions changed."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DRAIN_LOCK})
+        versions.lock(conn)
+        return conn.execute(sa.text(_DRAIN_SOURCES), {"origin": origin}).rowcount
+
+
 @dataclass(frozen=True)
 class LateHour:
     hour_start: datetime

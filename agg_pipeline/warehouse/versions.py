@@ -81,6 +81,22 @@ def bump_raw(conn: sa.Connection, hour_starts: Iterable[datetime]) -> None:
         record(conn, {RAW: starts}, None)
 
 
+def note_blocking_checks(
+    conn: sa.Connection, asset: str, window: Window, failed: str | None
+) -> None:
+    """The blocking checks' verdict on the partitions of ``asset`` in ``window`` just
+    written: the name of one that failed (the healer holds their children, healing.py), or
+    None when all passed. The whole window: a check is evaluated over the run's window."""
+    conn.execute(
+        sa.text(
+            "UPDATE ops.partition_versions SET failed_check = :c WHERE asset = :a "
+            "AND partition_start >= :s AND partition_start < :e "
+            "AND failed_check IS DISTINCT FROM :c"
+        ),
+        {"a": asset, "s": window.start, "e": window.end, "c": failed},
+    )
+
+
 # Partition starts of a written window, per grain (the partitions' own boundaries).
 
 

@@ -20,6 +20,7 @@ from agg_pipeline.defs.readings.raw import observe_late_hours
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse import healing
 from agg_pipeline.warehouse.engine import WarehouseResource
+from agg_pipeline.warehouse import late_data
 
 NAME = "self_healing_sensor"
 REASON_TAG = "agg_pipeline/healing"
@@ -100,7 +101,7 @@ def run_request(request: healing.Request) -> dg.RunRequest | None:
     first = pdef.get_partition_key_for_timestamp(request.first.timestamp())
     last = pdef.get_partition_key_for_timestamp(request.last.timestamp())
     tags = {REASON_TAG: ", ".join(request.reasons)}
-    job_name, in_job = JOBS.get(request.grain, (None, frozenset(request.assets)))
+    job_name, in_job = JOBS.get(request.group or request.grain, (None, frozenset(request.assets)))
     keys = [dg.AssetKey(a) for a in request.assets if a in in_job]
     if not keys:  # e.g. a level whose feature switch took it out of its job
         return None
@@ -120,26 +121,29 @@ def tick(
 ) -> tuple[healing.Plan, list[dg.RunRequest]]:
     """One evaluation: record raw changes, plan, and the run requests."""
     catalogue, settings = get_catalogue(), get_settings()
+    engine, now = warehouse.get_engine(), clock.now()
     observe_late_hours(warehouse, influx)  # raw changes -> raw-hour versions
-    probe = None
+    late_data.drain_sources(engine, origin())  # events / diagnostics -> source-hour versions
+    probes = [(a, t, "time") for a, t in late_data.SOURCE_TABLES.items()]
+    raw = None
     if catalogue.raw_in_postgres:
-        probe = (catalogue.source.table, catalogue.source.time_column)
-    plan = healing.assess(
-        warehouse.get_engine(), clock.now(), settings, origin(), in_flight(instance), probe
-    )
+        raw = (catalogue.source.table, catalogue.source.time_column)
+        probes.insert(0, (healing.RAW, *raw))
+    healing.scan(engine, now, settings, origin(), raw)  # mismatches -> flagged stale
+    plan = healing.assess(engine, now, settings, origin(), in_flight(instance), probes)
     return plan, [rr for r in plan.requests if (rr := run_request(r)) is not None]
 
 
 def build_sensor(jobs: dict[str, tuple[object, Sequence[str]]]) -> dg.SensorDefinition:
-    """The sensor, running each grain's healing through that grain's job (asset jobs:
-    ``{grain: (job, the asset names it selects)}``)."""
+    """The sensor, running each run group's healing through its job (asset jobs:
+    ``{group: (job, the asset names it selects)}``, groups as in ``healing.GROUPS``)."""
     JOBS.clear()
     JOBS.update({g: (job.name, frozenset(names)) for g, (job, names) in jobs.items()})
     settings = get_settings()
     return dg.sensor(
         name=NAME,
         minimum_interval_seconds=30,
-        jobs=[job for job, _ in jobs.values()],
+        jobs=list({job.name: job for job, _ in jobs.values()}.values()),
         default_status=dg.DefaultSensorStatus.RUNNING
         if settings.late_data_sensor
         else dg.DefaultSensorStatus.STOPPED,
@@ -167,6 +171,9 @@ def _evaluate(
         )
     if plan.held:
         context.log.info(f"{len(plan.held)} stale partition(s) wait for their parents")
+    for s in plan.held:
+        if s.reason.startswith((healing.HELD_BY_CHECK, healing.STUCK)):
+            context.log.warning(f"held {s.asset} {s.start.isoformat()}: {s.reason}")
     if not requests:
         return dg.SkipReason(
             f"nothing to heal ({len(plan.held)} stale partition(s) waiting)"

@@ -20,10 +20,11 @@ from agg_pipeline.influx import sink as influx_sink
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.serving import patterns
 from agg_pipeline.warehouse.engine import WarehouseResource
+from agg_pipeline.warehouse import healing, versions
 
 _settings = SETTINGS  # (defs/loaded.py)
 _catalogue = get_catalogue()
-BASELINE_DAYS = 14
+BASELINE_DAYS = healing.PATTERN_BASELINE_DAYS
 CHUNK_ROWS = 20_000  # events fetched per round trip (server-side cursor)
 
 raw_events = dg.AssetSpec(
@@ -75,6 +76,11 @@ def _days(window) -> list[date]:
     return [first + timedelta(days=i) for i in range((last - first).days)]
 
 
+def _start(day: date) -> datetime:
+    """The daily partition's start (its data version's key)."""
+    return datetime.combine(day, datetime.min.time(), tzinfo=_settings.zone)
+
+
 def load_day(conn: sa.Connection, day: date, latest_allowed: datetime):
     """The day's events (streamed) and each entity's last event before the day."""
     zone = _settings.zone
@@ -96,10 +102,10 @@ def load_day(conn: sa.Connection, day: date, latest_allowed: datetime):
         for row in conn.execute(
             sa.text(
                 "SELECT DISTINCT ON (entity_id) time, entity_id, domain, area_id, state, id "
-                "FROM raw.events WHERE time < :s AND time >= :s - interval '7 days' "
+                "FROM raw.events WHERE time < :s AND time >= :s - make_interval(days => :carry) "
                 "ORDER BY entity_id, time DESC, id DESC"
             ),
-            {"s": start},
+            {"s": start, "carry": healing.PATTERN_CARRY_DAYS},
         )
     }
     return events, carried
@@ -143,6 +149,7 @@ def pattern_detectors(
     for day in _days(partition_window(context)):
         day_rows: dict[str, list[dict]] = {}
         with engine.begin() as conn:
+            computed_from = versions.watermark(conn)  # before any event is read
             now = conn.execute(sa.text("SELECT now()")).scalar_one()
             latest = now + timedelta(seconds=_settings.future_tolerance_seconds)
             events, carried = load_day(conn, day, latest)
@@ -153,6 +160,10 @@ def pattern_detectors(
                 rows = [{"day": day, **row} for row in run_detector(name, prepared, r)]
                 written[name] += patterns.replace_days(conn, patterns.DETECTORS[name], [day], rows)
                 previews[name] = day_rows[name] = rows
+            # Released days keep their rows (replace_days) and are current all the same.
+            versions.record(
+                conn, {f"pattern_{n}_daily": [_start(day)] for n in selected}, computed_from
+            )
         # After the commit: InfluxDB gets what PostgreSQL holds.
         for name, rows in day_rows.items():
             n = influx_sink.write_patterns(influx, _catalogue, patterns.DETECTORS[name], rows)
@@ -210,6 +221,7 @@ def pattern_anomaly_daily(
     for day in _days(partition_window(context)):
         window = [day - timedelta(days=i) for i in range(BASELINE_DAYS + 1)]
         with engine.begin() as conn:
+            computed_from = versions.watermark(conn)  # before the baseline is read
             rows = conn.execute(
                 sa.text(
                     "SELECT day, entity_id, occurrences FROM bi.pattern_time_based_daily "
@@ -230,6 +242,7 @@ def pattern_anomaly_daily(
                 conn, patterns.DETECTORS["anomaly"], [day], [{"day": day, **f} for f in found]
             )
             flagged += [{"day": str(day), **f} for f in found]
+            versions.record(conn, {"pattern_anomaly_daily": [_start(day)]}, computed_from)
         influx_sink.write_patterns(
             influx, _catalogue, patterns.DETECTORS["anomaly"], [{"day": day, **f} for f in found]
         )

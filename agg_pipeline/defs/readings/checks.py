@@ -13,6 +13,12 @@ single-run backfills unchecked.)
   agree with the level the rows were merged from.
 - ``coverage`` (WARN): share of expected readings present, below
   ``AGG_PIPELINE_COVERAGE_WARN_PCT``.
+- ``consistent_with_parents`` (hourly, daily, weekly rollups; not blocking): the partitions
+  written, inside the healing window, against their parents *as they are now*
+  (``consistency.py``: count sums, min / max, a day's valid raw count, NULL medians raw
+  could fill) and not stale by data version (nor any ancestor partition they cover).
+  A partition that disagrees is flagged stale in ``ops.partition_versions``, so the healer
+  recomputes it.
 """
 
 from __future__ import annotations
@@ -27,6 +33,11 @@ import sqlalchemy as sa
 from agg_pipeline.core import hierarchy
 from agg_pipeline.core.windows import Window
 from agg_pipeline.warehouse import levels
+from agg_pipeline.warehouse import consistency, healing
+from agg_pipeline.config.catalogue import get_catalogue
+from agg_pipeline.config.settings import get_settings
+from agg_pipeline.core import clock
+from agg_pipeline.defs import partitions
 
 # Rollup tables that hold imported history too (migration 015).
 _WITH_ORIGIN = {level.table for level in hierarchy.LEVELS if level.imported_history}
@@ -79,6 +90,18 @@ def check_specs(asset: str, coverage: bool = False) -> list[dg.AssetCheckSpec]:
                 description=f"Counts, minima and maxima add up to {level.below[0]}.",
             )
         )
+    if asset in consistency.CHECKED:
+        specs.append(
+            dg.AssetCheckSpec(
+                CONSISTENT,
+                asset=asset,
+                description="The partitions written (inside the healing window) agree with "
+                "their parents as they are now - count sums, min / max, a day's valid raw "
+                "count, no NULL median raw could fill - and none of them, nor an ancestor "
+                "partition they cover, is stale by data version. A disagreeing partition is "
+                "marked stale: self_healing_sensor recomputes it.",
+            )
+        )
     if coverage:
         specs.append(
             dg.AssetCheckSpec(
@@ -88,6 +111,73 @@ def check_specs(asset: str, coverage: bool = False) -> list[dg.AssetCheckSpec]:
             )
         )
     return specs
+
+
+CONSISTENT = "consistent_with_parents"
+
+
+def _ancestors(asset: str) -> set[str]:
+    out, todo = set(), [asset]
+    while todo:
+        node = healing.BY_ASSET.get(todo.pop())
+        for p in node.parents if node else ():
+            if p not in out and p in healing.BY_ASSET:
+                out.add(p)
+                todo.append(p)
+    return out
+
+
+def consistent_with_parents(engine: sa.Engine, asset: str, window: Window) -> dg.AssetCheckResult:
+    """``CONSISTENT`` over the part of ``window`` inside the healing window (older history
+    may have lost its lower levels to retention: not compared); flags what disagrees."""
+    settings, catalogue = get_settings(), get_catalogue()
+    zone, now = settings.zone, clock.now()
+    origin = partitions.hourly.start_time_for_partition_key(
+        partitions.hourly.get_first_partition_key()
+    )
+    lo = max(window.start, healing.window_start(now, settings))
+    if lo >= window.end:
+        return dg.AssetCheckResult(
+            asset_key=asset,
+            check_name=CONSISTENT,
+            passed=True,
+            metadata={"compared": "nothing: the window is older than the healing window"},
+        )
+    inside = Window(lo, window.end)
+    raw = (
+        (catalogue.source.table, catalogue.source.time_column)
+        if catalogue.raw_in_postgres
+        else None
+    )
+    bounds = consistency.params(
+        lo, window.end, origin, zone, settings.timezone, settings.median_max_readings
+    )
+    with engine.begin() as conn:
+        found = consistency.find(conn, bounds, raw, (asset,))
+        starts = sorted({f.start(zone) for f in found})
+        consistency.clear(conn, asset, inside, starts)
+        consistency.flag(conn, asset, starts)  # the healer recomputes them
+        vs = healing.Versions.load(conn, lo)
+    judged = {asset} | _ancestors(asset)
+    stale = [
+        s
+        for s in healing.find_stale(vs, now, settings, origin)
+        if s.asset in judged and inside.start <= s.start < inside.end
+    ]
+    return dg.AssetCheckResult(
+        asset_key=asset,
+        check_name=CONSISTENT,
+        passed=not found and not stale,
+        metadata={
+            "compared_window": str(inside),
+            "mismatches": [f"{f.what}: {f.bucket} ({f.sensors} sensors)" for f in found][:20],
+            "partitions_flagged_stale": len(starts),
+            # Parents changed after this run read them (or theirs did): recomputed next.
+            "stale_by_version": [f"{s.asset} {s.start.isoformat()} ({s.reason})" for s in stale][
+                :20
+            ],
+        },
+    )
 
 
 def _bounds(level: Level, window: Window, tz: str) -> dict:
@@ -255,3 +345,5 @@ def evaluate(
         yield _stats_valid(conn, level, params)
         if level.below:
             yield _matches_below(conn, level, params)
+    if asset in consistency.CHECKED:
+        yield consistent_with_parents(engine, asset, window)

@@ -217,6 +217,9 @@ LEFT JOIN typ USING (device, day)
 """
 
 
+_DIAGNOSTICS_ASSET = "diagnostic_summary_daily"
+
+
 def write_diagnostic_summary(ctx: WriteContext, window: Window) -> WriteReport:
     """Replace ``bi.diagnostic_summary_daily`` inside ``window`` from raw.diagnostics."""
     report = WriteReport("bi.diagnostic_summary_daily", window, raw_rows_read=0)
@@ -226,8 +229,11 @@ def write_diagnostic_summary(ctx: WriteContext, window: Window) -> WriteReport:
         lo, hi = chunk.local_dates(ctx.zone)
         days = [lo + timedelta(days=i) for i in range((hi - lo).days)]
         with ctx.warehouse.locked_transaction(report.table, days) as conn:
+            computed_from = versions.watermark(conn)  # before any raw row (versions.py)
+            written = {_DIAGNOSTICS_ASSET: versions.days_in(chunk, ctx.zone)}
             if retention.released_days(conn, "raw.diagnostics", days):
                 report.kept_chunks.append(f"{chunk} (raw diagnostics released by retention)")
+                versions.record(conn, written, computed_from)  # final: current, never healed
                 continue
             latest = ctx.stage_context(conn).latest_allowed
             params = {"start": chunk.start, "end": chunk.end, "latest_allowed": latest}
@@ -304,4 +310,5 @@ def write_diagnostic_summary(ctx: WriteContext, window: Window) -> WriteReport:
                     {"lo": lo, "hi": hi},
                 ).mappings()
             ]
+            versions.record(conn, written, computed_from)
     return report.finish()
