@@ -190,8 +190,8 @@ def deployment(pg_server_url: str, project_root: Path, tmp_path_factory) -> Iter
     warehouse = create_database(pg_server_url, f"agge2e_wh_{tag}")
     storage = create_database(pg_server_url, f"agge2e_dg_{tag}")
     engine = sa.create_engine(warehouse)
-    from agg_pipeline.warehouse import migrate
     from agg_pipeline.demo import readings as simulator
+    from agg_pipeline.warehouse import migrate
 
     migrate.migrate(engine)
     simulator.write_demo_crops(engine)  # the bands the pandas reference expects (BANDS)

@@ -18,12 +18,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from agg_pipeline.core import clock
-from agg_pipeline.warehouse import healing
-from agg_pipeline.warehouse import late_data
-from agg_pipeline.defs.operations import self_healing
 from agg_pipeline import status
-from agg_pipeline.warehouse.writes import readings as writers
+from agg_pipeline.config.settings import get_settings
+from agg_pipeline.core import clock
+from agg_pipeline.definitions import defs
 from agg_pipeline.defs.assets import (
     ALL_ASSETS,
     daily_rollup_and_conditions,
@@ -33,12 +31,13 @@ from agg_pipeline.defs.assets import (
     rollup_hourly,
     rollup_weekly,
 )
-from agg_pipeline.defs.readings.raw import observe_late_hours
 from agg_pipeline.defs.automation import JOBS, self_healing_sensor
-from agg_pipeline.definitions import defs
+from agg_pipeline.defs.operations import self_healing
+from agg_pipeline.defs.readings.raw import observe_late_hours
 from agg_pipeline.influx.client import InfluxResource
+from agg_pipeline.warehouse import healing, late_data
 from agg_pipeline.warehouse.engine import WarehouseResource
-from agg_pipeline.config.settings import get_settings
+from agg_pipeline.warehouse.writes import readings as writers
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.test_rollups import CATALOGUE, REL, assert_matches, table
 

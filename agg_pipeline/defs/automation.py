@@ -29,10 +29,10 @@ from agg_pipeline.defs.assets import (
 )
 from agg_pipeline.defs.loaded import SETTINGS, TIMEZONE
 from agg_pipeline.defs.operations.maintenance import retention_cleanup
+from agg_pipeline.defs.patterns.assets import EVENT_DETECTORS
 from agg_pipeline.defs.readings.raw import observe_late_hours
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse.engine import WarehouseResource
-from agg_pipeline.defs.patterns.assets import EVENT_DETECTORS
 
 settings = SETTINGS  # definitions-time switches and zone (defs/loaded.py)
 TZ = TIMEZONE

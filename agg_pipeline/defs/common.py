@@ -16,9 +16,8 @@ from agg_pipeline.core.windows import Window
 from agg_pipeline.defs import partitions
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.sources import readings_source
-from agg_pipeline.warehouse import statements
+from agg_pipeline.warehouse import statements, versions
 from agg_pipeline.warehouse.engine import (
-from agg_pipeline.warehouse import versions
     LockWaitTimeout,
     WarehouseResource,
     is_transient,

@@ -22,8 +22,8 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from agg_pipeline.warehouse import statements
 from agg_pipeline.core.windows import Window
+from agg_pipeline.warehouse import statements
 
 _HOUR_OF_1M = (
     "SELECT sensor_id, date_bin('1 hour', window_start, :origin) AS b, sum(sample_count) AS n, "

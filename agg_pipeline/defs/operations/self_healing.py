@@ -18,9 +18,8 @@ from agg_pipeline.core import clock
 from agg_pipeline.defs import partitions
 from agg_pipeline.defs.readings.raw import observe_late_hours
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.warehouse import healing
+from agg_pipeline.warehouse import healing, late_data
 from agg_pipeline.warehouse.engine import WarehouseResource
-from agg_pipeline.warehouse import late_data
 
 NAME = "self_healing_sensor"
 REASON_TAG = "agg_pipeline/healing"

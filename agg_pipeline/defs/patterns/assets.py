@@ -19,8 +19,8 @@ from agg_pipeline.defs.loaded import SETTINGS
 from agg_pipeline.influx import sink as influx_sink
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.serving import patterns
-from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline.warehouse import healing, versions
+from agg_pipeline.warehouse.engine import WarehouseResource
 
 _settings = SETTINGS  # (defs/loaded.py)
 _catalogue = get_catalogue()

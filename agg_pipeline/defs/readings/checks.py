@@ -30,14 +30,12 @@ from datetime import UTC, datetime
 import dagster as dg
 import sqlalchemy as sa
 
-from agg_pipeline.core import hierarchy
-from agg_pipeline.core.windows import Window
-from agg_pipeline.warehouse import levels
-from agg_pipeline.warehouse import consistency, healing
 from agg_pipeline.config.catalogue import get_catalogue
 from agg_pipeline.config.settings import get_settings
-from agg_pipeline.core import clock
+from agg_pipeline.core import clock, hierarchy
+from agg_pipeline.core.windows import Window
 from agg_pipeline.defs import partitions
+from agg_pipeline.warehouse import consistency, healing, levels
 
 # Rollup tables that hold imported history too (migration 015).
 _WITH_ORIGIN = {level.table for level in hierarchy.LEVELS if level.imported_history}
