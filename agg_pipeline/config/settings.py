@@ -198,6 +198,13 @@ class Settings(BaseSettings):
     late_data_sensor: bool = Field(
         default=True, description="Observe late raw readings and let automation correct them."
     )
+    healing_interval_seconds: int = Field(
+        default=30,
+        ge=5,
+        le=3600,
+        description="How often self_healing_sensor ticks (seconds). Lower heals sooner at the "
+        "cost of more ticks (each ~0.15 s of queries). 5 to 3600.",
+    )
     late_data_lookback_days: float = Field(
         default=7.0,
         gt=0,

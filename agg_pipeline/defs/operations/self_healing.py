@@ -141,7 +141,7 @@ def build_sensor(jobs: dict[str, tuple[object, Sequence[str]]]) -> dg.SensorDefi
     settings = get_settings()
     return dg.sensor(
         name=NAME,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=settings.healing_interval_seconds,
         jobs=list({job.name: job for job, _ in jobs.values()}.values()),
         default_status=dg.DefaultSensorStatus.RUNNING
         if settings.late_data_sensor
@@ -151,7 +151,8 @@ def build_sensor(jobs: dict[str, tuple[object, Sequence[str]]]) -> dg.SensorDefi
 
 
 DESCRIPTION = (
-    "Self-healing: every 30 s, finds the partitions in the late-data lookback "
+    "Self-healing: every AGG_PIPELINE_HEALING_INTERVAL_SECONDS (default 30 s), finds the "
+    "partitions in the late-data lookback "
     "whose parents changed after they were computed (data versions in "
     "ops.partition_versions) or that are missing past their schedule, and requests only "
     "those whose parents are current and not in flight - lowest level first, contiguous "
