@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.conftest import create_database, drop_database
-from agg_pipeline_tests.test_rollups import assert_matches, table
+from agg_pipeline_tests.warehouse.test_rollups import assert_matches, table
 
 LAUNCH = """
 mutation Launch($params: LaunchBackfillParams!) {
@@ -214,7 +214,7 @@ def test_self_healing_through_the_daemon(pg_server_url, project_root, tmp_path):
     daemon alone (no click, schedules off): hour, day and week end equal to pandas."""
     import pytest
 
-    from agg_pipeline_tests.test_self_healing import assert_equals_raw, late_rows
+    from agg_pipeline_tests.warehouse.test_self_healing import assert_equals_raw, late_rows
 
     now = datetime.now(UTC)
     # The healing window starts on the Monday of the week of (now - 7 days): that week is
