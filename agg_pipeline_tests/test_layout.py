@@ -92,3 +92,10 @@ def test_the_protocol_of_sources_imports_core_only():
     tree = ast.parse((PACKAGE / "sources" / "base.py").read_text())
     ours = {n.split(".")[1] for n in _imports(tree) if n.startswith("agg_pipeline.")}
     assert ours == {"core"}
+
+
+def test_the_top_level_holds_only_the_layers():
+    """A new module goes into a layer (ARCHITECTURE.md says which), not beside them."""
+    top = {p.name.removesuffix(".py") for p in PACKAGE.iterdir() if p.name != "__pycache__"}
+    shims = {"dashboard", "patterns"}  # agg_pipeline.dashboard / .patterns: serving/'s modules
+    assert top == set(ALLOWED) | shims | {"__init__"}

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 
 from agg_pipeline.config.catalogue import Catalogue
 from agg_pipeline.config.settings import Settings
+from agg_pipeline.core import hierarchy
 from agg_pipeline.warehouse.statements import RawColumns
 
 
@@ -80,10 +81,11 @@ def view_statements(catalogue: Catalogue, settings: Settings) -> list[str]:
     # Hour bins start on local hours: any local midnight is a valid origin.
     origin = datetime.combine(settings.start_date, time(0), tzinfo=settings.zone)
     origin_sql = f"{_literal(origin.isoformat())}::timestamptz"
+    # The levels with a watermark (core/hierarchy.py: their writers advance it).
     w1, wh, wd = (
-        _watermark("bi.readings_1m"),
-        _watermark("bi.hourly_sensor_agg"),
-        _watermark("bi.daily_sensor_agg"),
+        _watermark(hierarchy.LEVEL_1M.table),
+        _watermark(hierarchy.LEVEL_HOURLY.table),
+        _watermark(hierarchy.LEVEL_DAILY.table),
     )
     stats = """count(*) AS sample_count, avg(v) AS {mean}, min(v) AS min_value,
                max(v) AS max_value"""

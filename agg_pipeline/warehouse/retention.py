@@ -674,3 +674,85 @@ def orphaned_staging(engine: sa.Engine, hours: int, dry_run: bool) -> TableResul
             res = conn.execute(sa.text(f"{sql} FROM ops.{name} WHERE {where}"), params)
             result.rows += res.scalar_one() if dry_run else res.rowcount
     return result
+
+
+# --------------------------------------------------------------------------------------
+# One cleanup: everything past its retention, in order
+# --------------------------------------------------------------------------------------
+
+# Raw tables released by day once every asset consuming the day has materialized it:
+# (table, consuming assets, Policy field).
+CONSUMED_TABLES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    (
+        "raw.events",
+        (
+            "pattern_time_based_daily",
+            "pattern_co_occurrence_daily",
+            "pattern_sequence_daily",
+            "pattern_room_based_daily",
+            "pattern_duration_daily",
+            "pattern_anomaly_daily",
+        ),
+        "events_days",
+    ),
+    ("raw.diagnostics", ("diagnostic_summary_daily",), "raw_diagnostics_days"),
+)
+
+
+def cleanup(
+    engine: sa.Engine,
+    catalogue: Catalogue,
+    settings: Settings,
+    policy: Policy,
+    today: date,
+    dry_run: bool,
+    origin: datetime,
+    bands: Callable[[sa.Connection, list[date]], Iterable[tuple[date, str]]],
+    materialized: Callable[[tuple[str, ...]], set[date]],
+) -> dict[str, TableResult]:
+    """Apply ``policy``: raw readings (safe days only), the consumed raw tables, the derived
+    tables by age, orphaned staging rows; the result per table, in that order.
+
+    ``bands`` gives the (day, field) condition bands of days (the writers' rule);
+    ``materialized(assets)`` the days every one of ``assets`` has materialized.
+    """
+    zone = settings.zone
+    results: dict[str, TableResult] = {}
+    if not catalogue.raw_in_postgres:
+        # Raw points in InfluxDB expire by the bucket's own retention rule.
+        results["raw"] = TableResult(
+            cutoff="bucket",
+            skipped=f"raw readings live in {catalogue.source.describe()}: "
+            "the bucket's retention rule applies",
+        )
+    else:
+        results[catalogue.source.table] = raw_readings(
+            engine, catalogue, settings, policy, today, dry_run, bands, origin
+        )
+    for table, assets, field_name in CONSUMED_TABLES:
+        results[table] = raw_by_materialized_days(
+            engine,
+            table,
+            "time",
+            getattr(policy, field_name),
+            today,
+            zone,
+            lambda assets=assets: materialized(assets),
+            " / ".join(assets),
+            dry_run,
+            policy.batch_rows,
+        )
+    for table, key, key_is_date, field_name in AGED_TABLES:
+        results[table] = aged_table(
+            engine,
+            table,
+            key,
+            key_is_date,
+            getattr(policy, field_name),
+            today,
+            zone,
+            dry_run,
+            policy.batch_rows,
+        )
+    results["ops.staging_*"] = orphaned_staging(engine, policy.staging_hours, dry_run)
+    return results

@@ -35,7 +35,7 @@ from agg_pipeline.warehouse import late_data
 from agg_pipeline.warehouse.engine import WarehouseResource, is_transient
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.faults.checksums import checksums
-from agg_pipeline_tests.test_rollups import assert_matches, table
+from agg_pipeline_tests.warehouse.test_rollups import assert_matches, table
 
 CATALOGUE = load_catalogue("hydroponics")
 HOUR = data.DAY0 + timedelta(hours=10)  # 2026-11-02 10:00 UTC

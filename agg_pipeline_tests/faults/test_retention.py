@@ -27,7 +27,7 @@ from agg_pipeline.warehouse import realtime
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.faults.checksums import checksums
-from agg_pipeline_tests.test_rollups import run_hours, run_partition
+from agg_pipeline_tests.warehouse.test_rollups import run_hours, run_partition
 
 CATALOGUE = load_catalogue("hydroponics")
 ROLLUPS = [

@@ -44,7 +44,7 @@ from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse.engine import WarehouseResource, engine_for
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.faults.checksums import checksums
-from agg_pipeline_tests.test_rollups import HOURLY_ASSETS, assert_matches, table
+from agg_pipeline_tests.warehouse.test_rollups import HOURLY_ASSETS, assert_matches, table
 
 CATALOGUE = load_catalogue("hydroponics")
 # A small window: four hours of three devices (both shards of a 2-way split get devices).

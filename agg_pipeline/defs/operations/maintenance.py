@@ -116,16 +116,6 @@ class RetentionConfig(dg.Config):
         return retention.Policy.from_settings(get_settings(), **merged)
 
 
-_PATTERN_ASSETS = (
-    "pattern_time_based_daily",
-    "pattern_co_occurrence_daily",
-    "pattern_sequence_daily",
-    "pattern_room_based_daily",
-    "pattern_duration_daily",
-    "pattern_anomaly_daily",
-)
-
-
 def _days_materialized(instance: dg.DagsterInstance, asset_names: tuple[str, ...]) -> set[date]:
     """Days (daily partition keys) that every one of ``asset_names`` has materialized."""
     days: set[date] | None = None
@@ -147,66 +137,25 @@ def retention_cleanup_op(
     context: dg.OpExecutionContext, config: RetentionConfig, warehouse: WarehouseResource
 ) -> dg.Output[dict]:
     settings = get_settings()
-    zone = settings.zone
-    today = datetime.now(zone).date()
+    today = datetime.now(settings.zone).date()
     engine = warehouse.get_engine()
     policy = config.policy()
     catalogue = get_catalogue()
-    results: dict[str, retention.TableResult] = {}
-
-    if not catalogue.raw_in_postgres:
-        # Raw points in InfluxDB expire by the bucket's own retention rule.
-        results["raw"] = retention.TableResult(
-            cutoff="bucket",
-            skipped=f"raw readings live in {catalogue.source.describe()}: "
-            "the bucket's retention rule applies",
-        )
-    else:
-        origin = partitions.hourly.start_time_for_partition_key(
-            partitions.hourly.get_first_partition_key()
-        )
-        results[catalogue.source.table] = retention.raw_readings(
-            engine,
-            catalogue,
-            settings,
-            policy,
-            today,
-            config.dry_run,
-            lambda conn, days: writers.condition_bands(
-                conn, catalogue, days, settings.critical_margin_pct
-            ).keys(),
-            origin,
-        )
-    for table, assets, days_kept in (
-        ("raw.events", _PATTERN_ASSETS, policy.events_days),
-        ("raw.diagnostics", ("diagnostic_summary_daily",), policy.raw_diagnostics_days),
-    ):
-        results[table] = retention.raw_by_materialized_days(
-            engine,
-            table,
-            "time",
-            days_kept,
-            today,
-            zone,
-            lambda assets=assets: _days_materialized(context.instance, assets),
-            " / ".join(assets),
-            config.dry_run,
-            policy.batch_rows,
-        )
-    for table, key, key_is_date, setting in retention.AGED_TABLES:
-        results[table] = retention.aged_table(
-            engine,
-            table,
-            key,
-            key_is_date,
-            getattr(policy, setting),
-            today,
-            zone,
-            config.dry_run,
-            policy.batch_rows,
-        )
-    results["ops.staging_*"] = retention.orphaned_staging(
-        engine, policy.staging_hours, config.dry_run
+    origin = partitions.hourly.start_time_for_partition_key(
+        partitions.hourly.get_first_partition_key()
+    )
+    results = retention.cleanup(
+        engine,
+        catalogue,
+        settings,
+        policy,
+        today,
+        config.dry_run,
+        origin,
+        lambda conn, days: writers.condition_bands(
+            conn, catalogue, days, settings.critical_margin_pct
+        ).keys(),
+        lambda assets: _days_materialized(context.instance, assets),
     )
 
     verb = "would delete" if config.dry_run else "deleted"

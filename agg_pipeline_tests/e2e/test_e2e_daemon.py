@@ -40,8 +40,8 @@ import yaml
 from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.conftest import create_database, drop_database
-from agg_pipeline_tests.test_rollups import assert_matches, table
-from agg_pipeline_tests.test_self_healing import assert_equals_raw, late_rows
+from agg_pipeline_tests.warehouse.test_rollups import assert_matches, table
+from agg_pipeline_tests.warehouse.test_self_healing import assert_equals_raw, late_rows
 
 LAUNCH = """
 mutation Launch($params: LaunchBackfillParams!) {

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from agg_pipeline.defs.assets import readings_1m, readings_5m, rollup_hourly
 from agg_pipeline_tests import data
-from agg_pipeline_tests.test_rollups import run_hours, run_partition
+from agg_pipeline_tests.warehouse.test_rollups import run_hours, run_partition
 
 HOUR = "2026-11-02-05:00"
 

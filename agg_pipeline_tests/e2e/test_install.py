@@ -26,7 +26,7 @@ from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.warehouse import migrate
 from agg_pipeline_tests import reference
 from agg_pipeline_tests.conftest import create_database, drop_database
-from agg_pipeline_tests.test_rollups import assert_matches, table
+from agg_pipeline_tests.warehouse.test_rollups import assert_matches, table
 
 # What a source distribution of the project holds (git-ignored state such as .venv and
 # .local stays behind).

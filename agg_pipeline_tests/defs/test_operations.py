@@ -25,7 +25,7 @@ from agg_pipeline.defs.operations.maintenance import retention_cleanup
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data
-from agg_pipeline_tests.test_rollups import run_hours, run_partition
+from agg_pipeline_tests.warehouse.test_rollups import run_hours, run_partition
 
 # Resolved once, outside any test instance: the resolved repository remembers the instance
 # it was first loaded under.

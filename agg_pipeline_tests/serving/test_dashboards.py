@@ -311,7 +311,7 @@ def test_realtime_views_seam_neither_drops_nor_double_counts(warehouse_url, engi
         )
     assert set(hourly[hourly.live].bucket) == {pd.Timestamp(hour)}
     assert set(hourly[~hourly.live].bucket) == {pd.Timestamp(start)}
-    from agg_pipeline_tests.test_rollups import assert_matches
+    from agg_pipeline_tests.warehouse.test_rollups import assert_matches
 
     assert_matches(hourly.drop(columns="live"), expected_h)
 

@@ -13,7 +13,7 @@ from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.defs import automation
 from agg_pipeline.defs.assets import readings_1m, readings_5m
 from agg_pipeline_tests import data, reference
-from agg_pipeline_tests.test_rollups import run_partition
+from agg_pipeline_tests.warehouse.test_rollups import run_partition
 
 CATALOGUE = load_catalogue("hydroponics")
 

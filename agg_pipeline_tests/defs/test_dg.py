@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from agg_pipeline.definitions import defs
-from agg_pipeline_tests.test_definitions import SCHEDULES
+from agg_pipeline_tests.defs.test_definitions import SCHEDULES
 
 
 def test_dg_check_and_list_defs(tmp_path):
@@ -20,7 +20,7 @@ def test_dg_check_and_list_defs(tmp_path):
     (home / "dagster.yaml").write_text("")  # a bare instance (dagster.yaml needs a server)
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     dg_cli = str(Path(sys.executable).parent / "dg")
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     checked = subprocess.run(
         [dg_cli, "check", "defs"], cwd=root, env=env, capture_output=True, text=True, timeout=300
     )

@@ -10,11 +10,13 @@ import pytest
 
 from agg_pipeline import status
 from agg_pipeline.config import settings
+from agg_pipeline.config.catalogue import load_catalogue
+from agg_pipeline.config.settings import Settings
 from agg_pipeline.core import hierarchy
 from agg_pipeline.definitions import defs
 from agg_pipeline.defs.readings import checks
 from agg_pipeline.influx import sink as influx_sink
-from agg_pipeline.warehouse import healing, levels, retention
+from agg_pipeline.warehouse import healing, levels, realtime, retention
 
 PARTITIONS = {"hourly": "0 * * * *", "daily": "0 0 * * *", "weekly": "0 0 * * 1"}
 
@@ -52,6 +54,10 @@ def test_views_derived_from_the_registry():
     assert "bi.daily_sensor_agg" not in aged and "bi.weekly_sensor_agg" not in aged
     for level in derived:
         assert healing.BY_ASSET[level.asset].parents == hierarchy.upstream_assets(level)
+    # The real-time views: one per level with a watermark, over that level's table.
+    views = " ".join(realtime.view_statements(load_catalogue("hydroponics"), Settings()))
+    for level in hierarchy.LEVELS:
+        assert (f"VIEW {level.table}_realtime" in views) is level.watermark, level.key
     # The SQL of a level follows its parent: dates for a local-date key, computed rows only
     # where imported history lives.
     weekly = levels.parts_sql(hierarchy.LEVEL_WEEKLY)

@@ -37,7 +37,7 @@ from agg_pipeline.warehouse.writes import readings as writers
 from agg_pipeline_tests import data
 from agg_pipeline_tests.influx_server import FakeInflux, Fault, readings_to_points
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parent.parent  # agg_pipeline_tests/ (flux/ lives there)
 GOLDEN = HERE / "flux" / "golden"
 FLUXCHECK = HERE / "flux" / "fluxcheck.mjs"
 LSP = HERE / "flux" / "node_modules" / "@influxdata" / "flux-lsp-browser"
@@ -546,7 +546,7 @@ fields:
 def test_a_dagster_run_reads_from_and_writes_to_influxdb(influx, warehouse_url, tmp_path):
     import numpy as np
 
-    from agg_pipeline_tests.test_cli import BIN, run
+    from agg_pipeline_tests.e2e.test_cli import BIN, run
 
     hour = pd.Timestamp("2026-11-02T10:00:00Z")
     rng = np.random.default_rng(3)

@@ -19,7 +19,7 @@ from agg_pipeline.sources import readings_source
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline.warehouse.writes import readings as writers
 from agg_pipeline_tests import data, reference
-from agg_pipeline_tests.test_rollups import assert_matches, table
+from agg_pipeline_tests.warehouse.test_rollups import assert_matches, table
 
 BERLIN = "Europe/Berlin"
 CATALOGUE = load_catalogue("hydroponics")

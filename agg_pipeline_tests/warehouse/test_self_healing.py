@@ -39,7 +39,7 @@ from agg_pipeline.warehouse import healing, late_data
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline.warehouse.writes import readings as writers
 from agg_pipeline_tests import data, reference
-from agg_pipeline_tests.test_rollups import CATALOGUE, REL, assert_matches, table
+from agg_pipeline_tests.warehouse.test_rollups import CATALOGUE, REL, assert_matches, table
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # a Monday noon
 WEEK = datetime(2026, 11, 16, tzinfo=UTC)  # the healing window's first Monday
