@@ -26,8 +26,13 @@ $(FLUXCHECK): agg_pipeline_tests/flux/package.json
 		npm ci --silent --no-audit --no-fund --prefix agg_pipeline_tests/flux && touch $@; \
 	else echo "npm not found: the Flux validation tests will be skipped"; fi
 
+# Two workers, one test file each at a time (--dist loadfile: a file's session fixtures and
+# its daemon stay in one process). The daemon e2e file mostly waits on the daemon, so the
+# rest of the suite runs beside it: measured 13 min with 2 workers vs 21.5 min serial on
+# the same loaded 2-core machine. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed $(FLUXCHECK)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check agg_pipeline agg_pipeline_tests benchmarks
