@@ -1,0 +1,225 @@
+"""The SQL of event rollups, and the window-replace write of one rollup level.
+
+One statement per chunk computes a level straight from the raw events: each event is
+judged once (``duplicate``, ``future``, then the source's reject rules, first match
+wins), the good ones are grouped by the rollup's dimensions and the level's bucket, and the
+figures are inserted; the same statement returns the count of events by reason. A chunk is
+one transaction holding advisory locks on (table, local day): delete the chunk's buckets,
+insert, commit. Re-running replaces, never appends; two runs of one window serialize.
+
+A chunk whose raw table holds no events at all while the target has rows (raw events
+removed by retention) keeps its rows, and the report says so.
+
+Identifiers come from the validated events catalogue and are quoted here; values (window
+bounds, zone, filter literals, the future tolerance) are always bound.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, timedelta
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from agg_pipeline.compute.statements import quote_ident
+from agg_pipeline.compute.windows import Window, local_midnight
+from agg_pipeline.core.events import Grain, Measure, RollupLevel, compile_filter
+from agg_pipeline.resources.warehouse import WarehouseResource
+
+REASON = "_reject_reason_"  # judged rows' reason column (NULL: a good event)
+_DISTINCT_HOUR = "date_bin('1 hour', {t}, :origin)"
+
+
+def bucket_sql(grain: Grain, time_column: str) -> str:
+    """The bucket of an event time: an hour (from ``:origin``), or a local date."""
+    t = quote_ident(time_column)
+    if grain is Grain.HOURLY:
+        return f"date_bin('1 hour', {t}, :origin)"
+    trunc = {Grain.DAILY: "day", Grain.WEEKLY: "week", Grain.MONTHLY: "month"}[grain]
+    return f"date_trunc('{trunc}', {t} AT TIME ZONE :tz)::date"
+
+
+def _measure_sql(name: str, m: Measure, level: RollupLevel, params: dict) -> str:
+    columns = set(level.source.columns)
+    where = ""
+    if m.filter is not None:
+        f = compile_filter(m.filter, columns, f"{name}_f")
+        params.update(f.params)
+        where = f" FILTER (WHERE {f.sql})"
+    col = quote_ident(m.column) if m.column else ""
+    if m.agg == "count":
+        return f"count(*){where}"
+    if m.agg == "sum":
+        # A bucket without values sums to 0 (additive, like the counts beside it).
+        return f"COALESCE(sum({col}){where}, 0)::float8"
+    if m.agg in ("avg", "min", "max"):
+        return f"{m.agg}({col}){where}::float8"
+    if m.agg == "stddev":
+        # PostgreSQL's own float8 variance (Youngs-Cramer): stable, no sums of squares.
+        return f"stddev_samp({col}){where}"
+    if m.agg == "percentile":
+        params[f"{name}_p"] = m.p
+        return f"percentile_cont(:{name}_p) WITHIN GROUP (ORDER BY {col}){where}"
+    if m.agg == "count_distinct":
+        return f"count(DISTINCT {col}){where}"
+    if m.agg == "distinct_hours":
+        hour = _DISTINCT_HOUR.format(t=quote_ident(level.source.time_column))
+        return f"count(DISTINCT {hour}){where}"
+    # ratio_pct: the parts' expressions, repeated (PostgreSQL computes each aggregate once).
+    parts = level.spec.measures
+    num = _measure_sql(m.numerator, parts[m.numerator], level, params)
+    den = _measure_sql(m.denominator, parts[m.denominator], level, params)
+    return f"(CASE WHEN ({den}) <> 0 THEN 100.0 * ({num}) / ({den}) END)::float8"
+
+
+def judged_sql(level: RollupLevel, params: dict) -> str:
+    """The window's events with the reason each bad one is rejected for (NULL: good)."""
+    src = level.source
+    table, t = quote_ident(src.table), quote_ident(src.time_column)
+    cases = []
+    if src.id_column:
+        i = quote_ident(src.id_column)
+        # The earliest row of an id counts (ctid breaks a tie between identical copies).
+        cases.append(
+            f"WHEN EXISTS (SELECT 1 FROM {table} d WHERE d.{i} = e.{i} AND "
+            f"(d.{t}, d.ctid) < (e.{t}, e.ctid)) THEN 'duplicate'"
+        )
+    cases.append(f"WHEN e.{t} > now() + make_interval(secs => :future_tolerance) THEN 'future'")
+    for n, (reason, text) in enumerate(src.reject.items()):
+        f = compile_filter(text, set(src.columns), f"r{n}")
+        params.update(f.params)
+        params[f"reason_{n}"] = reason
+        cases.append(f"WHEN COALESCE({f.sql}, false) THEN :reason_{n}")
+    cols = ", ".join(f"e.{quote_ident(c)}" for c in (src.time_column, *src.columns))
+    return (
+        f"SELECT {cols}, CASE {' '.join(cases)} END AS {REASON} "
+        f"FROM {table} e WHERE e.{t} >= :lo AND e.{t} < :hi"
+    )
+
+
+def insert_sql(level: RollupLevel) -> tuple[str, dict]:
+    """One statement: judge, insert the good events' figures, return counts by reason.
+
+    Rows of the result: (reason, events) for each reason, (NULL, good events) and
+    ('_written_', rows inserted).
+    """
+    params: dict[str, object] = {}
+    dims = [quote_ident(d) for d in level.spec.dimensions]
+    bucket = bucket_sql(level.grain, level.source.time_column)
+    names = list(level.measures)
+    exprs = [_measure_sql(n, m, level, params) for n, m in level.measures.items()]
+    target = ", ".join([*dims, quote_ident(level.bucket_column), *map(quote_ident, names)])
+    group = ", ".join(str(i + 1) for i in range(len(dims) + 1))
+    sql = (
+        f"WITH judged AS MATERIALIZED ({judged_sql(level, params)}), "
+        f"ins AS (INSERT INTO {quote_ident(level.table)} ({target}) "
+        f"SELECT {', '.join([*dims, bucket, *exprs])} FROM judged WHERE {REASON} IS NULL "
+        f"GROUP BY {group} RETURNING 1) "
+        f"SELECT {REASON}, count(*) FROM judged GROUP BY 1 "
+        f"UNION ALL SELECT '_written_', count(*) FROM ins"
+    )
+    return sql, params
+
+
+def _bucket_bounds(level: RollupLevel, chunk: Window, zone: ZoneInfo) -> tuple[object, object]:
+    if level.grain is Grain.HOURLY:
+        return chunk.start, chunk.end
+    return chunk.start.astimezone(zone).date(), chunk.end.astimezone(zone).date()
+
+
+def _next_month(day: date) -> date:
+    return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def chunks(grain: Grain, window: Window, zone: ZoneInfo) -> Iterator[Window]:
+    """The run's window in transactions: a local day of hours, a day, a week or a month."""
+    if grain is not Grain.MONTHLY:
+        yield from window.chunks(zone, 7 if grain is Grain.WEEKLY else 1)
+        return
+    cursor = window.start
+    while cursor < window.end:
+        month = cursor.astimezone(zone).date().replace(day=1)
+        nxt = min(local_midnight(_next_month(month), zone).astimezone(UTC), window.end)
+        yield Window(cursor, nxt)
+        cursor = nxt
+
+
+@dataclass
+class EventWriteReport:
+    table: str
+    window: Window
+    rows_written: int = 0
+    rows_deleted: int = 0
+    events_read: int = 0
+    good_events: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    chunks: int = 0
+    kept_chunks: list[str] = field(default_factory=list)
+
+    @property
+    def notes(self) -> list[str]:
+        if not self.kept_chunks:
+            return []
+        return [
+            f"{len(self.kept_chunks)} chunk(s) had no raw events (removed by retention?): "
+            f"existing rows kept: {', '.join(self.kept_chunks[:3])}"
+            + (" ..." if len(self.kept_chunks) > 3 else "")
+        ]
+
+
+def write_level(
+    warehouse: WarehouseResource,
+    level: RollupLevel,
+    window: Window,
+    zone: ZoneInfo,
+    future_tolerance_seconds: float,
+) -> EventWriteReport:
+    """Replace ``level``'s buckets inside ``window`` with figures from the raw events."""
+    report = EventWriteReport(level.table, window)
+    insert, params = insert_sql(level)
+    table, bucket = quote_ident(level.table), quote_ident(level.bucket_column)
+    src, t = quote_ident(level.source.table), quote_ident(level.source.time_column)
+    for chunk in chunks(level.grain, window, zone):
+        lo, hi = _bucket_bounds(level, chunk, zone)
+        bounds = {"lo": chunk.start, "hi": chunk.end}
+        with warehouse.locked_transaction(level.table, chunk.local_days(zone)) as conn:
+            report.chunks += 1
+            has_events = conn.execute(
+                sa.text(f"SELECT EXISTS (SELECT 1 FROM {src} WHERE {t} >= :lo AND {t} < :hi)"),
+                bounds,
+            ).scalar_one()
+            if not has_events:
+                held = conn.execute(
+                    sa.text(f"SELECT count(*) FROM {table} WHERE {bucket} >= :a AND {bucket} < :b"),
+                    {"a": lo, "b": hi},
+                ).scalar_one()
+                if held:
+                    report.kept_chunks.append(str(chunk))
+                    continue
+            report.rows_deleted += conn.execute(
+                sa.text(f"DELETE FROM {table} WHERE {bucket} >= :a AND {bucket} < :b"),
+                {"a": lo, "b": hi},
+            ).rowcount
+            rows = conn.execute(
+                sa.text(insert),
+                {
+                    **params,
+                    **bounds,
+                    "origin": chunk.start,
+                    "tz": zone.key,
+                    "future_tolerance": future_tolerance_seconds,
+                },
+            ).all()
+            for reason, n in rows:
+                if reason == "_written_":
+                    report.rows_written += int(n)
+                elif reason is None:
+                    report.good_events += int(n)
+                    report.events_read += int(n)
+                else:
+                    report.rejected[reason] += int(n)
+                    report.events_read += int(n)
+    return report

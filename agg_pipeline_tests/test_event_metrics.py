@@ -1,0 +1,425 @@
+"""Event metrics (issue 13): every figure against pandas over the raw events.
+
+Real PostgreSQL, real Dagster runs: hourly, daily, weekly and monthly partitions across a
+month boundary, a DST day and month in Europe/Berlin (writer called with the zone), bad
+events counted by reason, idempotency, the three analytics views.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from agg_pipeline.assets import events as event_assets
+from agg_pipeline.compute.windows import Window, day_window, local_midnight
+from agg_pipeline.core import events as spec
+from agg_pipeline.demo import activity
+from agg_pipeline.resources.warehouse import WarehouseResource
+from agg_pipeline.warehouse import events as sql
+from agg_pipeline_tests import reference_events as ref
+
+REL = 1e-9
+CATALOGUE = spec.load_events_catalogue("analytics")
+LEVELS = {lv.asset: lv for lv in spec.levels(CATALOGUE)}
+ASSETS = {a.key.to_user_string(): a for a in event_assets.ROLLUPS}
+EXEC_COLUMNS = [
+    "execution_count",
+    "success_count",
+    "failed_count",
+    "cancelled_count",
+    "success_rate_pct",
+    "avg_duration_ms",
+    "min_duration_ms",
+    "max_duration_ms",
+    "p50_duration_ms",
+    "p95_duration_ms",
+    "credits_used",
+    "distinct_users",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# The catalogue and the filter grammar
+# ---------------------------------------------------------------------------------------
+
+
+def test_shipped_catalogue_declares_the_seed_tables():
+    assert set(LEVELS) == {
+        "execution_metrics_hourly",
+        "execution_metrics_daily",
+        "execution_metrics_weekly",
+        "execution_metrics_monthly",
+        "user_activity_hourly",
+        "user_activity_daily",
+        "credit_consumption_hourly",
+        "credit_consumption_daily",
+        "credit_consumption_monthly",
+    }
+    assert list(LEVELS["execution_metrics_daily"].measures) == EXEC_COLUMNS
+    assert "active_hours" not in LEVELS["user_activity_hourly"].measures
+
+
+BASE = CATALOGUE.model_dump(mode="json")
+
+
+def _broken(path: list, value) -> dict:
+    data = copy.deepcopy(BASE)
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "named"),
+    [
+        (
+            ["rollups", "execution_metrics", "measures", "success_count", "filter"],
+            "__import__('os').system('x')",
+            "rollups.execution_metrics.measures.success_count.filter: unknown function",
+        ),
+        (
+            ["rollups", "execution_metrics", "measures", "avg_duration_ms", "column"],
+            "nope",
+            "rollups.execution_metrics.measures.avg_duration_ms.column: unknown column 'nope'",
+        ),
+        (
+            ["rollups", "execution_metrics", "measures", "p50_duration_ms", "p"],
+            None,
+            "rollups.execution_metrics.measures.p50_duration_ms",
+        ),
+        (["rollups", "user_activity", "source"], "clicks", "unknown source 'clicks'"),
+        (
+            ["sources", "executions", "reject", "unknown_status"],
+            "status ~ 'x'",
+            "sources.executions: reject.unknown_status: not a valid expression",
+        ),
+        (["sources", "executions", "table"], "raw.executions; drop", "sources.executions.table"),
+        (["rollups", "user_activity", "grains", "hourly"], "analytics.execution_metrics_daily",
+         "also used by"),
+    ],
+)  # fmt: skip
+def test_a_bad_key_fails_at_load_naming_it(tmp_path, path, value, named):
+    import yaml
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_broken(path, value)))
+    with pytest.raises(spec.EventsCatalogueError) as err:
+        spec.load_events_catalogue(str(bad))
+    assert named in str(err.value) and "bad.yaml" in str(err.value), str(err.value)
+
+
+def test_filters_bind_values_and_refuse_anything_else():
+    text = "status = 'a=b' and not (x in (1, -2.5) or y is None)"
+    f = spec.compile_filter(text, {"status", "x", "y"}, "p")
+    assert f.sql == '(("status" = :p_0) AND (NOT (("x" IN (:p_1, :p_2)) OR ("y" IS NULL))))'
+    assert f.params == {"p_0": "a=b", "p_1": 1, "p_2": -2.5}
+    for bad in ("status == x", "status.upper() == 'A'", "1 == 1", "status < 'a' < 'b'", "z > 1"):
+        with pytest.raises(spec.FilterError):
+            spec.compile_filter(bad, {"status"}, "p")
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------
+
+
+def inject_bad(engine: sa.Engine, at: datetime) -> None:
+    """One of each bad event (and two valid edge cases) around ``at`` (an hour start)."""
+    m = timedelta(minutes=1)
+    rows = [
+        # (id, time, workspace, user, status, duration, credits)
+        (900001, at - m, "ws-000", "user-000-00", "success", 100.0, 1.0),  # counts
+        (900001, at + m, "ws-000", "user-000-00", "success", 100.0, 1.0),  # dup, next hour
+        (900002, at + 2 * m, "ws-001", "user-001-00", "failed", 50.0, 0.5),
+        (900002, at + 2 * m, "ws-001", "user-001-00", "failed", 50.0, 0.5),  # exact copy
+        (900003, at + 3 * m, "ws-001", "user-001-01", "timeout", 10.0, 0.1),  # unknown
+        (900004, at + 4 * m, "ws-001", "user-001-01", None, 10.0, 0.1),  # unknown (NULL)
+        (900005, at + 5 * m, "ws-002", "user-002-00", "success", -5.0, 0.1),  # negative
+        (900006, at + 6 * m, "ws-002", "user-002-00", "success", float("nan"), 0.1),  # NaN
+        (900007, at + 7 * m, None, "user-002-00", "success", 10.0, 0.1),  # NULL workspace
+        (900008, at + 8 * m, "ws-002", "user-002-01", "cancelled", None, None),  # valid
+        (900009, at + 9 * m, "ws-002", "user-002-01", "success", 10.0, float("inf")),  # credits
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO raw.executions VALUES "
+                "(:i, :t, :w, :u, :s, CAST(:d AS float8), CAST(:c AS float8))"
+            ),
+            [dict(zip("itwusdc", r, strict=True)) for r in rows],
+        )
+        conn.execute(
+            sa.text("INSERT INTO raw.user_activity VALUES (:t, :w, :u, 'login')"),
+            [
+                {"t": at + m, "w": None, "u": "user-000-00"},
+                {"t": at + m, "w": "ws-000", "u": None},
+            ],
+        )
+        conn.execute(
+            sa.text("INSERT INTO raw.credit_usage VALUES (:t, 'ws-000', 'user-000-00', :c)"),
+            [{"t": at + m, "c": float("nan")}, {"t": at + 2 * m, "c": float("-inf")}],
+        )
+
+
+def seed(engine: sa.Engine, start: datetime, days: float, bad_at: datetime) -> None:
+    events = activity.simulate(
+        start, days, workspaces=3, users_per_workspace=3, executions_per_hour=6, seed=7
+    )
+    activity.write(engine, events)
+    inject_bad(engine, bad_at)
+
+
+def good_events(engine: sa.Engine, table: str, window: Window, now: datetime) -> pd.DataFrame:
+    raw = ref.load(engine, table)
+    reason = ref.judge(raw, table, now)
+    inside = (raw["time"] >= pd.Timestamp(window.start)) & (raw["time"] < pd.Timestamp(window.end))
+    return raw[inside & (reason == "")]
+
+
+def reasons(engine: sa.Engine, table: str, window: Window, now: datetime) -> dict[str, int]:
+    raw = ref.load(engine, table)
+    reason = ref.judge(raw, table, now)
+    inside = (raw["time"] >= pd.Timestamp(window.start)) & (raw["time"] < pd.Timestamp(window.end))
+    return {k: int(v) for k, v in reason[inside & (reason != "")].value_counts().items()}
+
+
+def written(engine: sa.Engine, level: spec.RollupLevel) -> pd.DataFrame:
+    cols = [*level.spec.dimensions, level.bucket_column, *level.measures]
+    with engine.connect() as conn:
+        df = pd.read_sql(sa.text(f"SELECT {', '.join(cols)} FROM {level.table}"), conn)
+    return df.rename(columns={level.bucket_column: "bucket"})
+
+
+def expected(engine, level: spec.RollupLevel, window: Window, zone: str, now) -> pd.DataFrame:
+    good = good_events(engine, level.source.table, window, now)
+    compute = {
+        "execution_metrics": ref.executions,
+        "user_activity": ref.user_activity,
+        "credit_consumption": ref.credit_consumption,
+    }[level.rollup]
+    return compute(good, level.grain.value, zone)
+
+
+def assert_frames(actual: pd.DataFrame, wanted: pd.DataFrame, keys: list[str]) -> None:
+    assert len(actual) == len(wanted) > 0
+    if "bucket" in keys and isinstance(wanted["bucket"].iloc[0], pd.Timestamp):
+        actual = actual.assign(bucket=pd.to_datetime(actual["bucket"], utc=True))
+    a = actual.sort_values(keys).reset_index(drop=True)
+    w = wanted[list(actual.columns)].sort_values(keys).reset_index(drop=True)
+    for col in actual.columns:
+        if col in keys:
+            assert a[col].tolist() == w[col].tolist(), col
+        else:
+            np.testing.assert_allclose(
+                a[col].astype(float), w[col].astype(float), rtol=REL, equal_nan=True, err_msg=col
+            )
+
+
+def keys_of(level: spec.RollupLevel) -> list[str]:
+    return [*level.spec.dimensions, "bucket"]
+
+
+def run(url: str, assets: list[str], first: str, last: str) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [ASSETS[a] for a in assets],
+        resources={"warehouse": WarehouseResource(database_url=url)},
+        tags={
+            "dagster/asset_partition_range_start": first,
+            "dagster/asset_partition_range_end": last,
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Through Dagster (UTC partitions), across a month boundary
+# ---------------------------------------------------------------------------------------
+
+START = datetime(2026, 3, 30, tzinfo=UTC)  # a Monday; March ends two days later
+BAD_AT = datetime(2026, 3, 31, 11, tzinfo=UTC)
+GRAIN_RUNS = {
+    "hourly": ("2026-03-30-00:00", "2026-04-01-23:00"),
+    "daily": ("2026-03-30", "2026-04-01"),
+    "weekly": ("2026-03-30", "2026-03-30"),
+    "monthly": ("2026-03-01", "2026-04-01"),
+}
+
+
+def test_every_level_matches_pandas_and_is_idempotent(warehouse_url, engine):
+    seed(engine, START, 3, BAD_AT)
+    now = datetime.now(UTC)
+    results = {}
+    for grain, (first, last) in GRAIN_RUNS.items():
+        names = [a for a, lv in LEVELS.items() if lv.grain.value == grain]
+        results[grain] = run(warehouse_url, names, first, last)
+        assert results[grain].success
+    whole = Window(START, datetime(2026, 5, 1, tzinfo=UTC))
+    for level in LEVELS.values():
+        assert_frames(written(engine, level), expected(engine, level, whole, "UTC", now),
+                      keys_of(level))  # fmt: skip
+    # Bad events: the daily run's counts by reason are pandas' over the run's window.
+    window = Window(START, datetime(2026, 4, 2, tzinfo=UTC))
+    meta = results["daily"].asset_materializations_for_node("execution_metrics_daily")[0].metadata
+    by_reason = {k: v for k, v in meta["rejected_by_reason"].value.items() if v}
+    assert by_reason == reasons(engine, "raw.executions", window, now)
+    assert set(by_reason) == {
+        "duplicate",
+        "unknown_status",
+        "negative_duration",
+        "nan_duration",
+        "null_workspace",
+        "nan_credits",
+    }
+    assert by_reason["duplicate"] >= 2  # the simulator's redeliveries and ours
+    for table, node in (("raw.user_activity", "user_activity_daily"),
+                        ("raw.credit_usage", "credit_consumption_daily")):  # fmt: skip
+        meta = results["daily"].asset_materializations_for_node(node)[0].metadata
+        got = {k: v for k, v in meta["rejected_by_reason"].value.items() if v}
+        assert got == reasons(engine, table, window, now) != {}
+    # Idempotent: the same runs again leave exactly the same rows.
+    before = {name: written(engine, lv) for name, lv in LEVELS.items()}
+    again = run(warehouse_url, [a for a, lv in LEVELS.items() if lv.grain.value == "daily"],
+                *GRAIN_RUNS["daily"])  # fmt: skip
+    meta = again.asset_materializations_for_node("execution_metrics_daily")[0].metadata
+    assert meta["rows_replaced"].value == meta["rows_written"].value > 0
+    for name, level in LEVELS.items():
+        pd.testing.assert_frame_equal(
+            written(engine, level).sort_values(keys_of(level)).reset_index(drop=True),
+            before[name].sort_values(keys_of(level)).reset_index(drop=True),
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Local days and months: Europe/Berlin's spring-forward day and the month after it
+# ---------------------------------------------------------------------------------------
+
+
+def test_dst_day_and_local_month_match_pandas(warehouse_url, engine):
+    zone = ZoneInfo("Europe/Berlin")
+    seed(engine, datetime(2026, 3, 28, 22, tzinfo=UTC), 4.5, datetime(2026, 3, 31, 21, tzinfo=UTC))
+    now = datetime.now(UTC)
+    warehouse = WarehouseResource(database_url=warehouse_url)
+    dst_day = day_window(date(2026, 3, 29), zone)
+    assert dst_day.seconds == 23 * 3600
+    days = Window(dst_day.start, local_midnight(date(2026, 4, 2), zone))
+    week, week_end = local_midnight(date(2026, 3, 30), zone), local_midnight(date(2026, 4, 6), zone)
+    months = Window(local_midnight(date(2026, 3, 1), zone), local_midnight(date(2026, 5, 1), zone))
+    for name, window in (
+        ("execution_metrics_hourly", dst_day),
+        ("user_activity_hourly", dst_day),
+        ("execution_metrics_daily", days),
+        ("user_activity_daily", days),
+        ("credit_consumption_daily", days),
+        ("execution_metrics_weekly", Window(week, week_end)),
+        ("execution_metrics_monthly", months),
+        ("credit_consumption_monthly", months),
+    ):
+        level = LEVELS[name]
+        report = sql.write_level(warehouse, level, window, zone, 300)
+        want = expected(engine, level, window, "Europe/Berlin", now)
+        assert_frames(written(engine, level), want, keys_of(level))
+        assert report.good_events == len(good_events(engine, level.source.table, window, now))
+    hours = pd.to_datetime(written(engine, LEVELS["execution_metrics_hourly"])["bucket"], utc=True)
+    assert hours.min() >= dst_day.start and hours.max() < dst_day.end  # 23 local hours at most
+    assert 12 < hours.nunique() <= 23
+    daily = written(engine, LEVELS["user_activity_daily"])
+    assert daily[daily["bucket"] == date(2026, 3, 29)]["active_hours"].max() <= 23
+    monthly = written(engine, LEVELS["execution_metrics_monthly"])
+    assert set(monthly["bucket"]) == {date(2026, 3, 1), date(2026, 4, 1)}
+
+
+def test_future_events_are_counted_not_rolled_up(warehouse_url, engine):
+    now = datetime.now(UTC)
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO raw.executions VALUES (:i, :t, 'ws-9', 'u', 'success', 1.0, 1.0)"),
+            [
+                {"i": 1, "t": now - timedelta(minutes=10)},
+                {"i": 2, "t": now + timedelta(minutes=2)},  # within the 300 s tolerance
+                {"i": 3, "t": now + timedelta(days=1)},
+            ],
+        )
+    window = Window(hour - timedelta(hours=1), hour + timedelta(days=2))
+    report = sql.write_level(
+        WarehouseResource(database_url=warehouse_url),
+        LEVELS["execution_metrics_hourly"],
+        window,
+        ZoneInfo("UTC"),
+        300,
+    )
+    assert dict(report.rejected) == {"future": 1}
+    assert report.good_events == 2 and report.chunks == 3
+
+
+# ---------------------------------------------------------------------------------------
+# The analytics views
+# ---------------------------------------------------------------------------------------
+
+
+def test_analytics_views_match_pandas(warehouse_url, engine):
+    today = datetime.now(UTC).date()
+    start = datetime.combine(today - timedelta(days=2), datetime.min.time(), tzinfo=UTC)
+    seed(engine, start, 2, start + timedelta(hours=30))
+    now = datetime.now(UTC)
+    warehouse = WarehouseResource(database_url=warehouse_url)
+    window = Window(start, start + timedelta(days=2))
+    for name in ("execution_metrics_daily", "user_activity_daily", "credit_consumption_daily"):
+        sql.write_level(warehouse, LEVELS[name], window, ZoneInfo("UTC"), 300)
+    resources = {"warehouse": warehouse}
+    first = dg.materialize([event_assets.analytics_views], resources=resources)
+    second = dg.materialize([event_assets.analytics_views], resources=resources)
+    views = second.asset_materializations_for_node("analytics_views")[0].metadata["views"].value
+    assert first.success and all(v["concurrently"] for v in views.values())
+
+    execs = good_events(engine, "raw.executions", window, now)
+    acts = good_events(engine, "raw.user_activity", window, now)
+    credits = good_events(engine, "raw.credit_usage", window, now)
+    with engine.connect() as conn:
+        daily = pd.read_sql(sa.text("SELECT * FROM analytics.mv_daily_user_metrics"), conn)
+        hourly = pd.read_sql(sa.text("SELECT * FROM analytics.mv_hourly_execution_stats"), conn)
+        summary = pd.read_sql(sa.text("SELECT * FROM analytics.mv_workspace_summary"), conn)
+
+    day = lambda df: df.assign(metric_date=df["time"].dt.date)  # noqa: E731
+    want = (
+        day(acts).groupby(["metric_date", "workspace_id"])
+        .agg(active_users=("user_id", "nunique"), events=("action", "size"))
+        .join(day(execs).groupby(["metric_date", "workspace_id"]).size().rename("executions"),
+              how="outer")
+        .join(day(credits).groupby(["metric_date", "workspace_id"])["credits"].sum(), how="outer")
+        .fillna(0).reset_index()
+    )  # fmt: skip
+    assert_frames(daily, want, ["metric_date", "workspace_id"])
+
+    by_hour = execs.assign(hour_start=execs["time"].dt.floor("h")).groupby("hour_start")
+    want = pd.DataFrame(
+        {
+            "executions": by_hour.size(),
+            "success_rate_pct": by_hour["status"].apply(lambda s: 100.0 * (s == "success").mean()),
+            "p95_duration_ms": by_hour["duration_ms"].quantile(0.95),
+        }
+    ).reset_index()
+    hourly = hourly.assign(hour_start=pd.to_datetime(hourly["hour_start"], utc=True))
+    assert_frames(hourly, want, ["hour_start"])
+
+    g = execs.groupby("workspace_id")
+    want = pd.DataFrame(
+        {
+            "executions": g.size(),
+            "success_rate_pct": g["status"].apply(lambda s: 100.0 * (s == "success").mean()),
+            "credits": credits.groupby("workspace_id")["credits"].sum(),
+            "active_users": acts.groupby("workspace_id")["user_id"].nunique(),
+        }
+    ).reset_index()
+    assert_frames(summary.drop(columns="last_activity_at"), want, ["workspace_id"])
+    last = acts.groupby("workspace_id")["time"].max()
+    got = summary.set_index("workspace_id")["last_activity_at"]
+    assert {k: pd.Timestamp(v) for k, v in got.items()} == last.to_dict()
