@@ -146,6 +146,11 @@ def test_backfill_through_the_daemon(pg_server_url, project_root, tmp_path):
                 "ROLLUP_WEEKLY",
                 "RETENTION",
                 "DASHBOARD_REFRESH",
+                "EVENTS_HOURLY",
+                "EVENTS_DAILY",
+                "EVENTS_WEEKLY",
+                "EVENTS_MONTHLY",
+                "ANALYTICS_VIEWS",
             )
         },
         "AGG_PIPELINE_LATE_DATA_SENSOR": "false",

@@ -423,3 +423,77 @@ def test_analytics_views_match_pandas(warehouse_url, engine):
     last = acts.groupby("workspace_id")["time"].max()
     got = summary.set_index("workspace_id")["last_activity_at"]
     assert {k: pd.Timestamp(v) for k, v in got.items()} == last.to_dict()
+
+
+# ---------------------------------------------------------------------------------------
+# Schedules: the old Celery beat times, and their switches (old flag names too)
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "tick", "partition"),
+    [
+        ("events_hourly_at_05", datetime(2026, 11, 20, 0, 5, tzinfo=UTC), "2026-11-19-23:00"),
+        ("events_daily_at_0100", datetime(2026, 11, 20, 1, 0, tzinfo=UTC), "2026-11-19"),
+        ("events_weekly_monday_0200", datetime(2026, 11, 23, 2, 0, tzinfo=UTC), "2026-11-16"),
+        ("events_monthly_first_0300", datetime(2026, 11, 1, 3, 0, tzinfo=UTC), "2026-10-01"),
+        ("events_monthly_first_0300", datetime(2026, 1, 1, 3, 0, tzinfo=UTC), "2025-12-01"),
+    ],
+)
+def test_event_schedules_request_the_previous_period(name, tick, partition, dagster_instance):
+    from agg_pipeline.definitions import defs
+
+    repo = defs.get_repository_def()
+    context = dg.build_schedule_context(
+        instance=dagster_instance, scheduled_execution_time=tick, repository_def=repo
+    )
+    result = repo.get_schedule_def(name).evaluate_tick(context)
+    assert [r.partition_key for r in result.run_requests] == [partition]
+
+
+def test_switches_and_the_old_flag_names(monkeypatch):
+    from agg_pipeline.settings import env_name, load_settings
+
+    monkeypatch.setenv("MONTHLY_ROLLUP_ENABLED", "false")
+    monkeypatch.setenv("HOURLY_ROLLUP_ENABLED", "false")
+    monkeypatch.setenv("AGG_PIPELINE_SCHEDULE_EVENTS_HOURLY", "true")  # the new name wins
+    monkeypatch.setenv("AGG_PIPELINE_SCHEDULE_ANALYTICS_VIEWS", "false")
+    s = load_settings()
+    assert not s.schedule_events_monthly and s.schedule_events_hourly
+    assert s.schedule_events_daily and s.schedule_events_weekly
+    assert not s.schedule_analytics_views
+    assert env_name("schedule_events_weekly") == "AGG_PIPELINE_SCHEDULE_EVENTS_WEEKLY"
+    # The schedules follow the settings (their status is fixed when the definitions load).
+    import subprocess
+    import sys
+
+    code = (
+        "from agg_pipeline.definitions import defs\n"
+        "r = defs.get_repository_def()\n"
+        "print(sorted(s.name for s in r.schedule_defs if s.default_status.value == 'STOPPED'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PATH": "", "MONTHLY_ROLLUP_ENABLED": "false",
+             "AGG_PIPELINE_SCHEDULE_ANALYTICS_VIEWS": "0"},
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert out.strip() == "['analytics_views_every_15_minutes', 'events_monthly_first_0300']"
+
+
+def test_seed_activity_cli(warehouse_url, engine, capsys):
+    from agg_pipeline import cli
+
+    assert cli.main(["seed-activity", "--days", "1", "--workspaces", "2", "--users", "2"]) == 0
+    assert "rows to raw.executions" in capsys.readouterr().out
+    with engine.connect() as conn:
+        n, ws, statuses = conn.execute(
+            sa.text("SELECT count(*), count(DISTINCT workspace_id), "
+                    "array_agg(DISTINCT status ORDER BY status) FROM raw.executions")
+        ).one()  # fmt: skip
+        users = conn.execute(sa.text("SELECT count(*) FROM raw.user_activity")).scalar_one()
+    assert n > 100 and ws == 2 and statuses == ["cancelled", "failed", "success"] and users > 0
+    # --if-empty adds nothing the second time
+    assert cli.main(["seed-activity", "--days", "1", "--if-empty"]) == 0
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM raw.executions")).scalar_one() == n
