@@ -265,6 +265,11 @@ def test_every_level_matches_pandas_and_is_idempotent(warehouse_url, engine):
     for level in LEVELS.values():
         assert_frames(written(engine, level), expected(engine, level, whole, "UTC", now),
                       keys_of(level))  # fmt: skip
+    # The levels add up (each coarser run came after the finer one).
+    for result in results.values():
+        evaluations = result.get_asset_check_evaluations()
+        assert all(e.passed for e in evaluations)
+    assert len(results["monthly"].get_asset_check_evaluations()) == 2
     # Bad events: the daily run's counts by reason are pandas' over the run's window.
     window = Window(START, datetime(2026, 4, 2, tzinfo=UTC))
     meta = results["daily"].asset_materializations_for_node("execution_metrics_daily")[0].metadata
@@ -295,6 +300,28 @@ def test_every_level_matches_pandas_and_is_idempotent(warehouse_url, engine):
             written(engine, level).sort_values(keys_of(level)).reset_index(drop=True),
             before[name].sort_values(keys_of(level)).reset_index(drop=True),
         )
+
+    # A late event: the daily re-run takes it in, and its check says the hours are behind
+    # until they are re-run too.
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO raw.executions VALUES "
+                "(990001, '2026-03-31 10:30+00', 'ws-000', 'late', 'success', 7, 1)"
+            )
+        )
+    daily = [a for a, lv in LEVELS.items() if lv.grain.value == "daily"]
+    stale = run(warehouse_url, daily, *GRAIN_RUNS["daily"]).get_asset_check_evaluations()
+    behind = [e for e in stale if e.asset_key.to_user_string() == "execution_metrics_daily"]
+    assert not behind[0].passed and behind[0].metadata["keys_mismatched"].value == 1
+    hourly = [a for a, lv in LEVELS.items() if lv.grain.value == "hourly"]
+    assert run(warehouse_url, hourly, "2026-03-31-10:00", "2026-03-31-10:00").success
+    healed = run(warehouse_url, daily, *GRAIN_RUNS["daily"]).get_asset_check_evaluations()
+    assert all(e.passed for e in healed)
+    for name in ("execution_metrics_hourly", "execution_metrics_daily"):
+        level = LEVELS[name]
+        assert_frames(written(engine, level), expected(engine, level, whole, "UTC", now),
+                      keys_of(level))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------

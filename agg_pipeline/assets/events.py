@@ -91,13 +91,46 @@ def _metadata(context: dg.AssetExecutionContext, report: sql.EventWriteReport, l
     }
 
 
+def _adds_up_check(
+    warehouse: WarehouseResource, level: RollupLevel, finer: RollupLevel, window
+) -> dg.AssetCheckResult:
+    found = sql.counts_add_up(warehouse.get_engine(), level, finer, window, get_settings().zone)
+    return dg.AssetCheckResult(
+        check_name=f"counts_match_{finer.asset}",
+        passed=found.mismatched == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "keys_compared": found.keys,
+            "keys_mismatched": found.mismatched,
+            "examples": dg.MetadataValue.json(found.examples),
+        },
+        description=f"the counts of {level.asset} are the sums of {finer.asset}'s in the window "
+        "(a mismatch: the finer level is missing or older than the raw events)",
+    )
+
+
 def _rollup_asset(level: RollupLevel) -> dg.AssetsDefinition:
+    finer = sql.finer_level(level, LEVELS)
+    checks = (
+        [
+            dg.AssetCheckSpec(
+                f"counts_match_{finer.asset}",
+                asset=level.asset,
+                description=f"Counts add up: {level.asset}'s counts are the sums of "
+                f"{finer.asset}'s (WARN).",
+            )
+        ]
+        if finer
+        else []
+    )
+
     @dg.asset(
         name=level.asset,
         partitions_def=PARTITIONS[level.grain],
         deps=[spec.source_asset(_catalogue, level.spec.source)],
         backfill_policy=BACKFILL,
         freshness_policy=FRESHNESS[level.grain],
+        check_specs=checks,
         pool=level.table,
         group_name=GROUP,
         kinds={"postgres"},
@@ -125,7 +158,10 @@ def _rollup_asset(level: RollupLevel) -> dg.AssetsDefinition:
             f"{level.table} {window}: {report.rows_written} rows from {report.good_events} "
             f"events ({report.rows_deleted} replaced)"
         )
-        return dg.MaterializeResult(metadata=_metadata(context, report, level))
+        results = [_adds_up_check(warehouse, level, finer, window)] if finer else []
+        return dg.MaterializeResult(
+            metadata=_metadata(context, report, level), check_results=results
+        )
 
     return _asset
 

@@ -223,3 +223,71 @@ def write_level(
                     report.rejected[reason] += int(n)
                     report.events_read += int(n)
     return report
+
+
+# ---------------------------------------------------------------------------------------
+# The levels add up: counts of a level are the sums of the level below it
+# ---------------------------------------------------------------------------------------
+
+
+def finer_level(level: RollupLevel, all_levels: list[RollupLevel]) -> RollupLevel | None:
+    """The next finer grain of the same rollup (hourly under daily; daily under weekly and
+    monthly, or hourly when the rollup has no daily grain)."""
+    order = list(Grain)
+    finer = [
+        lv
+        for lv in all_levels
+        if lv.rollup == level.rollup and order.index(lv.grain) < order.index(level.grain)
+    ]
+    finer = [lv for lv in finer if lv.grain is not Grain.WEEKLY]  # weeks do not nest in months
+    return max(finer, key=lambda lv: order.index(lv.grain)) if finer else None
+
+
+def _into(finer: RollupLevel, grain: Grain) -> str:
+    """The coarser bucket of a finer row's bucket."""
+    b = quote_ident(finer.bucket_column)
+    local = f"({b} AT TIME ZONE :tz)" if finer.grain is Grain.HOURLY else b
+    if grain is Grain.DAILY:
+        return f"{local}::date"
+    trunc = {Grain.WEEKLY: "week", Grain.MONTHLY: "month"}[grain]
+    return f"date_trunc('{trunc}', {local})::date"
+
+
+@dataclass(frozen=True)
+class AddsUp:
+    keys: int  # (dimensions, bucket) compared
+    mismatched: int  # keys whose counts differ, or missing on one side
+    examples: list[str]
+
+
+def counts_add_up(
+    engine: sa.Engine, level: RollupLevel, finer: RollupLevel, window: Window, zone: ZoneInfo
+) -> AddsUp:
+    """Compare ``level``'s count measures in ``window`` with the sums of ``finer``'s."""
+    counts = [n for n, m in level.measures.items() if m.agg == "count" and n in finer.measures]
+    dims = [quote_ident(d) for d in level.spec.dimensions]
+    cols = [quote_ident(c) for c in counts]
+    fb, b = quote_ident(finer.bucket_column), quote_ident(level.bucket_column)
+    sums = ", ".join(f"sum({c}) AS {c}" for c in cols)
+    plain = ", ".join(cols)
+    n = len(dims) + 1
+    differ = " OR ".join(f"lo.{c} IS DISTINCT FROM hi.{c}" for c in cols) or "false"
+    dim_list = ", ".join(dims)
+    sql = (
+        f"WITH lo AS (SELECT {dim_list}, {_into(finer, level.grain)} AS b, {sums} "
+        f"FROM {quote_ident(finer.table)} WHERE {fb} >= :fa AND {fb} < :fb "
+        f"GROUP BY {', '.join(str(i + 1) for i in range(n))}), "
+        f"hi AS (SELECT {dim_list}, {b} AS b, {plain} FROM {quote_ident(level.table)} "
+        f"WHERE {b} >= :ua AND {b} < :ub) "
+        f"SELECT concat_ws('/', {', '.join(dims)}, b::text), "
+        f"(lo.b IS NULL OR hi.b IS NULL OR {differ}) AS bad "
+        f"FROM lo FULL JOIN hi USING ({dim_list}, b)"
+    )
+    ua, ub = window.start.astimezone(zone).date(), window.end.astimezone(zone).date()
+    fa, fb_ = _bucket_bounds(finer, window, zone)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(sql), {"tz": zone.key, "fa": fa, "fb": fb_, "ua": ua, "ub": ub}
+        ).all()
+    bad = [key for key, is_bad in rows if is_bad]
+    return AddsUp(len(rows), len(bad), sorted(bad)[:5])
