@@ -56,6 +56,8 @@ class Policy:
     patterns_days: int
     events_days: int
     raw_diagnostics_days: int
+    analytics_raw_days: int
+    analytics_hourly_days: int
     staging_hours: int
     batch_rows: int
 
@@ -70,6 +72,8 @@ class Policy:
             "patterns_days": settings.retention_patterns_days,
             "events_days": settings.retention_events_days,
             "raw_diagnostics_days": settings.retention_raw_diagnostics_days,
+            "analytics_raw_days": settings.retention_analytics_raw_days,
+            "analytics_hourly_days": settings.retention_analytics_hourly_days,
             "staging_hours": settings.retention_staging_hours,
             "batch_rows": settings.retention_batch_rows,
         }

@@ -312,6 +312,21 @@ class Settings(BaseSettings):
         description="Raw events (raw.events) older than this are deleted, once the pattern "
         "assets have run for their day (1 to 36500).",
     )
+    retention_analytics_raw_days: int = Field(
+        default=90,
+        ge=1,
+        le=MAX_RETENTION_DAYS,
+        description="Raw events of the event rollups (raw.executions, raw.user_activity, "
+        "raw.credit_usage) older than this are deleted, once every rollup level over them "
+        "has run for their day (1 to 36500).",
+    )
+    retention_analytics_hourly_days: int = Field(
+        default=180,
+        ge=0,
+        le=MAX_RETENTION_DAYS,
+        description="Hourly event rollups (analytics.*_hourly) older than this are deleted "
+        "(0 = kept forever; 0 to 36500). Daily and coarser are kept forever.",
+    )
     retention_raw_diagnostics_days: int = Field(
         default=90,
         ge=1,

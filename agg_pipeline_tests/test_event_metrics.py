@@ -228,9 +228,10 @@ def keys_of(level: spec.RollupLevel) -> list[str]:
     return [*level.spec.dimensions, "bucket"]
 
 
-def run(url: str, assets: list[str], first: str, last: str) -> dg.ExecuteInProcessResult:
+def run(url: str, assets: list[str], first: str, last: str, instance=None):
     return dg.materialize(
         [ASSETS[a] for a in assets],
+        instance=instance,
         resources={"warehouse": WarehouseResource(database_url=url)},
         tags={
             "dagster/asset_partition_range_start": first,
@@ -524,3 +525,62 @@ def test_seed_activity_cli(warehouse_url, engine, capsys):
     assert cli.main(["seed-activity", "--days", "1", "--if-empty"]) == 0
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM raw.executions")).scalar_one() == n
+
+
+# ---------------------------------------------------------------------------------------
+# Retention: raw events only for days every level over them ran; hourly rows by age
+# ---------------------------------------------------------------------------------------
+
+
+def test_retention_keeps_what_no_level_holds(warehouse_url, engine, dagster_instance):
+    from agg_pipeline.assets.maintenance import retention_cleanup
+
+    d0 = datetime.now(UTC).date() - timedelta(days=100)
+    start = datetime.combine(d0, datetime.min.time(), tzinfo=UTC)
+    seed(engine, start, 2, start + timedelta(hours=12))
+    with engine.connect() as conn:
+        before = pd.read_sql(sa.text("SELECT time FROM raw.executions"), conn)["time"]
+        activity_rows = conn.execute(sa.text("SELECT count(*) FROM raw.user_activity")).scalar()
+    # Every execution level over day 0; day 1 has its daily row but not its hours.
+    h0, day, week = f"{d0}-00:00", d0.isoformat(), d0 - timedelta(days=d0.weekday())
+    d1 = (d0 + timedelta(days=1)).isoformat()
+    for names, first, last in (
+        (["execution_metrics_hourly"], h0, f"{d0}-23:00"),
+        (["execution_metrics_daily"], day, d1),
+        (["execution_metrics_weekly"], week.isoformat(), week.isoformat()),
+        (["execution_metrics_monthly"], f"{d0:%Y-%m}-01", f"{d0:%Y-%m}-01"),
+    ):
+        assert run(warehouse_url, names, first, last, dagster_instance).success
+    if d0.month != (d0 + timedelta(days=1)).month:  # day 1 in the next month: cover it too
+        nxt = f"{d0 + timedelta(days=1):%Y-%m}-01"
+        assert run(warehouse_url, ["execution_metrics_monthly"], nxt, nxt, dagster_instance).success
+    daily_before = written(engine, LEVELS["execution_metrics_daily"])
+
+    result = retention_cleanup.execute_in_process(
+        resources={"warehouse": WarehouseResource(database_url=warehouse_url)},
+        run_config={"ops": {"retention_cleanup_op": {"config": {"analytics_hourly_days": 95}}}},
+        instance=dagster_instance,
+    )
+    summary = result.output_for_node("retention_cleanup_op")
+    with engine.connect() as conn:
+        after = pd.read_sql(sa.text("SELECT time FROM raw.executions"), conn)["time"]
+        hourly = conn.execute(
+            sa.text("SELECT count(*) FROM analytics.execution_metrics_hourly")
+        ).scalar()
+        activity_after = conn.execute(sa.text("SELECT count(*) FROM raw.user_activity")).scalar()
+    day_of = lambda t: pd.to_datetime(t, utc=True).dt.date  # noqa: E731
+    assert set(day_of(after)) == {d0 + timedelta(days=1)}  # day 0 released, day 1 kept
+    assert summary["raw.executions"]["rows"] == int((day_of(before) == d0).sum())
+    assert "not yet" in summary["raw.executions"]["days_kept"][d1]
+    assert activity_after == activity_rows  # no level over user activity ran: all kept
+    assert hourly == 0  # 100 days old, 95 kept
+    # A re-run over the released day keeps its rows (they counted the whole day).
+    again = run(warehouse_url, ["execution_metrics_daily"], day, day, dagster_instance)
+    notes = again.asset_materializations_for_node("execution_metrics_daily")[0].metadata
+    assert "raw events released" in notes["notes"].value
+    pd.testing.assert_frame_equal(
+        written(engine, LEVELS["execution_metrics_daily"])
+        .sort_values(["bucket"])
+        .reset_index(drop=True),
+        daily_before.sort_values(["workspace_id", "bucket"]).reset_index(drop=True),
+    )

@@ -7,8 +7,9 @@ its raw event table by warehouse/events.py; ``analytics_views`` refreshes the th
 ``analytics.mv_*`` views. One module on purpose: the family moves as one piece.
 """
 
+from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import sqlalchemy as sa
@@ -28,6 +29,7 @@ from agg_pipeline.automation import (
     previous_hour,
     previous_week,
 )
+from agg_pipeline.compute.windows import Window, day_window
 from agg_pipeline.core import events as spec
 from agg_pipeline.core.events import Grain, RollupLevel
 from agg_pipeline.resources.warehouse import WarehouseResource
@@ -235,6 +237,56 @@ def analytics_views(
 
 
 EVENT_ASSETS = [*SOURCES, *ROLLUPS, analytics_views]
+
+# --------------------------------------------------------------------------------------
+# Retention: what the retention job needs to know of the event rollups
+# --------------------------------------------------------------------------------------
+
+
+def _days_covered(level: RollupLevel, keys: set[str]) -> set[date]:
+    """Local days wholly covered by materialized partitions ``keys`` of ``level``."""
+    zone, pdef = _settings.zone, PARTITIONS[level.grain]
+    if level.grain is Grain.HOURLY:
+        hours: Counter = Counter()
+        for key in keys:
+            hours[pdef.time_window_for_partition_key(key).start.astimezone(zone).date()] += 1
+        return {d for d, n in hours.items() if n * 3600 == day_window(d, zone).seconds}
+    days: set[date] = set()
+    for key in keys:
+        tw = pdef.time_window_for_partition_key(key)
+        days.update(Window(tw.start, tw.end).local_days(zone))
+    return days
+
+
+def raw_tables_and_their_days(
+    instance: dg.DagsterInstance,
+) -> dict[str, Callable[[], set[date]]]:
+    """Per raw event table: the local days every rollup level over it has materialized
+    (a day may go only then: no level could be computed again without it)."""
+
+    def rolled_up(table: str) -> set[date]:
+        days: set[date] | None = None
+        for level in LEVELS:
+            if level.source.table != table:
+                continue
+            keys = instance.get_materialized_partitions(dg.AssetKey(level.asset))
+            mine = _days_covered(level, set(keys))
+            days = mine if days is None else days & mine
+        return days or set()
+
+    tables = sorted({lv.source.table for lv in LEVELS})
+    return {t: (lambda t=t: rolled_up(t)) for t in tables}
+
+
+def time_column_of(table: str) -> str:
+    return next(s.time_column for s in _catalogue.sources.values() if s.table == table)
+
+
+def hourly_tables() -> list[tuple[str, str]]:
+    """Hourly event rollup tables and their key (aged by AGG_PIPELINE_RETENTION_ANALYTICS_
+    HOURLY_DAYS; daily and coarser are kept forever)."""
+    return [(lv.table, lv.bucket_column) for lv in LEVELS if lv.grain is Grain.HOURLY]
+
 
 # --------------------------------------------------------------------------------------
 # Jobs and schedules: the old Celery beat times

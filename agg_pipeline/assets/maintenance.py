@@ -84,6 +84,8 @@ class RetentionConfig(dg.Config):
     patterns_days: int | None = Field(default=None, ge=0, le=36_500)
     events_days: int | None = Field(default=None, ge=1, le=36_500)
     raw_diagnostics_days: int | None = Field(default=None, ge=1, le=36_500)
+    analytics_raw_days: int | None = Field(default=None, ge=1, le=36_500)
+    analytics_hourly_days: int | None = Field(default=None, ge=0, le=36_500)
 
     def policy(self) -> retention.Policy:
         n = self.retention_days
@@ -91,7 +93,9 @@ class RetentionConfig(dg.Config):
             "raw_days": n,
             "events_days": n,
             "raw_diagnostics_days": n,
+            "analytics_raw_days": n,
             "hourly_days": 2 * n if n else None,
+            "analytics_hourly_days": 2 * n if n else None,
             "device_metrics_days": 2 * n if n else None,
         }
         explicit = {
@@ -105,6 +109,8 @@ class RetentionConfig(dg.Config):
                 "patterns_days",
                 "events_days",
                 "raw_diagnostics_days",
+                "analytics_raw_days",
+                "analytics_hourly_days",
             )
         }
         merged = {
@@ -137,7 +143,8 @@ def _days_materialized(instance: dg.DagsterInstance, asset_names: tuple[str, ...
 @dg.op(
     description="Deletes what is past its retention, never what no rollup holds: raw "
     "readings only for days whose every rollup is complete and counts them, raw events / "
-    "diagnostics only for days their daily assets have run, derived tables by age "
+    "diagnostics / analytics events only for days their assets have run, derived tables "
+    "by age "
     "(daily and weekly rollups are kept forever).",
     tags={"kind": "maintenance"},
 )
@@ -188,6 +195,33 @@ def retention_cleanup_op(
             zone,
             lambda assets=assets: _days_materialized(context.instance, assets),
             " / ".join(assets),
+            config.dry_run,
+            policy.batch_rows,
+        )
+    from agg_pipeline.assets import events as event_assets  # (imports automation: here)
+
+    for table, rolled_up in event_assets.raw_tables_and_their_days(context.instance).items():
+        results[table] = retention.raw_by_materialized_days(
+            engine,
+            table,
+            event_assets.time_column_of(table),
+            policy.analytics_raw_days,
+            today,
+            zone,
+            rolled_up,
+            "every event rollup level over it",
+            config.dry_run,
+            policy.batch_rows,
+        )
+    for table, key in event_assets.hourly_tables():
+        results[table] = retention.aged_table(
+            engine,
+            table,
+            key,
+            False,
+            policy.analytics_hourly_days,
+            today,
+            zone,
             config.dry_run,
             policy.batch_rows,
         )

@@ -7,8 +7,9 @@ figures are inserted; the same statement returns the count of events by reason. 
 one transaction holding advisory locks on (table, local day): delete the chunk's buckets,
 insert, commit. Re-running replaces, never appends; two runs of one window serialize.
 
-A chunk whose raw table holds no events at all while the target has rows (raw events
-removed by retention) keeps its rows, and the report says so.
+A chunk with a day whose raw events retention released (``ops.raw_retention_ledger``), or
+whose raw table holds no events at all while the target has rows, keeps its rows, and the
+report says so: they were computed while the events were whole.
 
 Identifiers come from the validated events catalogue and are quoted here; values (window
 bounds, zone, filter literals, the future tolerance) are always bound.
@@ -24,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from agg_pipeline import retention
 from agg_pipeline.compute.statements import quote_ident
 from agg_pipeline.compute.windows import Window, local_midnight
 from agg_pipeline.core.events import Grain, Measure, RollupLevel, compile_filter
@@ -164,7 +166,7 @@ class EventWriteReport:
         if not self.kept_chunks:
             return []
         return [
-            f"{len(self.kept_chunks)} chunk(s) had no raw events (removed by retention?): "
+            f"{len(self.kept_chunks)} chunk(s) without their raw events (retention): "
             f"existing rows kept: {', '.join(self.kept_chunks[:3])}"
             + (" ..." if len(self.kept_chunks) > 3 else "")
         ]
@@ -187,6 +189,11 @@ def write_level(
         bounds = {"lo": chunk.start, "hi": chunk.end}
         with warehouse.locked_transaction(level.table, chunk.local_days(zone)) as conn:
             report.chunks += 1
+            if retention.released_days(conn, level.source.table, chunk.local_days(zone)):
+                # Retention deleted raw events of this chunk: its rows are final (computed
+                # while they were whole); recomputing would count only what is left.
+                report.kept_chunks.append(f"{chunk} (raw events released)")
+                continue
             has_events = conn.execute(
                 sa.text(f"SELECT EXISTS (SELECT 1 FROM {src} WHERE {t} >= :lo AND {t} < :hi)"),
                 bounds,
