@@ -74,8 +74,9 @@ class RetentionConfig(dg.Config):
     dry_run: bool = False
     """Report what would be deleted, delete nothing."""
     retention_days: int | None = Field(default=None, ge=1, le=36_500)
-    """The old cleanup_old_data_task(retention_days=N): raw readings, raw events and raw
-    diagnostics keep N days, hourly rollups and device metrics 2 x N (unless set below)."""
+    """The old cleanup_old_data_task(retention_days=N): raw readings, raw events, raw
+    diagnostics and the analytics raw events keep N days, hourly rollups (readings and
+    events) and device metrics 2 x N (unless set below)."""
     raw_days: int | None = Field(default=None, ge=1, le=36_500)
     downsample_days: int | None = Field(default=None, ge=1, le=36_500)
     hourly_days: int | None = Field(default=None, ge=1, le=36_500)
