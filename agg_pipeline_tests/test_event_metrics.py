@@ -584,3 +584,21 @@ def test_retention_keeps_what_no_level_holds(warehouse_url, engine, dagster_inst
         .reset_index(drop=True),
         daily_before.sort_values(["workspace_id", "bucket"]).reset_index(drop=True),
     )
+
+
+def test_two_runs_of_one_window_at_once_leave_one_correct_row_per_key(warehouse_url, engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    seed(engine, START, 2, BAD_AT)
+    now = datetime.now(UTC)
+    level = LEVELS["execution_metrics_daily"]
+    window = Window(START, START + timedelta(days=2))
+    warehouse = WarehouseResource(database_url=warehouse_url)
+    with ThreadPoolExecutor(2) as pool:
+        reports = list(
+            pool.map(lambda _: sql.write_level(warehouse, level, window, ZoneInfo("UTC"), 300),
+                     range(2))
+        )  # fmt: skip
+    assert sorted(r.rows_deleted for r in reports)[0] == 0  # one ran first, the other replaced
+    assert_frames(written(engine, level), expected(engine, level, window, "UTC", now),
+                  keys_of(level))  # fmt: skip
