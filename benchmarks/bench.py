@@ -760,7 +760,11 @@ def main(argv: list[str] | None = None) -> int:
         progress("incremental refresh")
         result["incremental"] = measure_incremental(env, start, args.devices, args.hz)
         if args.event_executions:
-            first_event = datetime.now(UTC).date() - timedelta(days=math.ceil(args.event_days))
+            # From the 1st of last month: its monthly partition is whole (a month in progress
+            # is not a partition yet).
+            first_event = (datetime.now(UTC).date().replace(day=1) - timedelta(days=1)).replace(
+                day=1
+            )
             result["events"] = bench_events.measure_events(
                 env, args, datetime.combine(first_event, datetime.min.time(), tzinfo=UTC),
                 args.reps,

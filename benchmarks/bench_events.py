@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import sqlalchemy as sa
@@ -37,12 +37,13 @@ FROM (SELECT i, random() AS r,
 DUPLICATES = "INSERT INTO raw.executions SELECT * FROM raw.executions WHERE id % 200 = 0"
 
 _MEASURES = (
-    "count(*), count(*) FILTER (WHERE status = 'success'), "
-    "count(*) FILTER (WHERE status = 'failed'), count(*) FILTER (WHERE status = 'cancelled'), "
-    "avg(duration_ms), min(duration_ms), max(duration_ms), "
-    "percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms), "
-    "percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms), "
-    "sum(credits), count(DISTINCT user_id)"
+    "count(*) AS n, count(*) FILTER (WHERE status = 'success') AS ok, "
+    "count(*) FILTER (WHERE status = 'failed') AS failed, "
+    "count(*) FILTER (WHERE status = 'cancelled') AS cancelled, "
+    "avg(duration_ms) AS avg, min(duration_ms) AS lo, max(duration_ms) AS hi, "
+    "percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50, "
+    "percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95, "
+    "sum(credits) AS credits, count(DISTINCT user_id) AS users"
 )
 FLOOR_BUCKETS = {
     "hourly": "date_bin('1 hour', time, :s)",
@@ -66,20 +67,38 @@ def generate(engine: sa.Engine, start: datetime, days: float, n: int, workspaces
         return int(conn.execute(sa.text("SELECT count(*) FROM raw.executions")).scalar_one())
 
 
-def pipeline_runs(start: datetime, end: datetime) -> list[tuple[str, list[str]]]:
+def pipeline_runs(
+    start: datetime, end: datetime
+) -> dict[str, tuple[list[str], datetime, datetime]]:
+    """Per grain: the backfill's partition range over the data (whole weeks and months
+    only: a period still open is not a partition yet) and the window it reads."""
     last_hour, last_day = end - timedelta(hours=1), (end - timedelta(days=1)).date()
-    first_week = start.date() - timedelta(days=start.weekday())
-    last_week = last_day - timedelta(days=last_day.weekday())
-    return [
-        ("execution_metrics_hourly",
-         ["--partition-range", f"{start:%Y-%m-%d-%H:00}...{last_hour:%Y-%m-%d-%H:00}"]),
-        ("execution_metrics_daily",
-         ["--partition-range", f"{start:%Y-%m-%d}...{last_day:%Y-%m-%d}"]),
-        ("execution_metrics_weekly",
-         ["--partition-range", f"{first_week:%Y-%m-%d}...{last_week:%Y-%m-%d}"]),
-        ("execution_metrics_monthly",
-         ["--partition-range", f"{start:%Y-%m}-01...{last_day:%Y-%m}-01"]),
-    ]  # fmt: skip
+    runs = {
+        "hourly": (["--partition-range", f"{start:%Y-%m-%d-%H:00}...{last_hour:%Y-%m-%d-%H:00}"],
+                   start, end),
+        "daily": (["--partition-range", f"{start:%Y-%m-%d}...{last_day:%Y-%m-%d}"], start, end),
+    }  # fmt: skip
+    monday = start.date() + timedelta(days=(7 - start.weekday()) % 7)
+    weeks = []
+    while monday + timedelta(days=7) <= end.date():
+        weeks.append(monday)
+        monday += timedelta(days=7)
+    if weeks:
+        lo = datetime.combine(weeks[0], datetime.min.time(), tzinfo=UTC)
+        runs["weekly"] = (
+            ["--partition-range", f"{weeks[0]:%Y-%m-%d}...{weeks[-1]:%Y-%m-%d}"],
+            lo,
+            lo + timedelta(days=7 * len(weeks)),
+        )
+    first = start.date().replace(day=1)
+    nxt = (first.replace(day=28) + timedelta(days=4)).replace(day=1)
+    if nxt <= datetime.now(UTC).date():
+        runs["monthly"] = (
+            ["--partition", f"{first:%Y-%m-%d}"],
+            datetime.combine(first, datetime.min.time(), tzinfo=UTC),
+            datetime.combine(nxt, datetime.min.time(), tzinfo=UTC),
+        )
+    return runs
 
 
 def old_way_hour(engine: sa.Engine, hour: datetime) -> float:
@@ -121,19 +140,21 @@ def measure_events(env, args, start: datetime, reps: int) -> dict:
     progress(f"events: generating {args.event_executions:,} executions over {days:g} days")
     rows = generate(env.engine, start, days, args.event_executions, args.event_workspaces,
                     args.event_users)  # fmt: skip
+    runs_by_grain = pipeline_runs(start, end)
     floor: dict[str, float] = {}
-    for grain, bucket in FLOOR_BUCKETS.items():
+    for grain, (_, lo, hi) in runs_by_grain.items():
         sql = (
             f"CREATE TEMP TABLE floor_{grain} ON COMMIT DROP AS SELECT workspace_id, "
-            f"{bucket} AS b, {_MEASURES} FROM raw.executions "
+            f"{FLOOR_BUCKETS[grain]} AS b, {_MEASURES} FROM raw.executions "
             "WHERE time >= :s AND time < :e GROUP BY 1, 2"
         )
         floor[grain], _ = median_of(
-            lambda sql=sql: sql_time(env.engine, sql, {"s": start, "e": end}), reps
+            lambda sql=sql, lo=lo, hi=hi: sql_time(env.engine, sql, {"s": lo, "e": hi}), reps
         )
     progress("events: the graph (execution_metrics_* through Dagster)")
     runs, total = [], 0.0
-    for select, partition_args in pipeline_runs(start, end):
+    for grain, (partition_args, _, _) in runs_by_grain.items():
+        select = f"execution_metrics_{grain}"
         result = run_dagster(env, "agg_pipeline.definitions", select, partition_args)
         runs.append({"assets": select, **result})
         total += result["seconds"]
