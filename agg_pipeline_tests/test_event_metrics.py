@@ -117,6 +117,26 @@ def test_a_bad_key_fails_at_load_naming_it(tmp_path, path, value, named):
     assert named in str(err.value) and "bad.yaml" in str(err.value), str(err.value)
 
 
+def test_a_bad_events_catalogue_fails_the_definitions_load(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    bad = tmp_path / "events.yaml"
+    path = ["rollups", "credit_consumption", "measures", "credits", "agg"]
+    bad.write_text(yaml.safe_dump(_broken(path, "median")))
+    proc = subprocess.run(
+        [sys.executable, "-c", "import agg_pipeline.definitions"],
+        env={"AGG_PIPELINE_EVENTS_CATALOGUE": str(bad), "PATH": ""},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert "rollups.credit_consumption.measures.credits.agg" in proc.stderr, proc.stderr[-500:]
+    assert "events.yaml" in proc.stderr
+
+
 def test_filters_bind_values_and_refuse_anything_else():
     text = "status = 'a=b' and not (x in (1, -2.5) or y is None)"
     f = spec.compile_filter(text, {"status", "x", "y"}, "p")
