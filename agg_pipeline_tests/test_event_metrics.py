@@ -598,11 +598,10 @@ def test_retention_keeps_what_no_level_holds(warehouse_url, engine, dagster_inst
     again = run(warehouse_url, ["execution_metrics_daily"], day, day, dagster_instance)
     notes = again.asset_materializations_for_node("execution_metrics_daily")[0].metadata
     assert "raw events released" in notes["notes"].value
+    keys = keys_of(LEVELS["execution_metrics_daily"])
     pd.testing.assert_frame_equal(
-        written(engine, LEVELS["execution_metrics_daily"])
-        .sort_values(["bucket"])
-        .reset_index(drop=True),
-        daily_before.sort_values(["workspace_id", "bucket"]).reset_index(drop=True),
+        written(engine, LEVELS["execution_metrics_daily"]).sort_values(keys).reset_index(drop=True),
+        daily_before.sort_values(keys).reset_index(drop=True),
     )
 
 

@@ -44,13 +44,17 @@ def bucket_sql(grain: Grain, time_column: str) -> str:
     return f"date_trunc('{trunc}', {t} AT TIME ZONE :tz)::date"
 
 
+GOOD = f"{REASON} IS NULL"
+
+
 def _measure_sql(name: str, m: Measure, level: RollupLevel, params: dict) -> str:
-    columns = set(level.source.columns)
-    where = ""
+    """The aggregate of one measure over the bucket's good events (and its filter)."""
+    cond = GOOD
     if m.filter is not None:
-        f = compile_filter(m.filter, columns, f"{name}_f")
+        f = compile_filter(m.filter, set(level.source.columns), f"{name}_f")
         params.update(f.params)
-        where = f" FILTER (WHERE {f.sql})"
+        cond = f"{GOOD} AND {f.sql}"
+    where = f" FILTER (WHERE {cond})"
     col = quote_ident(m.column) if m.column else ""
     if m.agg == "count":
         return f"count(*){where}"
@@ -58,7 +62,7 @@ def _measure_sql(name: str, m: Measure, level: RollupLevel, params: dict) -> str
         # A bucket without values sums to 0 (additive, like the counts beside it).
         return f"COALESCE(sum({col}){where}, 0)::float8"
     if m.agg in ("avg", "min", "max"):
-        return f"{m.agg}({col}){where}::float8"
+        return f"({m.agg}({col}){where})::float8"
     if m.agg == "stddev":
         # PostgreSQL's own float8 variance (Youngs-Cramer): stable, no sums of squares.
         return f"stddev_samp({col}){where}"
@@ -70,11 +74,13 @@ def _measure_sql(name: str, m: Measure, level: RollupLevel, params: dict) -> str
     if m.agg == "distinct_hours":
         hour = _DISTINCT_HOUR.format(t=quote_ident(level.source.time_column))
         return f"count(DISTINCT {hour}){where}"
-    # ratio_pct: the parts' expressions, repeated (PostgreSQL computes each aggregate once).
-    parts = level.spec.measures
-    num = _measure_sql(m.numerator, parts[m.numerator], level, params)
-    den = _measure_sql(m.denominator, parts[m.denominator], level, params)
-    return f"(CASE WHEN ({den}) <> 0 THEN 100.0 * ({num}) / ({den}) END)::float8"
+    raise ValueError(f"{name}: {m.agg} is computed from other measures")
+
+
+def reasons(level: RollupLevel) -> list[str]:
+    """Every reason an event of the level's source can be rejected for, in judging order."""
+    builtin = ["duplicate", "future"] if level.source.id_column else ["future"]
+    return [*builtin, *level.source.reject]
 
 
 def judged_sql(level: RollupLevel, params: dict) -> str:
@@ -84,17 +90,20 @@ def judged_sql(level: RollupLevel, params: dict) -> str:
     cases = []
     if src.id_column:
         i = quote_ident(src.id_column)
-        # The earliest row of an id counts (ctid breaks a tie between identical copies).
+        # The earliest row of an id counts: a copy is a duplicate when an earlier time of
+        # its id exists (an index-only probe of (id, time)), or, among copies stamped the
+        # same instant (always in the same window), when it is not the first stored.
         cases.append(
-            f"WHEN EXISTS (SELECT 1 FROM {table} d WHERE d.{i} = e.{i} AND "
-            f"(d.{t}, d.ctid) < (e.{t}, e.ctid)) THEN 'duplicate'"
+            f"WHEN e.{i} IS NOT NULL AND (EXISTS (SELECT 1 FROM {table} d WHERE d.{i} = e.{i} "
+            f"AND d.{t} < e.{t}) OR row_number() OVER (PARTITION BY e.{i}, e.{t} "
+            "ORDER BY e.ctid) > 1) THEN 'duplicate'"
         )
     cases.append(f"WHEN e.{t} > now() + make_interval(secs => :future_tolerance) THEN 'future'")
     for n, (reason, text) in enumerate(src.reject.items()):
         f = compile_filter(text, set(src.columns), f"r{n}")
         params.update(f.params)
         params[f"reason_{n}"] = reason
-        cases.append(f"WHEN COALESCE({f.sql}, false) THEN :reason_{n}")
+        cases.append(f"WHEN COALESCE({f.sql}, false) THEN CAST(:reason_{n} AS text)")
     cols = ", ".join(f"e.{quote_ident(c)}" for c in (src.time_column, *src.columns))
     return (
         f"SELECT {cols}, CASE {' '.join(cases)} END AS {REASON} "
@@ -103,25 +112,40 @@ def judged_sql(level: RollupLevel, params: dict) -> str:
 
 
 def insert_sql(level: RollupLevel) -> tuple[str, dict]:
-    """One statement: judge, insert the good events' figures, return counts by reason.
-
-    Rows of the result: (reason, events) for each reason, (NULL, good events) and
-    ('_written_', rows inserted).
-    """
+    """One statement, one pass over the window's events: judge each, aggregate per
+    dimensions and bucket (the good events' figures and the bad ones' count by reason),
+    insert the buckets with good events, and return one row: good events, the count of
+    each of ``reasons(level)``, rows inserted."""
     params: dict[str, object] = {}
     dims = [quote_ident(d) for d in level.spec.dimensions]
-    bucket = bucket_sql(level.grain, level.source.time_column)
-    names = list(level.measures)
-    exprs = [_measure_sql(n, m, level, params) for n, m in level.measures.items()]
-    target = ", ".join([*dims, quote_ident(level.bucket_column), *map(quote_ident, names)])
+    bucket = quote_ident(level.bucket_column)
+    plain = {n: m for n, m in level.measures.items() if m.agg != "ratio_pct"}
+    aggs = [f"{_measure_sql(n, m, level, params)} AS {quote_ident(n)}" for n, m in plain.items()]
+    why = reasons(level)
+    for n, reason in enumerate(why):
+        params[f"why_{n}"] = reason
+    counts = [f"count(*) FILTER (WHERE {REASON} = CAST(:why_{n} AS text)) AS _bad_{n}"
+              for n in range(len(why))]  # fmt: skip
+    out = []
+    for n, m in level.measures.items():
+        if m.agg == "ratio_pct":
+            num, den = quote_ident(m.numerator), quote_ident(m.denominator)
+            out.append(f"(CASE WHEN {den} <> 0 THEN 100.0 * {num} / {den} END)::float8")
+        else:
+            out.append(quote_ident(n))
+    target = ", ".join([*dims, bucket, *map(quote_ident, level.measures)])
     group = ", ".join(str(i + 1) for i in range(len(dims) + 1))
+    bucket_expr = bucket_sql(level.grain, level.source.time_column)
     sql = (
-        f"WITH judged AS MATERIALIZED ({judged_sql(level, params)}), "
+        f"WITH judged AS ({judged_sql(level, params)}), "
+        f"agg AS MATERIALIZED (SELECT {', '.join(dims)}, {bucket_expr} AS {bucket}, "
+        f"count(*) FILTER (WHERE {GOOD}) AS _good, {', '.join([*counts, *aggs])} "
+        f"FROM judged GROUP BY {group}), "
         f"ins AS (INSERT INTO {quote_ident(level.table)} ({target}) "
-        f"SELECT {', '.join([*dims, bucket, *exprs])} FROM judged WHERE {REASON} IS NULL "
-        f"GROUP BY {group} RETURNING 1) "
-        f"SELECT {REASON}, count(*) FROM judged GROUP BY 1 "
-        f"UNION ALL SELECT '_written_', count(*) FROM ins"
+        f"SELECT {', '.join([*dims, bucket, *out])} FROM agg WHERE _good > 0 RETURNING 1) "
+        "SELECT COALESCE(sum(_good), 0), "
+        + "".join(f"COALESCE(sum(_bad_{n}), 0), " for n in range(len(why)))
+        + "(SELECT count(*) FROM ins) FROM agg"
     )
     return sql, params
 
@@ -210,7 +234,7 @@ def write_level(
                 sa.text(f"DELETE FROM {table} WHERE {bucket} >= :a AND {bucket} < :b"),
                 {"a": lo, "b": hi},
             ).rowcount
-            rows = conn.execute(
+            row = conn.execute(
                 sa.text(insert),
                 {
                     **params,
@@ -219,16 +243,14 @@ def write_level(
                     "tz": zone.key,
                     "future_tolerance": future_tolerance_seconds,
                 },
-            ).all()
-            for reason, n in rows:
-                if reason == "_written_":
-                    report.rows_written += int(n)
-                elif reason is None:
-                    report.good_events += int(n)
-                    report.events_read += int(n)
-                else:
-                    report.rejected[reason] += int(n)
-                    report.events_read += int(n)
+            ).one()
+            good, *bad, inserted = (int(x) for x in row)
+            report.rows_written += inserted
+            report.good_events += good
+            report.events_read += good + sum(bad)
+            for reason, n in zip(reasons(level), bad, strict=True):
+                if n:
+                    report.rejected[reason] += n
     return report
 
 
