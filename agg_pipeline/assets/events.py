@@ -74,8 +74,10 @@ def _describe(level: RollupLevel) -> str:
     )
 
 
-def _metadata(context: dg.AssetExecutionContext, report: sql.EventWriteReport, level) -> dict:
-    reasons = [*spec.BUILTIN_REASONS, *level.source.reject]
+def _metadata(
+    context: dg.AssetExecutionContext, report: sql.EventWriteReport, level: RollupLevel
+) -> dict:
+    reasons = sql.reasons(level)
     return {
         "table": dg.MetadataValue.text(report.table),
         "window": dg.MetadataValue.text(str(report.window)),
