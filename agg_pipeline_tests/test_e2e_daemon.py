@@ -253,6 +253,17 @@ def test_self_healing_through_the_daemon(pg_server_url, project_root, tmp_path):
         # Switches on (a switch off also stops its level's first fill). The schedules
         # only touch the open hour / yesterday; the weekend is the healer's alone.
         "AGG_PIPELINE_LATE_DATA_SENSOR": "true",
+        # The event metrics (no events here) stay out of the daemon's run queue.
+        **{
+            f"AGG_PIPELINE_SCHEDULE_{name}": "false"
+            for name in (
+                "EVENTS_HOURLY",
+                "EVENTS_DAILY",
+                "EVENTS_WEEKLY",
+                "EVENTS_MONTHLY",
+                "ANALYTICS_VIEWS",
+            )
+        },  # fmt: skip
     }
     proc, log = start_dagster_dev(project_root, env, port, tmp_path / "dagster-dev.log")
 
