@@ -7,6 +7,7 @@
     agg-pipeline seed --days N [...]              simulated readings into raw.readings
     agg-pipeline seed-diagnostics --days N [...]  simulated diagnoses into raw.diagnostics
     agg-pipeline seed-events --days N [...]       simulated home events into raw.events
+    agg-pipeline seed-activity --days N [...]     simulated executions, activity, credits
     agg-pipeline status [--json] [--days N]       what is stale, missing, failed or failing
     agg-pipeline dev [--port 3000]                all of the above, then `dagster dev`
 
@@ -17,6 +18,7 @@ Dagster instance storage); unset, both live on the local embedded server.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -179,6 +181,33 @@ def cmd_seed_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seed_activity(args: argparse.Namespace) -> int:
+    from agg_pipeline.demo import activity
+
+    engine = _warehouse_engine()
+    if args.if_empty and not _table_empty("raw.executions"):
+        print("raw.executions already has events: not seeding (drop --if-empty to add more)")
+        return 0
+    zone = get_settings().zone
+    first = args.start or (datetime.now(zone).date() - timedelta(days=int(math.ceil(args.days))))
+    start = datetime.combine(first, datetime.min.time(), tzinfo=zone)
+    events = activity.simulate(
+        start,
+        args.days,
+        workspaces=args.workspaces,
+        users_per_workspace=args.users,
+        executions_per_hour=args.per_hour,
+        seed=args.seed,
+        first_id=activity.next_execution_id(engine),
+    )
+    written = activity.write(engine, events)
+    print(
+        f"wrote {', '.join(f'{n:,} rows to {t}' for t, n in written.items())} "
+        f"({args.workspaces} workspaces x {args.users} users, {args.days:g} day(s) from {first})"
+    )
+    return 0
+
+
 def _dagster_home(home: Path) -> Path:
     """A DAGSTER_HOME whose dagster.yaml is the project's (linked, so edits apply)."""
     dagster_home = home / "dagster_home"
@@ -228,6 +257,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
                     seed=42,
                 )
             )
+        cmd_seed_activity(
+            argparse.Namespace(
+                days=args.seed_days,
+                start=None,
+                workspaces=5,
+                users=4,
+                per_hour=20.0,
+                seed=42,
+                if_empty=True,
+            )
+        )
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
     argv = [
         dagster,
@@ -424,6 +464,21 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--start", type=date.fromisoformat, help="first day (default: DAYS ago)")
     se.add_argument("--seed", type=int, default=42)
     se.set_defaults(func=cmd_seed_events)
+
+    sa_ = sub.add_parser(
+        "seed-activity",
+        help="simulated executions, user activity and credit usage (raw.executions, ...)",
+    )
+    sa_.add_argument("--days", type=float, default=3.0, help="how many days (default 3)")
+    sa_.add_argument("--start", type=date.fromisoformat, help="first local day (default: DAYS ago)")
+    sa_.add_argument("--workspaces", type=int, default=5, help="how many workspaces (default 5)")
+    sa_.add_argument("--users", type=int, default=4, help="users per workspace (default 4)")
+    sa_.add_argument(
+        "--per-hour", type=float, default=20.0, help="executions per hour at peak (default 20)"
+    )
+    sa_.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    sa_.add_argument("--if-empty", action="store_true", help="only if raw.executions is empty")
+    sa_.set_defaults(func=cmd_seed_activity)
 
     ix = sub.add_parser(
         "influx", help="InfluxDB 2.x: create the sink's buckets, retire the old Flux tasks"

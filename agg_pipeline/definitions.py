@@ -19,6 +19,7 @@ from agg_pipeline.config.catalogue import get_catalogue  # noqa: E402
 from agg_pipeline.config.settings import get_settings  # noqa: E402
 from agg_pipeline.defs.assets import ALL_ASSETS  # noqa: E402
 from agg_pipeline.defs.automation import FRESHNESS_CHECKS, JOBS, SCHEDULES, SENSORS  # noqa: E402
+from agg_pipeline.defs.events.assets import EVENT_ASSETS, EVENT_JOBS, EVENT_SCHEDULES  # noqa: E402
 from agg_pipeline.influx.client import InfluxResource  # noqa: E402
 from agg_pipeline.warehouse.engine import WarehouseResource  # noqa: E402
 
@@ -61,13 +62,13 @@ def influx_resource() -> InfluxResource:
 
 
 defs = dg.Definitions(
-    assets=ALL_ASSETS,
+    assets=[*ALL_ASSETS, *EVENT_ASSETS],
     # Steps run inside the run worker, one after the other: the work happens in
     # PostgreSQL, and a process per step (the multiprocess default) costs ~1.5 s each.
     executor=dg.in_process_executor,
     asset_checks=FRESHNESS_CHECKS,
-    jobs=JOBS,
-    schedules=SCHEDULES,
+    jobs=[*JOBS, *EVENT_JOBS],
+    schedules=[*SCHEDULES, *EVENT_SCHEDULES],
     sensors=SENSORS,
     resources={"warehouse": warehouse_resource(), "influx": influx_resource()},
 )

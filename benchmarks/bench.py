@@ -17,7 +17,9 @@ PostgreSQL, or the server of DATABASE_URL), then measures, side by side in one r
    (our policy) vs one run per partition (sampled, scaled);
 5. read path - dashboard questions from the rollup tables vs from raw rows (p50 / p95);
 6. write path - 1000 pattern aggregates in one batch (PostgreSQL; when available);
-7. incremental - the open hour after new readings land, and a late-data correction.
+7. incremental - the open hour after new readings land, and a late-data correction;
+8. event metrics - executions through execution_metrics_* vs the same aggregates' floor
+   and the old per-hour Python job (bench_events.py).
 
 Absolute times on a shared machine drift; the ratios, measured in the same run, hold.
 """
@@ -45,7 +47,7 @@ from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.config.settings import PACKAGE_DIR, get_settings
 from agg_pipeline.demo import readings as simulator
 from agg_pipeline.warehouse import localdb, migrate
-from benchmarks import bench_heal
+from benchmarks import bench_events, bench_heal
 
 BENCH_FIELDS = ("temperature", "humidity", "ph", "ec", "light")
 TARGETS = {
@@ -60,6 +62,8 @@ TARGETS = {
     "heal_p95_s": ("<=", 300.0),
     "minute_p95_s": ("<=", 90.0),
     "heal_trials_wrong": ("<=", 0),
+    "events_pipeline_over_floor": ("<=", 1.5),
+    "events_old_way_over_pipeline": (">=", 20.0),
 }
 
 
@@ -587,6 +591,9 @@ def ratios(r: dict) -> dict:
     out["heal_p95_s"] = healing.get("heal_p95_s")
     out["minute_p95_s"] = healing.get("minute_p95_s")
     out["heal_trials_wrong"] = healing.get("trials_wrong")
+    events = r.get("events") or {}
+    out["events_pipeline_over_floor"] = events.get("pipeline_over_floor")
+    out["events_old_way_over_pipeline"] = events.get("old_way_over_pipeline")
     return out
 
 
@@ -630,6 +637,8 @@ def render(result: dict) -> str:
     row("late reading -> hour, day, week exact p95 (s)", "heal_p95_s", ".0f")
     row("reading -> final 1m window p95 (s)", "minute_p95_s", ".0f")
     row("heal trials ending in a wrong state", "heal_trials_wrong", "d")
+    row("events: graph / floor", "events_pipeline_over_floor", ".2f")
+    row("events: old way / graph", "events_old_way_over_pipeline", ".1f")
     f, p, o, b = result["floor"], result["pipeline"], result["old_way"], result["backfill"]
     lines += [
         "",
@@ -660,6 +669,8 @@ def render(result: dict) -> str:
         f"incremental: open hour refresh {i['open_hour_refresh_s']:.2f} s; late reading -> "
         f"hour {i['late_hour_s']:.2f} s + day {i['late_day_s']:.2f} s"
     )
+    if result.get("events"):
+        lines += bench_events.render(result["events"])
     h = result.get("healing")
     if h:
         lines.append(
@@ -687,6 +698,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--heal-trials", type=int, default=5, help="late-data trials through the daemon (0: skip)"
     )
+    parser.add_argument(
+        "--event-executions", type=int, default=5_000_000, help="event metrics (0: skip)"
+    )
+    parser.add_argument("--event-days", type=float, default=30.0)
+    parser.add_argument("--event-workspaces", type=int, default=200)
+    parser.add_argument("--event-users", type=int, default=2000)
+    parser.add_argument("--event-old-way-hours", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark databases")
     args = parser.parse_args(argv)
@@ -741,6 +759,16 @@ def main(argv: list[str] | None = None) -> int:
         result["pattern_writes"] = measure_pattern_writes(env, args.reps)
         progress("incremental refresh")
         result["incremental"] = measure_incremental(env, start, args.devices, args.hz)
+        if args.event_executions:
+            # From the 1st of last month: its monthly partition is whole (a month in progress
+            # is not a partition yet).
+            first_event = (datetime.now(UTC).date().replace(day=1) - timedelta(days=1)).replace(
+                day=1
+            )
+            result["events"] = bench_events.measure_events(
+                env, args, datetime.combine(first_event, datetime.min.time(), tzinfo=UTC),
+                args.reps,
+            )  # fmt: skip
         if args.heal_trials:
             progress(f"healing through the daemon: {args.heal_trials} trials")
             result["healing"] = bench_heal.measure_healing(env, args.heal_trials)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError as _SourceError
 
@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         default=None,
         description="Folder of the numbered migration files `agg-pipeline migrate` applies. "
         "Unset: the ones shipped inside the package (agg_pipeline/warehouse/migrations/).",
+    )
+    events_catalogue: str = Field(
+        default="analytics",
+        description="Events catalogue (event rollups): a shipped name (analytics) or a path "
+        "to a YAML file.",
     )
     catalogue: str = Field(
         default="hydroponics",
@@ -195,6 +200,38 @@ class Settings(BaseSettings):
     schedule_dashboard_refresh: bool = Field(
         default=True, description="Every 15 minutes, refresh the dashboard materialized views."
     )
+    # Event metrics (the old Celery analytics): each grain's schedule. The old feature flags
+    # HOURLY_ROLLUP_ENABLED ... MONTHLY_ROLLUP_ENABLED are read too (the first name wins).
+    schedule_events_hourly: bool = Field(
+        default=True,
+        validation_alias=AliasChoices(
+            ENV_PREFIX + "SCHEDULE_EVENTS_HOURLY", "HOURLY_ROLLUP_ENABLED"
+        ),
+        description="At :05, the previous hour's event rollups (old HOURLY_ROLLUP_ENABLED).",
+    )
+    schedule_events_daily: bool = Field(
+        default=True,
+        validation_alias=AliasChoices(ENV_PREFIX + "SCHEDULE_EVENTS_DAILY", "DAILY_ROLLUP_ENABLED"),
+        description="At 01:00, the previous day's event rollups (old DAILY_ROLLUP_ENABLED).",
+    )
+    schedule_events_weekly: bool = Field(
+        default=True,
+        validation_alias=AliasChoices(
+            ENV_PREFIX + "SCHEDULE_EVENTS_WEEKLY", "WEEKLY_ROLLUP_ENABLED"
+        ),
+        description="Monday 02:00, the previous week's event rollups (old WEEKLY_ROLLUP_ENABLED).",
+    )
+    schedule_events_monthly: bool = Field(
+        default=True,
+        validation_alias=AliasChoices(
+            ENV_PREFIX + "SCHEDULE_EVENTS_MONTHLY", "MONTHLY_ROLLUP_ENABLED"
+        ),
+        description="On the 1st at 03:00, the previous month's event rollups "
+        "(old MONTHLY_ROLLUP_ENABLED).",
+    )
+    schedule_analytics_views: bool = Field(
+        default=True, description="Every 15 minutes, refresh the analytics.mv_* views."
+    )
     late_data_sensor: bool = Field(
         default=True, description="Observe late raw readings and let automation correct them."
     )
@@ -291,6 +328,21 @@ class Settings(BaseSettings):
         description="Raw events (raw.events) older than this are deleted, once the pattern "
         "assets have run for their day (1 to 36500).",
     )
+    retention_analytics_raw_days: int = Field(
+        default=90,
+        ge=1,
+        le=MAX_RETENTION_DAYS,
+        description="Raw events of the event rollups (raw.executions, raw.user_activity, "
+        "raw.credit_usage) older than this are deleted, once every rollup level over them "
+        "has run for their day (1 to 36500).",
+    )
+    retention_analytics_hourly_days: int = Field(
+        default=180,
+        ge=0,
+        le=MAX_RETENTION_DAYS,
+        description="Hourly event rollups (analytics.*_hourly) older than this are deleted "
+        "(0 = kept forever; 0 to 36500). Daily and coarser are kept forever.",
+    )
     retention_raw_diagnostics_days: int = Field(
         default=90,
         ge=1,
@@ -367,7 +419,10 @@ class Settings(BaseSettings):
 def env_name(field: str) -> str:
     """The environment variable behind a settings field."""
     info = Settings.model_fields[field]
-    return str(info.validation_alias) if info.validation_alias else ENV_PREFIX + field.upper()
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])  # the current name; the others are old flag names
+    return str(alias) if alias else ENV_PREFIX + field.upper()
 
 
 def load_settings() -> Settings:

@@ -1,5 +1,6 @@
 """The settings the Dagster definitions are built with, read once when the code location
-loads: partition start and zone, schedule switches, freshness deadlines in the local zone.
+loads: partition start and zone, schedule switches, freshness deadlines in the local zone, the
+event rollups' catalogue.
 
 The one module that reads settings at import time. Code that runs later (an asset, a
 check, a sensor tick) calls ``get_settings()`` then, so a value is never captured twice.
@@ -7,7 +8,11 @@ check, a sensor tick) calls ``get_settings()`` then, so a value is never capture
 
 from __future__ import annotations
 
+from agg_pipeline.config.events import EventsCatalogue, get_events_catalogue
 from agg_pipeline.config.settings import Settings, get_settings
 
 SETTINGS: Settings = get_settings()
 TIMEZONE: str = SETTINGS.timezone
+# The event rollups declared (AGG_PIPELINE_EVENTS_CATALOGUE): their assets, partitions
+# and schedules are built from it.
+EVENTS_CATALOGUE: EventsCatalogue = get_events_catalogue()

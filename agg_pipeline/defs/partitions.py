@@ -3,7 +3,8 @@
 Hourly partitions include the hour in progress (``end_offset=1``): the 1m/5m downsamples
 keep it current, and all hourly assets share one definition so a backfill runs 1m, 5m and
 hourly rollups of the same hours in one run. Days and weeks are local days in the
-configured zone, so a daily partition is 23 h or 25 h on DST days; weeks start on Monday.
+configured zone, so a daily partition is 23 h or 25 h on DST days; weeks start on Monday;
+months are local calendar months.
 """
 
 from __future__ import annotations
@@ -28,11 +29,16 @@ weekly = dg.WeeklyPartitionsDefinition(
     timezone=_zone,
     day_offset=1,
 )
+# Local calendar months (event rollups), from the month containing the start date.
+monthly = dg.MonthlyPartitionsDefinition(
+    start_date=f"{_start.replace(day=1):%Y-%m-%d}", timezone=_zone
+)
 
 _GRAINS = {
     "0 * * * *": "hourly partitions start on the hour",
     "0 0 * * *": "daily partitions are local days",
     "0 0 * * 1": "weekly partitions start on Mondays",
+    "0 0 1 * *": "monthly partitions are local months",
 }
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -56,6 +56,8 @@ class Policy:
     patterns_days: int
     events_days: int
     raw_diagnostics_days: int
+    analytics_raw_days: int
+    analytics_hourly_days: int
     staging_hours: int
     batch_rows: int
 
@@ -70,6 +72,8 @@ class Policy:
             "patterns_days": settings.retention_patterns_days,
             "events_days": settings.retention_events_days,
             "raw_diagnostics_days": settings.retention_raw_diagnostics_days,
+            "analytics_raw_days": settings.retention_analytics_raw_days,
+            "analytics_hourly_days": settings.retention_analytics_hourly_days,
             "staging_hours": settings.retention_staging_hours,
             "batch_rows": settings.retention_batch_rows,
         }
@@ -709,12 +713,18 @@ def cleanup(
     origin: datetime,
     bands: Callable[[sa.Connection, list[date]], Iterable[tuple[date, str]]],
     materialized: Callable[[tuple[str, ...]], set[date]],
+    event_raw: Mapping[str, tuple[str, Callable[[], set[date]]]] | None = None,
+    event_hourly: Sequence[tuple[str, str]] = (),
 ) -> dict[str, TableResult]:
-    """Apply ``policy``: raw readings (safe days only), the consumed raw tables, the derived
-    tables by age, orphaned staging rows; the result per table, in that order.
+    """Apply ``policy``: raw readings (safe days only), the consumed raw tables, the raw
+    event tables, the derived tables by age, orphaned staging rows; the result per table,
+    in that order.
 
     ``bands`` gives the (day, field) condition bands of days (the writers' rule);
-    ``materialized(assets)`` the days every one of ``assets`` has materialized.
+    ``materialized(assets)`` the days every one of ``assets`` has materialized;
+    ``event_raw`` per raw event table its time column and the days every event rollup
+    level over it has materialized (``analytics_raw_days``); ``event_hourly`` the hourly
+    event rollup tables and their key (``analytics_hourly_days``).
     """
     zone = settings.zone
     results: dict[str, TableResult] = {}
@@ -739,6 +749,31 @@ def cleanup(
             zone,
             lambda assets=assets: materialized(assets),
             " / ".join(assets),
+            dry_run,
+            policy.batch_rows,
+        )
+    for table, (time_column, rolled_up) in (event_raw or {}).items():
+        results[table] = raw_by_materialized_days(
+            engine,
+            table,
+            time_column,
+            policy.analytics_raw_days,
+            today,
+            zone,
+            rolled_up,
+            "every event rollup level over it",
+            dry_run,
+            policy.batch_rows,
+        )
+    for table, key in event_hourly:
+        results[table] = aged_table(
+            engine,
+            table,
+            key,
+            False,
+            policy.analytics_hourly_days,
+            today,
+            zone,
             dry_run,
             policy.batch_rows,
         )

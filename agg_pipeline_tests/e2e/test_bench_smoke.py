@@ -29,6 +29,16 @@ def test_benchmark_runs_end_to_end(pg_server_url, monkeypatch, tmp_path, capsys)
                 "1",
                 "--heal-trials",
                 "0",  # through the daemon: minutes; run by `make bench`
+                "--event-executions",
+                "3000",
+                "--event-days",
+                "2",
+                "--event-workspaces",
+                "3",
+                "--event-users",
+                "9",
+                "--event-old-way-hours",
+                "1",
                 "--json",
                 str(out),
             ]
@@ -45,6 +55,8 @@ def test_benchmark_runs_end_to_end(pg_server_url, monkeypatch, tmp_path, capsys)
         "read_p50_ms",
         "worker_peak_rss_mb",
         "pattern_write_1000_s",
+        "events_pipeline_over_floor",
+        "events_old_way_over_pipeline",
     ):
         assert key in ratios
     assert ratios["pipeline_over_floor"] > 0 and ratios["worker_peak_rss_mb"] > 0
@@ -53,3 +65,5 @@ def test_benchmark_runs_end_to_end(pg_server_url, monkeypatch, tmp_path, capsys)
     assert result["ratios"]["pattern_write_1000_s"] > 0
     table = capsys.readouterr().out
     assert "pipeline / floor" in table and "verdict" in table
+    assert "events: graph / floor" in table
+    assert result["events"]["dataset"]["executions"] > 3000  # and the redelivered 0.5 %

@@ -235,6 +235,17 @@ def deployment(pg_server_url: str, project_root: Path, tmp_path_factory) -> Iter
         "AGG_PIPELINE_SCHEDULE_RETENTION": "false",
         "AGG_PIPELINE_SCHEDULE_DASHBOARD_REFRESH": "false",
         "AGG_PIPELINE_SCHEDULE_PATTERNS": "false",
+        # The event metrics (no events here) stay out of the daemon's run queue.
+        **{
+            f"AGG_PIPELINE_SCHEDULE_{name}": "false"
+            for name in (
+                "EVENTS_HOURLY",
+                "EVENTS_DAILY",
+                "EVENTS_WEEKLY",
+                "EVENTS_MONTHLY",
+                "ANALYTICS_VIEWS",
+            )
+        },
     }
     code_server = Group(
         [

@@ -223,11 +223,14 @@ def test_every_healed_edge_is_the_asset_graph():
         pdef = graph.get(dg.AssetKey(node.asset)).partitions_def
         assert pdef is self_healing.PDEFS[node.grain], node.asset
         assert graph.get(dg.AssetKey(node.asset)).automation_condition is None  # one mechanism
-    # ... and every partitioned asset computed from something is healed.
+    # ... and every partitioned asset computed from something is healed - except the
+    # event rollups (group "events"), not healed yet: their schedules re-run each period.
     computed = {
         k.to_user_string()
         for k in graph.materializable_asset_keys
-        if graph.get(k).partitions_def is not None and graph.get(k).parent_keys
+        if graph.get(k).partitions_def is not None
+        and graph.get(k).parent_keys
+        and graph.get(k).group_name != "events"
     }
     assert computed == set(healing.BY_ASSET)
 

@@ -9,6 +9,7 @@ from pydantic import Field
 from agg_pipeline.config.catalogue import get_catalogue
 from agg_pipeline.config.settings import get_settings
 from agg_pipeline.defs import partitions
+from agg_pipeline.defs.events import levels as event_levels
 from agg_pipeline.defs.readings.downsample import readings_1m
 from agg_pipeline.warehouse import retention
 from agg_pipeline.warehouse.engine import WarehouseResource
@@ -76,8 +77,9 @@ class RetentionConfig(dg.Config):
     dry_run: bool = False
     """Report what would be deleted, delete nothing."""
     retention_days: int | None = Field(default=None, ge=1, le=36_500)
-    """The old cleanup_old_data_task(retention_days=N): raw readings, raw events and raw
-    diagnostics keep N days, hourly rollups and device metrics 2 x N (unless set below)."""
+    """The old cleanup_old_data_task(retention_days=N): raw readings, raw events, raw
+    diagnostics and the analytics raw events keep N days, hourly rollups (readings and
+    events) and device metrics 2 x N (unless set below)."""
     raw_days: int | None = Field(default=None, ge=1, le=36_500)
     downsample_days: int | None = Field(default=None, ge=1, le=36_500)
     hourly_days: int | None = Field(default=None, ge=1, le=36_500)
@@ -86,6 +88,8 @@ class RetentionConfig(dg.Config):
     patterns_days: int | None = Field(default=None, ge=0, le=36_500)
     events_days: int | None = Field(default=None, ge=1, le=36_500)
     raw_diagnostics_days: int | None = Field(default=None, ge=1, le=36_500)
+    analytics_raw_days: int | None = Field(default=None, ge=1, le=36_500)
+    analytics_hourly_days: int | None = Field(default=None, ge=0, le=36_500)
 
     def policy(self) -> retention.Policy:
         n = self.retention_days
@@ -93,7 +97,9 @@ class RetentionConfig(dg.Config):
             "raw_days": n,
             "events_days": n,
             "raw_diagnostics_days": n,
+            "analytics_raw_days": n,
             "hourly_days": 2 * n if n else None,
+            "analytics_hourly_days": 2 * n if n else None,
             "device_metrics_days": 2 * n if n else None,
         }
         explicit = {
@@ -107,6 +113,8 @@ class RetentionConfig(dg.Config):
                 "patterns_days",
                 "events_days",
                 "raw_diagnostics_days",
+                "analytics_raw_days",
+                "analytics_hourly_days",
             )
         }
         merged = {
@@ -129,7 +137,8 @@ def _days_materialized(instance: dg.DagsterInstance, asset_names: tuple[str, ...
 @dg.op(
     description="Deletes what is past its retention, never what no rollup holds: raw "
     "readings only for days whose every rollup is complete and counts them, raw events / "
-    "diagnostics only for days their daily assets have run, derived tables by age "
+    "diagnostics / analytics events only for days their assets have run, derived tables "
+    "by age "
     "(daily and weekly rollups are kept forever).",
     tags={"kind": "maintenance"},
 )
@@ -156,6 +165,11 @@ def retention_cleanup_op(
             conn, catalogue, days, settings.critical_margin_pct
         ).keys(),
         lambda assets: _days_materialized(context.instance, assets),
+        {
+            table: (event_levels.time_column_of(table), rolled_up)
+            for table, rolled_up in event_levels.raw_tables_and_their_days(context.instance).items()
+        },
+        event_levels.hourly_tables(),
     )
 
     verb = "would delete" if config.dry_run else "deleted"
