@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
     Tag,
-    ValidationError,
     field_validator,
     model_validator,
 )
+
+from agg_pipeline.config.yaml_model import parse_model
 
 SHIPPED = ("hydroponics", "water_quality", "oil_well")
 
@@ -256,22 +255,7 @@ _SOURCE_KINDS = ("postgres", "influxdb")
 
 def parse_catalogue(text: str, origin: str) -> Catalogue:
     """Parse and validate catalogue YAML; ``origin`` names it in error messages."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise CatalogueError(f"catalogue {origin!r}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise CatalogueError(f"catalogue {origin!r}: expected a mapping at the top level")
-    try:
-        return Catalogue.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            msg = re.sub(r"^Value error, ", "", err["msg"])
-            # Catalogue-wide checks (no location) name their key in the message itself.
-            where = f"{_format_location(err['loc'])}: " if err["loc"] else ""
-            problems.append(f"{where}{msg}")
-        raise CatalogueError(f"catalogue {origin!r}: " + "; ".join(problems)) from None
+    return parse_model(text, origin, Catalogue, CatalogueError, "catalogue", _format_location)
 
 
 def load_catalogue(name_or_path: str) -> Catalogue:

@@ -36,7 +36,6 @@ import ast
 import functools
 import io
 import math
-import re
 import tokenize
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -44,10 +43,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agg_pipeline.config.settings import get_settings
+from agg_pipeline.config.yaml_model import parse_model
 
 SHIPPED = ("analytics",)
 _IDENT = r"[a-z_][a-z0-9_]{0,62}"
@@ -398,21 +397,15 @@ def source_asset(catalogue: EventsCatalogue, source: str) -> str:
 
 
 def parse_events_catalogue(text: str, origin: str) -> EventsCatalogue:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise EventsCatalogueError(f"events catalogue {origin!r}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise EventsCatalogueError(f"events catalogue {origin!r}: expected a mapping")
-    try:
-        return EventsCatalogue.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            msg = re.sub(r"^Value error, ", "", err["msg"])
-            loc = ".".join(str(p) for p in err["loc"])
-            problems.append(f"{loc}: {msg}" if loc else msg)
-        raise EventsCatalogueError(f"events catalogue {origin!r}: " + "; ".join(problems)) from None
+    """Parse and validate events catalogue YAML; ``origin`` names it in error messages."""
+    return parse_model(
+        text,
+        origin,
+        EventsCatalogue,
+        EventsCatalogueError,
+        "events catalogue",
+        lambda loc: ".".join(str(p) for p in loc),
+    )
 
 
 def load_events_catalogue(name_or_path: str) -> EventsCatalogue:
