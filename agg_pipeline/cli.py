@@ -24,6 +24,7 @@ import shutil
 import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -40,6 +41,11 @@ from agg_pipeline.warehouse.engine import (
     masked,
     resolve_url,
 )
+
+if TYPE_CHECKING:  # dagster is imported only by the commands that need it
+    import dagster as dg
+
+    from agg_pipeline.influx.client import InfluxResource
 
 
 def _warehouse_engine() -> sa.Engine:
@@ -287,7 +293,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def _dagster_instance():
+def _dagster_instance() -> dg.DagsterInstance | None:
     """The Dagster instance: DAGSTER_HOME's, else the one `make dev` uses; None if neither."""
     import dagster as dg
 
@@ -323,7 +329,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def _influx():
+def _influx() -> InfluxResource:
     from agg_pipeline.influx.client import InfluxError, InfluxResource
 
     env = {k: os.environ.get(f"INFLUXDB_{k.upper()}") for k in ("url", "token", "org")}

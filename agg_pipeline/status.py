@@ -13,10 +13,10 @@ and the error, while the others are still shown.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import dagster as dg
 import sqlalchemy as sa
@@ -89,7 +89,9 @@ class Status:
         return d
 
 
-def freshness(policy, last: datetime | None, now: datetime) -> tuple[str, str]:
+def freshness(
+    policy: dg.FreshnessPolicy | None, last: datetime | None, now: datetime
+) -> tuple[str, str]:
     """PASS / WARN / FAIL of a FreshnessPolicy given the last materialization time."""
     if policy is None:
         return "UNKNOWN", "no freshness policy"
@@ -160,8 +162,23 @@ def _guarded(unreadable: list[str], part: str, read: Callable[[], _T], default: 
         return default
 
 
+class AssetNode(Protocol):
+    """What status reads of an asset graph node (Dagster's AssetNode is not public API)."""
+
+    @property
+    def key(self) -> dg.AssetKey: ...
+    @property
+    def partitions_def(self) -> dg.PartitionsDefinition | None: ...
+    @property
+    def freshness_policy(self) -> dg.FreshnessPolicy | None: ...
+
+
 def asset_status(
-    instance: dg.DagsterInstance, node, check_keys, days: int, now: datetime
+    instance: dg.DagsterInstance,
+    node: AssetNode,
+    check_keys: Iterable[dg.AssetCheckKey],
+    days: int,
+    now: datetime,
 ) -> AssetStatus:
     status = AssetStatus(node.key.to_user_string())
     unreadable = status.unreadable
@@ -183,7 +200,9 @@ def asset_status(
     return status
 
 
-def _materializations(instance: dg.DagsterInstance, node, status: AssetStatus, now: datetime):
+def _materializations(
+    instance: dg.DagsterInstance, node: AssetNode, status: AssetStatus, now: datetime
+) -> None:
     event = instance.get_latest_materialization_event(node.key)
     last = None
     if event is not None:
@@ -194,7 +213,7 @@ def _materializations(instance: dg.DagsterInstance, node, status: AssetStatus, n
 
 
 def _partitions(
-    instance: dg.DagsterInstance, node, status: AssetStatus, days: int, now: datetime
+    instance: dg.DagsterInstance, node: AssetNode, status: AssetStatus, days: int, now: datetime
 ) -> None:
     key, pdef = node.key, node.partitions_def
     grace = GRACE.get(pdef.cron_schedule, timedelta(hours=3))
@@ -225,7 +244,7 @@ def _partitions(
     )
 
 
-def _check(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, status: AssetStatus):
+def _check(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, status: AssetStatus) -> None:
     record = instance.get_latest_asset_check_evaluation_record(check_key)
     if record is None:
         return

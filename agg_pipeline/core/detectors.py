@@ -298,7 +298,9 @@ def co_occurrence(d: DayEvents, zone: ZoneInfo, rules: EventRules) -> list[dict]
     return out
 
 
-def _match(ta: Sequence[datetime], tb: Sequence[datetime], window: timedelta):
+def _match(
+    ta: Sequence[datetime], tb: Sequence[datetime], window: timedelta
+) -> list[tuple[datetime, datetime]]:
     """Greedy one-to-one matching of two sorted time lists within ``window``."""
     pairs, i, j = [], 0, 0
     while i < len(ta) and j < len(tb):

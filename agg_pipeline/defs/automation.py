@@ -144,7 +144,7 @@ def previous_week(when: datetime) -> str:
 def partition_schedule(
     name: str,
     cron: str,
-    job,
+    job: dg.JobDefinition | dg.UnresolvedAssetJobDefinition,
     partition_for: Callable[[datetime], str],
     pdef: dg.PartitionsDefinition,
     enabled: bool,
@@ -164,7 +164,7 @@ def partition_schedule(
         default_status=RUNNING if enabled else STOPPED,
         description=description,
     )
-    def _schedule(context: dg.ScheduleEvaluationContext):
+    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.SkipReason | dg.RunRequest:
         when = context.scheduled_execution_time or datetime.now(UTC)
         key = partition_for(when)
         if not pdef.has_partition_key(key):

@@ -6,6 +6,7 @@ import bisect
 import random
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 import dagster as dg
 import sqlalchemy as sa
@@ -111,7 +112,12 @@ def run_reason(context: dg.AssetExecutionContext) -> str:
     return "manual"
 
 
-def write_with_retries(context: dg.AssetExecutionContext, write: Callable[[], WriteReport]):
+_Written = TypeVar("_Written")  # a WriteReport, or one per asset (the daily op's dict)
+
+
+def write_with_retries(
+    context: dg.AssetExecutionContext, write: Callable[[], _Written]
+) -> _Written:
     settings = get_settings()
     token = lock_wait_log.set(context.log.warning)  # lock waits go to the run's log
     try:

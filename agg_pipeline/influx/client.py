@@ -19,10 +19,14 @@ import random
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
+
+if TYPE_CHECKING:  # imported when a client is made: influxdb_client is slow to import
+    from influxdb_client import InfluxDBClient
 
 
 class InfluxError(RuntimeError):
@@ -155,7 +159,7 @@ class InfluxResource(dg.ConfigurableResource):
     def enabled(self) -> bool:
         return bool(self.url)
 
-    def _client(self):
+    def _client(self) -> InfluxDBClient:
         from influxdb_client import InfluxDBClient
 
         if not self.url:
@@ -222,7 +226,7 @@ class InfluxResource(dg.ConfigurableResource):
                 written += min(self.write_batch_lines, len(lines) - i)
         return written
 
-    def _wait(self, attempt: int, exc) -> float:
+    def _wait(self, attempt: int, exc: Exception | None) -> float:
         retry_after = None
         if exc is not None and getattr(exc, "headers", None):
             value = exc.headers.get("Retry-After")
@@ -292,7 +296,7 @@ class InfluxResource(dg.ConfigurableResource):
                 raise InfluxError(f"task {task_id}: {_api_message(exc)}") from None
 
 
-def _api_message(exc) -> str:
+def _api_message(exc: Exception) -> str:
     import json
 
     body = getattr(exc, "body", None)

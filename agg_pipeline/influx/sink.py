@@ -21,8 +21,10 @@ import json
 import math
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
 
 import sqlalchemy as sa
+from pydantic import BaseModel
 
 from agg_pipeline.config.catalogue import Catalogue, InfluxSink
 from agg_pipeline.core import hierarchy
@@ -164,7 +166,20 @@ def write_windows(
 
 
 # --------------------------------------------------------------------------- patterns
-def pattern_lines(det, rows: list[dict]) -> list[str]:
+class PatternDetector(Protocol):
+    """What the sink reads of a detector (serving.patterns.Detector, a layer above)."""
+
+    @property
+    def model(self) -> type[BaseModel]: ...
+    @property
+    def measurement(self) -> str: ...
+    @property
+    def tags(self) -> tuple[str, ...]: ...
+    @property
+    def json_fields(self) -> tuple[str, ...]: ...
+
+
+def pattern_lines(det: PatternDetector, rows: list[dict]) -> list[str]:
     """Line protocol for one detector's daily aggregates (validated model dicts)."""
     out = []
     for row in rows:
@@ -181,7 +196,7 @@ def pattern_lines(det, rows: list[dict]) -> list[str]:
 
 
 def write_patterns(
-    influx: InfluxResource | None, catalogue: Catalogue, det, rows: list[dict]
+    influx: InfluxResource | None, catalogue: Catalogue, det: PatternDetector, rows: list[dict]
 ) -> int | None:
     sink = catalogue.influx_sink
     if sink is None or not sink.patterns_bucket:

@@ -25,6 +25,7 @@ message that names it:
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from typing import TypedDict, Unpack
 
 import sqlalchemy as sa
 
@@ -197,9 +198,20 @@ def ranking(
         )
 
 
-def ranking_by_efficiency(engine: sa.Engine, hours: int = 24, limit: int = 10, **kw):
+class _RankingOptions(TypedDict, total=False):
+    """The keyword arguments the ranking shortcuts pass on to ``ranking``."""
+
+    descending: bool
+    now: datetime | None
+
+
+def ranking_by_efficiency(
+    engine: sa.Engine, hours: int = 24, limit: int = 10, **kw: Unpack[_RankingOptions]
+) -> list[dict]:
     return ranking(engine, "efficiency", hours, limit, **kw)
 
 
-def ranking_by_health(engine: sa.Engine, hours: int = 24, limit: int = 10, **kw):
+def ranking_by_health(
+    engine: sa.Engine, hours: int = 24, limit: int = 10, **kw: Unpack[_RankingOptions]
+) -> list[dict]:
     return ranking(engine, "health", hours, limit, **kw)

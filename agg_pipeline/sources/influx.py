@@ -16,6 +16,7 @@ Differences from the PostgreSQL source, by the nature of InfluxDB:
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -52,7 +53,9 @@ STAGE_MEDIANS_COLUMNS = {
 _ONE_US = timedelta(microseconds=1)
 
 
-def load_frame(conn: sa.Connection, name: str, columns: dict[str, str], frame: pd.DataFrame):
+def load_frame(
+    conn: sa.Connection, name: str, columns: dict[str, str], frame: pd.DataFrame
+) -> None:
     """Create temp table ``name`` (dropped at commit) and COPY ``frame``'s columns into it."""
     ddl = ", ".join(f'"{c}" {t}' for c, t in columns.items())
     conn.execute(sa.text(f"CREATE TEMP TABLE {name} ({ddl}) ON COMMIT DROP"))
@@ -142,7 +145,9 @@ class InfluxReadingsSource:
         ))  # fmt: skip
         keys = ["device", "field", "window_start"]
 
-        def part(name: str, column: str, time_col: str = "_time", value: str = "_value"):
+        def part(
+            name: str, column: str, time_col: str = "_time", value: str = "_value"
+        ) -> pd.DataFrame:
             frame = f.get(name, _empty("device", "field", time_col, value))
             return frame.rename(columns={time_col: "window_start", value: column})[keys + [column]]
 
@@ -195,7 +200,9 @@ class InfluxReadingsSource:
         load_frame(conn, "stage_1m", STAGE_1M_COLUMNS, stage)
 
     # ------------------------------------------------------------------------- daily
-    def _periods(self, window: Window, zone: str, grain: str):
+    def _periods(
+        self, window: Window, zone: str, grain: str
+    ) -> Iterator[tuple[date, datetime, datetime]]:
         """(first local date, start, end) of each local day / Monday week in the window."""
         tz = ZoneInfo(zone)
         day = window.start.astimezone(tz).date()
@@ -210,7 +217,14 @@ class InfluxReadingsSource:
             yield day, max(start, window.start), min(end, window.end)
             day += step
 
-    def _summary(self, start, stop, bands, ctx: StageContext, with_medians: bool):
+    def _summary(
+        self,
+        start: datetime,
+        stop: datetime,
+        bands: dict[str, tuple[float, float, float, float]],
+        ctx: StageContext,
+        with_medians: bool,
+    ) -> dict[str, pd.DataFrame]:
         if min(stop, ctx.latest_allowed + _ONE_US) <= start:
             return {}
         return self._frames(flux.period_summary(
@@ -242,7 +256,13 @@ class InfluxReadingsSource:
         stage = pd.concat(frames, ignore_index=True) if frames else _empty()
         load_frame(conn, "stage_daily", STAGE_DAILY_COLUMNS, _without_bad_devices(stage))
 
-    def _daily_rows(self, day: date, f: dict[str, pd.DataFrame], bands, with_medians: bool):
+    def _daily_rows(
+        self,
+        day: date,
+        f: dict[str, pd.DataFrame],
+        bands: dict[str, tuple[float, float, float, float]],
+        with_medians: bool,
+    ) -> pd.DataFrame:
         keys = ["device", "field"]
         classes = f.get("classes", _empty("device", "field", "class", "n", "held"))
         if with_medians:

@@ -107,7 +107,7 @@ def _stage(
 class PostgresReadingsSource:
     """Raw readings in a PostgreSQL table of the warehouse database (the catalogue's source)."""
 
-    def __init__(self, catalogue: Catalogue, engine: sa.Engine, shards: int, work_mem: str):
+    def __init__(self, catalogue: Catalogue, engine: sa.Engine, shards: int, work_mem: str) -> None:
         src = catalogue.source
         self.catalogue = catalogue
         self.engine = engine

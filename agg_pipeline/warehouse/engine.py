@@ -94,7 +94,7 @@ class LockWaitTimeout(RuntimeError):
     """A write waited AGG_PIPELINE_LOCK_TIMEOUT_SECONDS for a lock; ``what`` names the lock
     and who held it. ``exhausted``: the waits were already retried as often as allowed."""
 
-    def __init__(self, what: str, waited: float, exhausted: bool = False):
+    def __init__(self, what: str, waited: float, exhausted: bool = False) -> None:
         self.what, self.waited, self.exhausted = what, waited, exhausted
         super().__init__(f"waited {waited:g} s for {what}")
 

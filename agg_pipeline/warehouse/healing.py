@@ -236,7 +236,7 @@ class Verdict:
 class Versions:
     """The version rows in and around the lookback, indexed for range maxima."""
 
-    def __init__(self, rows: Iterable[tuple]):
+    def __init__(self, rows: Iterable[tuple]) -> None:
         self.rows: dict[Partition, tuple[int, int | None]] = {}
         self.verdicts: dict[Partition, Verdict] = {}
         by_asset: dict[str, list[tuple[datetime, int]]] = defaultdict(list)

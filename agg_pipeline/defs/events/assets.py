@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from agg_pipeline.config import events as spec
 from agg_pipeline.config.events import Grain, RollupLevel
 from agg_pipeline.config.settings import get_settings
+from agg_pipeline.core.windows import Window
 from agg_pipeline.defs.automation import (
     RUNNING,
     STOPPED,
@@ -89,7 +90,7 @@ def _metadata(
 
 
 def _adds_up_check(
-    warehouse: WarehouseResource, level: RollupLevel, finer: RollupLevel, window
+    warehouse: WarehouseResource, level: RollupLevel, finer: RollupLevel, window: Window
 ) -> dg.AssetCheckResult:
     found = sql.counts_add_up(warehouse.get_engine(), level, finer, window, get_settings().zone)
     return dg.AssetCheckResult(

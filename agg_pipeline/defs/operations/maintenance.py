@@ -207,5 +207,5 @@ def retention_cleanup_op(
     "`retention_days: N` (or raw_days, hourly_days, ...) overrides the settings for one run.",
     tags={"dagster/max_runtime": str(2 * 3600)},
 )
-def retention_cleanup():
+def retention_cleanup() -> None:
     retention_cleanup_op()

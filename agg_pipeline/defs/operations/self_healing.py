@@ -8,7 +8,7 @@ grain and contiguous range, partition-range tags for more than one partition.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import dagster as dg
 
@@ -39,7 +39,7 @@ _IN_FLIGHT = [
 _WEEKLY_JOBS = {"weekly_rollup"}
 
 
-def origin():
+def origin() -> datetime:
     return partitions.hourly.start_time_for_partition_key(
         partitions.hourly.get_first_partition_key()
     )
@@ -71,7 +71,7 @@ def _run_window(run: dg.DagsterRun) -> healing.InFlight | None:
     return healing.InFlight(assets, start, end)
 
 
-def _any_start(key: str):
+def _any_start(key: str) -> datetime:
     return partitions.daily.time_window_for_partition_key(key[:10]).start
 
 
@@ -162,7 +162,7 @@ DESCRIPTION = (
 
 def _evaluate(
     context: dg.SensorEvaluationContext, warehouse: WarehouseResource, influx: InfluxResource
-):
+) -> dg.SkipReason | list[dg.RunRequest]:
     plan, requests = tick(context.instance, warehouse, influx)
     for r in plan.requests:
         context.log.info(

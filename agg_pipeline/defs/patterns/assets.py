@@ -6,6 +6,7 @@ partition mapping - never 14 days of raw events. Pattern detection is the one pl
 rows come to Python (no SQL or Flux expresses it), streamed in bounded chunks.
 """
 
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 
 import dagster as dg
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 
 from agg_pipeline.config.catalogue import get_catalogue
 from agg_pipeline.core import detectors as detect
+from agg_pipeline.core.windows import Window
 from agg_pipeline.defs import partitions
 from agg_pipeline.defs.common import BACKFILL, markdown_table, partition_window
 from agg_pipeline.defs.loaded import SETTINGS
@@ -69,7 +71,7 @@ def rules() -> detect.EventRules:
     return detect.EventRules()
 
 
-def _days(window) -> list[date]:
+def _days(window: Window) -> list[date]:
     zone = _settings.zone
     first = window.start.astimezone(zone).date()
     last = window.end.astimezone(zone).date()
@@ -81,7 +83,9 @@ def _start(day: date) -> datetime:
     return datetime.combine(day, datetime.min.time(), tzinfo=_settings.zone)
 
 
-def load_day(conn: sa.Connection, day: date, latest_allowed: datetime):
+def load_day(
+    conn: sa.Connection, day: date, latest_allowed: datetime
+) -> tuple[list[detect.Event], dict[str, detect.Event]]:
     """The day's events (streamed) and each entity's last event before the day."""
     zone = _settings.zone
     start = datetime.combine(day, datetime.min.time(), tzinfo=zone)
@@ -134,7 +138,7 @@ def run_detector(name: str, prepared: detect.DayEvents, r: detect.EventRules) ->
 )
 def pattern_detectors(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, influx: InfluxResource
-):
+) -> Iterator[dg.MaterializeResult]:
     selected = [
         n
         for n in EVENT_DETECTORS

@@ -7,7 +7,8 @@ materialized alone (the op is subsettable); automation and the 01:30 schedule re
 them together.
 """
 
-from datetime import timedelta
+from collections.abc import Iterator
+from datetime import date, timedelta
 
 import dagster as dg
 import sqlalchemy as sa
@@ -84,7 +85,7 @@ CONDITION_CHECKS = [
 ]
 
 
-def _shares_valid(conn: sa.Connection, lo, hi) -> dg.AssetCheckResult:
+def _shares_valid(conn: sa.Connection, lo: date, hi: date) -> dg.AssetCheckResult:
     bad = conn.execute(
         sa.text(
             "SELECT metric_date::text, count(*) FROM bi.daily_sensor_conditions "
@@ -108,7 +109,7 @@ def _shares_valid(conn: sa.Connection, lo, hi) -> dg.AssetCheckResult:
     )
 
 
-def _coverage(conn: sa.Connection, lo, hi) -> dg.AssetCheckResult:
+def _coverage(conn: sa.Connection, lo: date, hi: date) -> dg.AssetCheckResult:
     rows = conn.execute(
         sa.text(
             "SELECT metric_date::text, round(avg(coverage_pct)::numeric, 2) AS pct "
@@ -142,7 +143,7 @@ def _coverage(conn: sa.Connection, lo, hi) -> dg.AssetCheckResult:
 )
 def daily_rollup_and_conditions(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, influx: InfluxResource
-):
+) -> Iterator[dg.MaterializeResult]:
     selected = {k.to_user_string() for k in context.selected_asset_keys}
     ctx, window = write_context(warehouse, influx), partition_window(context)
     reports = write_with_retries(

@@ -9,18 +9,23 @@ that late data touched. The late-data sensor reports those observations every 30
 from datetime import datetime, timedelta
 
 import dagster as dg
+import sqlalchemy as sa
 
 from agg_pipeline.config.catalogue import get_catalogue
 from agg_pipeline.config.settings import get_settings
 from agg_pipeline.core import clock
 from agg_pipeline.defs import partitions
+from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse import late_data
+from agg_pipeline.warehouse.engine import WarehouseResource
 
 _catalogue = get_catalogue()
 
 
 def observe_late_hours(
-    warehouse, influx=None, now: datetime | None = None
+    warehouse: WarehouseResource,
+    influx: InfluxResource | None = None,
+    now: datetime | None = None,
 ) -> dict[str, late_data.LateHour]:
     """Record late readings (PostgreSQL: drain the trigger's change log; InfluxDB: compare
     hourly fingerprints); the late hours within the lookback, by partition key."""
@@ -41,7 +46,13 @@ def observe_late_hours(
     }
 
 
-def observe_influx(engine, influx, since: datetime, now: datetime, settle: timedelta) -> int:
+def observe_influx(
+    engine: sa.Engine,
+    influx: InfluxResource | None,
+    since: datetime,
+    now: datetime,
+    settle: timedelta,
+) -> int:
     """One Flux query over the lookback: hourly point counts and last point times."""
     from agg_pipeline.influx import flux
     from agg_pipeline.influx.client import InfluxError
@@ -81,7 +92,7 @@ def _origin() -> datetime:
     required_resource_keys={"warehouse", "influx"},
     metadata={"catalogue": _catalogue.name, "source": _catalogue.source.describe()},
 )
-def raw_readings(context) -> dg.DataVersionsByPartition:
+def raw_readings(context: dg.OpExecutionContext) -> dg.DataVersionsByPartition:
     late = observe_late_hours(context.resources.warehouse, context.resources.influx)
     context.log.info(f"{len(late)} hour(s) with late readings in the lookback")
     return dg.DataVersionsByPartition({k: h.data_version for k, h in late.items()})

@@ -31,8 +31,12 @@ _TZ = TIMEZONE
 
 
 def _run(
-    context, warehouse: WarehouseResource, influx: InfluxResource, asset: str, level: writers.Level
-):
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    influx: InfluxResource,
+    asset: str,
+    level: writers.Level,
+) -> dg.MaterializeResult:
     ctx, window = write_context(warehouse, influx), partition_window(context)
     report = write_with_retries(context, lambda: writers.write_merged_level(ctx, level, window))
     results = checks.evaluate(warehouse.get_engine(), asset, window, ctx.settings.timezone)
