@@ -24,7 +24,9 @@ from pydantic import (
     model_validator,
 )
 
+from agg_pipeline.config.settings import get_settings
 from agg_pipeline.config.yaml_model import parse_model
+from agg_pipeline.core.formulas import FormulaError, parse
 
 SHIPPED = ("hydroponics", "water_quality", "oil_well")
 
@@ -213,8 +215,6 @@ class Catalogue(_Strict):
 
     @model_validator(mode="after")
     def _formulas_parse(self) -> Catalogue:
-        from agg_pipeline.core.formulas import FormulaError, parse
-
         for name, metric in self.derived.items():
             try:
                 parse(metric.formula, list(self.fields))
@@ -275,6 +275,4 @@ def load_catalogue(name_or_path: str) -> Catalogue:
 @functools.cache
 def get_catalogue() -> Catalogue:
     """The catalogue chosen by settings (AGG_PIPELINE_CATALOGUE), loaded once."""
-    from agg_pipeline.config.settings import get_settings
-
     return load_catalogue(get_settings().catalogue)

@@ -15,6 +15,7 @@ from agg_pipeline.config.catalogue import get_catalogue
 from agg_pipeline.config.settings import get_settings
 from agg_pipeline.core.windows import Window
 from agg_pipeline.defs import partitions
+from agg_pipeline.influx import sink as influx_sink
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.sources import readings_source
 from agg_pipeline.warehouse import statements, versions
@@ -76,8 +77,6 @@ def sink_windows(
 ) -> None:
     """Write the run's windows to the InfluxDB sink (if the catalogue has one): after the
     warehouse committed, so InfluxDB only ever gets what PostgreSQL holds."""
-    from agg_pipeline.influx import sink as influx_sink
-
     written = influx_sink.write_windows(
         warehouse.get_engine(), influx, get_catalogue(), level, report.window
     )

@@ -23,8 +23,9 @@ from pathlib import Path
 import psycopg2
 import sqlalchemy as sa
 
+from agg_pipeline.config.catalogue import get_catalogue
 from agg_pipeline.config.settings import get_settings
-from agg_pipeline.warehouse import schema_compat
+from agg_pipeline.warehouse import realtime, schema_compat
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +216,6 @@ def migrate(
                 f"migrate failed, nothing was changed: {_pg_message(exc.orig)}"
             ) from None
     if views:
-        from agg_pipeline.config.catalogue import get_catalogue
-        from agg_pipeline.warehouse import realtime
-
         realtime.install(engine, get_catalogue(), get_settings())
     return applied
 
