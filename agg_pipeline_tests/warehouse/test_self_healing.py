@@ -409,6 +409,14 @@ def test_partition_helpers_cover_whole_weeks():
     assert days[0] == datetime(2026, 11, 16, tzinfo=zone) and len(days) == 8
     weeks = healing.partitions_between("weekly", WEEK, NOW, origin, zone)
     assert [w.date() for w in weeks] == [date(2026, 11, 16), date(2026, 11, 23)]
+    # Local months: the one the window starts in (whole), up to the open one.
+    berlin = ZoneInfo("Europe/Berlin")
+    months = healing.partitions_between(
+        "monthly", WEEK, datetime(2027, 1, 2, tzinfo=UTC), origin, berlin
+    )
+    assert [m.date() for m in months] == [date(2026, 11, 1), date(2026, 12, 1), date(2027, 1, 1)]
+    assert healing.end_of("monthly", months[1], berlin) == datetime(2027, 1, 1, tzinfo=berlin)
+    assert healing.end_of("monthly", months[1], berlin).utcoffset() == timedelta(hours=1)
 
 
 # --------------------------------------------------------------------------------------
