@@ -4,7 +4,8 @@ One sensor, ``self_healing_sensor``, owns every correction and every catch-up (t
 schedules keep the regular cadence). Each tick it:
 
 1. records raw changes as raw-hour versions (drains the late-data change log, or compares
-   InfluxDB fingerprints; raw events and diagnostics: their change log, sql/018; source
+   InfluxDB fingerprints; raw events and diagnostics: their change log, sql/018; the event
+   rollups' raw tables: the same log, sql/021 (their nodes: ``register_events``); source
    hours holding rows but no version yet - history written before the trigger existed -
    are probed once each);
 2. computes, set-based from ``ops.partition_versions`` (``versions.py``), the **stale**
