@@ -388,6 +388,7 @@ freshness_checks_sensor = dg.build_sensor_for_freshness_checks(
     minimum_interval_seconds=60,
 )
 
+from agg_pipeline.defs.events.levels import HEALING_JOBS  # noqa: E402
 from agg_pipeline.defs.operations import self_healing  # noqa: E402
 
 self_healing_sensor = self_healing.build_sensor(
@@ -403,6 +404,7 @@ self_healing_sensor = self_healing.build_sensor(
             [f"pattern_{n}_daily" for n in (*EVENT_DETECTORS, "anomaly")],
         ),
         "weekly": (weekly_rollup_job, ["rollup_weekly"]),
+        **HEALING_JOBS,  # the event rollups: one job per grain (defs/events/levels.py)
     }
 )
 SENSORS = [

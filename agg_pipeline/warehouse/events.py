@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from agg_pipeline.config.events import Grain, Measure, RollupLevel, compile_filter
 from agg_pipeline.core.windows import Window, local_midnight
-from agg_pipeline.warehouse import retention
+from agg_pipeline.warehouse import retention, versions
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline.warehouse.statements import quote_ident
 
@@ -213,10 +213,13 @@ def write_level(
         bounds = {"lo": chunk.start, "hi": chunk.end}
         with warehouse.locked_transaction(level.table, chunk.local_days(zone)) as conn:
             report.chunks += 1
+            computed_from = versions.watermark(conn)  # before any raw row (versions.py)
+            written = {level.asset: partition_starts(level.grain, chunk, zone)}
             if retention.released_days(conn, level.source.table, chunk.local_days(zone)):
                 # Retention deleted raw events of this chunk: its rows are final (computed
                 # while they were whole); recomputing would count only what is left.
                 report.kept_chunks.append(f"{chunk} (raw events released)")
+                versions.record(conn, written, computed_from)  # final: current, never healed
                 continue
             has_events = conn.execute(
                 sa.text(f"SELECT EXISTS (SELECT 1 FROM {src} WHERE {t} >= :lo AND {t} < :hi)"),
@@ -229,6 +232,7 @@ def write_level(
                 ).scalar_one()
                 if held:
                     report.kept_chunks.append(str(chunk))
+                    versions.record(conn, written, computed_from)  # kept as computed
                     continue
             report.rows_deleted += conn.execute(
                 sa.text(f"DELETE FROM {table} WHERE {bucket} >= :a AND {bucket} < :b"),
@@ -251,7 +255,22 @@ def write_level(
             for reason, n in zip(reasons(level), bad, strict=True):
                 if n:
                     report.rejected[reason] += n
+            # The last statement: this chunk's partitions are current as of computed_from
+            # (self-healing recomputes them when a raw hour under them changes later).
+            versions.record(conn, written, computed_from)
     return report
+
+
+def partition_starts(grain: Grain, chunk: Window, zone: ZoneInfo) -> list:
+    """The starts of ``grain``'s partitions inside ``chunk`` (their versions' keys)."""
+    if grain is Grain.HOURLY:
+        return versions.hours_in(chunk)
+    days = versions.days_in(chunk, zone)
+    if grain is Grain.DAILY:
+        return days
+    if grain is Grain.WEEKLY:
+        return [d for d in days if d.weekday() == 0]
+    return [d for d in days if d.day == 1]
 
 
 # ---------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ One sensor, ``self_healing_sensor``, owns every correction and every catch-up (t
 schedules keep the regular cadence). Each tick it:
 
 1. records raw changes as raw-hour versions (drains the late-data change log, or compares
-   InfluxDB fingerprints; raw events and diagnostics: their change log, sql/018; source
+   InfluxDB fingerprints; raw events and diagnostics: their change log, sql/018; the event
+   rollups' raw tables: the same log, sql/021 (their nodes: ``register_events``); source
    hours holding rows but no version yet - history written before the trigger existed -
    are probed once each);
 2. computes, set-based from ``ops.partition_versions`` (``versions.py``), the **stale**
@@ -13,7 +14,7 @@ schedules keep the regular cadence). Each tick it:
    past due (a first fill, or a daemon / schedule that was down);
 3. requests only partitions whose every parent is neither stale, nor requested in this
    tick, nor in a queued or running run (read from the instance) - lowest level first.
-   A run covers one partitions definition (hourly, daily, weekly): it takes the stale
+   A run covers one partitions definition (hourly, daily, weekly, monthly): it takes the stale
    assets of a partition plus their descendants of the same grain (executed in
    dependency order inside the run), and contiguous partitions with the same assets go
    into one multi-partition run (a Dagster run costs ~2.5 s).
@@ -41,6 +42,8 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from agg_pipeline.config import events as events_spec
+from agg_pipeline.config.events import EventsCatalogue, RollupLevel
 from agg_pipeline.config.settings import Settings
 from agg_pipeline.core import hierarchy
 from agg_pipeline.warehouse import consistency, versions
@@ -49,8 +52,14 @@ RAW = versions.RAW
 SOURCES = (RAW, "raw_events", "raw_diagnostics")  # versioned by the hour, never written here
 # Run groups, lowest level first: one run covers one group (one job, one partitions
 # definition); the daily grain has three independent families.
-GROUPS = ("hourly", "daily", "diagnostics", "patterns", "weekly")
-GROUP_GRAIN = {"diagnostics": "daily", "patterns": "daily"}
+# The event rollups (register_events) run per grain in their own jobs, after the others.
+EVENT_GROUPS = ("events_hourly", "events_daily", "events_weekly", "events_monthly")
+GROUPS = ("hourly", "daily", "diagnostics", "patterns", "weekly", *EVENT_GROUPS)
+GROUP_GRAIN = {
+    "diagnostics": "daily",
+    "patterns": "daily",
+    **{g: g.removeprefix("events_") for g in EVENT_GROUPS},
+}
 # A partition found inconsistent with its parents is recomputed at most this many times
 # in a row; then it is reported (status, held) instead of being recomputed in a loop.
 MAX_INCONSISTENT_RUNS = 3
@@ -139,11 +148,47 @@ BY_ASSET = {n.asset: n for n in NODES}
 GRAIN_OF = {**{s: "hourly" for s in SOURCES}, **{n.asset: n.grain for n in NODES}}
 GROUP_OF = {n.asset: n.run_group for n in NODES}
 
+
+def event_nodes(levels: Iterable[RollupLevel], catalogue: EventsCatalogue) -> tuple[Node, ...]:
+    """A node per event rollup level the catalogue declares: every grain is computed from
+    its raw event table (exact at every level), in its grain's job, switched by its
+    grain's schedule setting."""
+    return tuple(
+        Node(
+            lv.asset,
+            lv.grain.value,
+            (events_spec.source_asset(catalogue, lv.spec.source),),
+            f"schedule_events_{lv.grain.value}",
+            group=f"events_{lv.grain.value}",
+        )
+        for lv in levels
+    )
+
+
+def register_events(nodes: Iterable[Node], sources: Iterable[str]) -> None:
+    """Heal the event rollups too: their nodes and their raw event tables' source assets
+    (versioned by the hour through the change log, sql/021). Called once, where the
+    definitions load the events catalogue (defs/events/levels.py); idempotent."""
+    global NODES, SOURCES
+    new = [n for n in nodes if n.asset not in BY_ASSET]
+    NODES = tuple(sorted((*NODES, *new), key=lambda node: GROUPS.index(node.run_group)))
+    SOURCES = (*SOURCES, *(s for s in sources if s not in SOURCES))
+    BY_ASSET.update({n.asset: n for n in NODES})
+    GRAIN_OF.update({**{s: "hourly" for s in SOURCES}, **{n.asset: n.grain for n in NODES}})
+    GROUP_OF.update({n.asset: n.run_group for n in NODES})
+
+
 # A missing partition is filled once its schedule should have produced it (:05, 01:30,
 # Monday 02:00) plus a grace: the healer never races a healthy schedule, and takes over
 # when the daemon or the schedule was down.
 DUE = {
     "hourly": timedelta(minutes=15),
+    # The event rollups' schedules (defs/events/assets.py): :05, 01:00, Monday 02:00, the
+    # 1st at 03:00 - each plus the same 10-15 minutes' grace.
+    "events_hourly": timedelta(minutes=15),
+    "events_daily": timedelta(hours=1, minutes=15),
+    "events_weekly": timedelta(hours=2, minutes=15),
+    "events_monthly": timedelta(hours=3, minutes=15),
     "daily": timedelta(hours=1, minutes=45),
     "diagnostics": timedelta(hours=1, minutes=45),
     "patterns": timedelta(hours=2, minutes=15),  # the 01:45 schedule
@@ -189,9 +234,15 @@ def _midnight(day: date, zone: ZoneInfo) -> datetime:
     return datetime.combine(day, time(0), tzinfo=zone)
 
 
+def _next_month(day: date) -> date:
+    return date(day.year + day.month // 12, day.month % 12 + 1, 1)
+
+
 def end_of(grain: str, start: datetime, zone: ZoneInfo) -> datetime:
     if grain == "hourly":
         return start + timedelta(hours=1)
+    if grain == "monthly":  # local months (defs/partitions.monthly)
+        return _midnight(_next_month(start.astimezone(zone).date()), zone)
     days = 1 if grain == "daily" else 7
     return _midnight(start.astimezone(zone).date() + timedelta(days=days), zone)
 
@@ -208,6 +259,13 @@ def partitions_between(
             t += timedelta(hours=1)
         return out
     day = max(lo, origin).astimezone(zone).date()
+    if grain == "monthly":
+        day = day.replace(day=1)
+        while _midnight(day, zone) < hi:
+            if end_of(grain, _midnight(day, zone), zone) > lo:
+                out.append(_midnight(day, zone))
+            day = _next_month(day)
+        return out
     if grain == "weekly":
         day -= timedelta(days=day.weekday())
     step = timedelta(days=1 if grain == "daily" else 7)
@@ -276,10 +334,16 @@ class Versions:
                 "inconsistent_version, inconsistent_runs, failed_check "
                 "FROM ops.partition_versions WHERE partition_start >= :lo"
             ),
-            # Whole weeks around the lookback, and the parents' reach before it.
-            {"lo": since - timedelta(days=8 + max(n.days_before for n in NODES))},
+            # Whole weeks (and months, when a monthly level is healed) around the
+            # lookback, and the parents' reach before it.
+            {"lo": since - timedelta(days=_reach_days())},
         ).all()
         return cls(rows)
+
+
+def _reach_days() -> int:
+    month = 31 if any(n.grain == "monthly" for n in NODES) else 0
+    return max(8, month) + max(n.days_before for n in NODES)
 
 
 def window_start(now: datetime, settings: Settings) -> datetime:

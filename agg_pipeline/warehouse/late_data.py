@@ -54,7 +54,8 @@ SET late_rows = h.late_rows + EXCLUDED.late_rows,
 """
 
 
-# raw.events and raw.diagnostics (sql/018): every changed hour gets a new version of its
+# raw.events and raw.diagnostics (sql/018), and the event rollups' raw tables (sql/021,
+# under their source asset's name): every changed hour gets a new version of its
 # source asset, as raw readings' hours do (no late counts: nothing reads them).
 _DRAIN_SOURCES = """
 WITH drained AS (
@@ -67,11 +68,18 @@ FROM (SELECT DISTINCT source, date_bin('1 hour', bucket_start, :origin) AS hour_
 ON CONFLICT (asset, partition_start) DO UPDATE
 SET version = EXCLUDED.version, written_at = clock_timestamp()
 """
-SOURCE_TABLES = {"raw_events": "raw.events", "raw_diagnostics": "raw.diagnostics"}
+SOURCE_TABLES = {
+    "raw_events": "raw.events",
+    "raw_diagnostics": "raw.diagnostics",
+    # The shipped analytics catalogue's (a catalogue's own tables: defs/events/levels.py).
+    "raw_executions": "raw.executions",
+    "raw_user_activity": "raw.user_activity",
+    "raw_credit_usage": "raw.credit_usage",
+}
 
 
 def drain_sources(engine: sa.Engine, origin: datetime) -> int:
-    """Fold the events' and diagnostics' change log into source-hour versions; return how
+    """Fold the other sources' change log into source-hour versions; return how
     many (source, hour) versions changed."""
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DRAIN_LOCK})

@@ -161,13 +161,11 @@ def test_every_materialized_asset_has_freshness_checks_and_automation():
         if key.to_user_string() in ("raw_readings", "raw_diagnostics", "raw_events", *EVENT_RAW):
             continue  # external: observed, not materialized
         assert node.freshness_policy is not None, key
-        scheduled_only = key.to_user_string() in ("dashboard_views", "diagnostic_summary_daily")
-        # (no late-data feed for diagnostics and events: those run on their schedules)
+        scheduled_only = key.to_user_string() in ("dashboard_views", "analytics_views")
+        # (unpartitioned views: refreshed on their schedules; every partitioned level is healed)
         # Corrections are the self-healing sensor's, for every level it heals (issue 11:
         # automation conditions raced it and lost triggers, so no asset carries one).
         assert node.automation_condition is None, key
-        # Event rollups run on their schedules (not healed yet: issue 13 leaves it open).
-        scheduled_only = scheduled_only or key.to_user_string() in EVENT_SCHEDULED
         if not scheduled_only and not key.to_user_string().startswith("pattern_"):
             assert key.to_user_string() in healing.BY_ASSET, key
     check_keys = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
@@ -185,7 +183,6 @@ def test_every_materialized_asset_has_freshness_checks_and_automation():
 
 
 EVENT_RAW = ("raw_executions", "raw_user_activity", "raw_credit_usage")
-EVENT_SCHEDULED = {k for k, parents in EXPECTED_GRAPH.items() if set(parents) & set(EVENT_RAW)}
 
 
 def check_keys_named(keys, fragment):

@@ -223,14 +223,12 @@ def test_every_healed_edge_is_the_asset_graph():
         pdef = graph.get(dg.AssetKey(node.asset)).partitions_def
         assert pdef is self_healing.PDEFS[node.grain], node.asset
         assert graph.get(dg.AssetKey(node.asset)).automation_condition is None  # one mechanism
-    # ... and every partitioned asset computed from something is healed - except the
-    # event rollups (group "events"), not healed yet: their schedules re-run each period.
+    # ... and every partitioned asset computed from something is healed (the event
+    # rollups too, issue 13).
     computed = {
         k.to_user_string()
         for k in graph.materializable_asset_keys
-        if graph.get(k).partitions_def is not None
-        and graph.get(k).parent_keys
-        and graph.get(k).group_name != "events"
+        if graph.get(k).partitions_def is not None and graph.get(k).parent_keys
     }
     assert computed == set(healing.BY_ASSET)
 
@@ -411,6 +409,14 @@ def test_partition_helpers_cover_whole_weeks():
     assert days[0] == datetime(2026, 11, 16, tzinfo=zone) and len(days) == 8
     weeks = healing.partitions_between("weekly", WEEK, NOW, origin, zone)
     assert [w.date() for w in weeks] == [date(2026, 11, 16), date(2026, 11, 23)]
+    # Local months: the one the window starts in (whole), up to the open one.
+    berlin = ZoneInfo("Europe/Berlin")
+    months = healing.partitions_between(
+        "monthly", WEEK, datetime(2027, 1, 2, tzinfo=UTC), origin, berlin
+    )
+    assert [m.date() for m in months] == [date(2026, 11, 1), date(2026, 12, 1), date(2027, 1, 1)]
+    assert healing.end_of("monthly", months[1], berlin) == datetime(2027, 1, 1, tzinfo=berlin)
+    assert healing.end_of("monthly", months[1], berlin).utcoffset() == timedelta(hours=1)
 
 
 # --------------------------------------------------------------------------------------
@@ -753,3 +759,113 @@ def test_an_inconsistent_partition_is_recomputed_a_few_times_then_reported():
         "rollup_daily": f"{healing.STUCK} 4 recomputations",
         "rollup_weekly": "missing",  # its day is not right: it waits
     }
+
+
+# --------------------------------------------------------------------------------------
+# The event rollups: raw.executions -> execution_metrics_hourly .. monthly
+# --------------------------------------------------------------------------------------
+
+DEC1 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)  # a Tuesday: November and its last week ended
+EXEC_LEVELS = (
+    "execution_metrics_hourly",
+    "execution_metrics_daily",
+    "execution_metrics_weekly",
+    "execution_metrics_monthly",
+)
+
+
+@pytest.fixture
+def events_env(env, monkeypatch):
+    from agg_pipeline.defs.events.assets import EVENT_ASSETS, EVENT_JOBS
+
+    # A two-day lookback from DEC1 reaches back to Monday 23 November: the week of the
+    # 23rd and November are whole behind it.
+    monkeypatch.setenv("AGG_PIPELINE_LATE_DATA_LOOKBACK_DAYS", "2")
+    get_settings.cache_clear()
+    env["clock"].at = DEC1
+    env["defs"] = dg.Definitions(
+        assets=EVENT_ASSETS,
+        jobs=EVENT_JOBS,
+        resources=env["resources"],
+        executor=dg.in_process_executor,
+    )
+    return env
+
+
+def insert_executions(engine, rows: list[tuple]) -> None:
+    """(id, time, workspace, user, status, duration_ms, credits) rows."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO raw.executions (id, time, workspace_id, user_id, status, "
+                "duration_ms, credits) VALUES (:i, :t, :w, :u, :s, :d, :c)"
+            ),
+            [
+                {"i": i, "t": t, "w": w, "u": u, "s": s, "d": d, "c": c}
+                for i, t, w, u, s, d, c in rows
+            ],
+        )
+
+
+def executions_at(hour: datetime, first_id: int, n: int) -> list[tuple]:
+    statuses = ("success", "failed", "cancelled", "success")
+    return [
+        (
+            first_id + k,
+            hour + timedelta(minutes=3 + 7 * k),
+            f"ws{k % 2}",
+            f"user{k % 3}",
+            statuses[k % 4],
+            100.0 + 37.0 * ((first_id + k) % 11),
+            0.5 * (k % 5),
+        )
+        for k in range(n)
+    ]
+
+
+def assert_execution_metrics_equal_raw(engine) -> None:
+    from agg_pipeline.core.windows import Window
+    from agg_pipeline.defs.events.levels import LEVELS
+    from agg_pipeline_tests.defs import test_event_metrics as em
+
+    everything = Window(datetime(2026, 1, 1, tzinfo=UTC), DEC1)
+    for level in (lv for lv in LEVELS if lv.asset in EXEC_LEVELS):
+        wanted = em.expected(engine, level, everything, "UTC", DEC1)
+        em.assert_frames(em.written(engine, level), wanted, em.keys_of(level))
+
+
+def test_late_events_heal_every_event_level(events_env):
+    """Executions of 24 November (first filled by the healer: the schedules were down),
+    then late ones into a past hour: one tick requests each grain's job for exactly the
+    partitions over it, and every level equals pandas over raw again."""
+    env = events_env
+    engine = env["engine"]
+    nine = datetime(2026, 11, 24, 9, tzinfo=UTC)
+    ten = nine + timedelta(hours=1)
+    insert_executions(engine, executions_at(nine, 1, 6) + executions_at(ten, 100, 5))
+    assert heal(env) == [
+        [
+            (("execution_metrics_hourly",), "2026-11-24-09:00", "2026-11-24-10:00"),
+            (("execution_metrics_daily",), "2026-11-24", "2026-11-24"),
+            (("execution_metrics_weekly",), "2026-11-23", "2026-11-23"),
+            (("execution_metrics_monthly",), "2026-11-01", "2026-11-01"),
+        ]
+    ]
+    assert_execution_metrics_equal_raw(engine)
+    # Late: into 09:00 (a new workspace, a slow failure) a week after the hour.
+    late = [
+        (500, nine + timedelta(minutes=50), "ws9", "user7", "failed", 9_000.0, 2.0),
+        (501, nine + timedelta(minutes=51), "ws0", "user7", "success", 1.0, 0.0),
+    ]
+    insert_executions(engine, late)
+    ticks = heal(env)
+    assert ticks == [
+        [
+            (("execution_metrics_hourly",), "2026-11-24-09:00", "2026-11-24-09:00"),
+            (("execution_metrics_daily",), "2026-11-24", "2026-11-24"),
+            (("execution_metrics_weekly",), "2026-11-23", "2026-11-23"),
+            (("execution_metrics_monthly",), "2026-11-01", "2026-11-01"),
+        ]
+    ]
+    assert_execution_metrics_equal_raw(engine)
+    assert problems(env) == []

@@ -31,7 +31,7 @@ from agg_pipeline.defs.common import (
     run_reason,
     write_with_retries,
 )
-from agg_pipeline.defs.events.levels import LEVELS, PARTITIONS
+from agg_pipeline.defs.events.levels import GRAIN_JOBS, LEVELS, PARTITIONS, max_runtime
 from agg_pipeline.defs.loaded import EVENTS_CATALOGUE, SETTINGS
 from agg_pipeline.warehouse import events as sql
 from agg_pipeline.warehouse.engine import WarehouseResource
@@ -243,27 +243,24 @@ def previous_month(when: datetime) -> str:
     return (first - timedelta(days=1)).replace(day=1).isoformat()
 
 
-def _max_runtime(seconds: int) -> dict[str, str]:
-    return {"dagster/max_runtime": str(seconds)}
-
-
-# grain -> (job, schedule, cron, partition of a tick, switch field, timeout, when)
-_PLAN: dict[Grain, tuple[str, str, str, Callable[[datetime], str], str, int, str]] = {
+# grain -> (schedule, cron, partition of a tick, switch field, when); the jobs (one per
+# grain) are levels.GRAIN_JOBS: self-healing runs them too.
+_PLAN: dict[Grain, tuple[str, str, Callable[[datetime], str], str, str]] = {
     Grain.HOURLY: (
-        "events_hourly_rollup", "events_hourly_at_05", "5 * * * *", previous_hour,
-        "schedule_events_hourly", 3600, "At :05, the previous hour",
+        "events_hourly_at_05", "5 * * * *", previous_hour,
+        "schedule_events_hourly", "At :05, the previous hour",
     ),
     Grain.DAILY: (
-        "events_daily_rollup", "events_daily_at_0100", "0 1 * * *", previous_day,
-        "schedule_events_daily", 2 * 3600, "At 01:00, the previous day",
+        "events_daily_at_0100", "0 1 * * *", previous_day,
+        "schedule_events_daily", "At 01:00, the previous day",
     ),
     Grain.WEEKLY: (
-        "events_weekly_rollup", "events_weekly_monday_0200", "0 2 * * 1", previous_week,
-        "schedule_events_weekly", 4 * 3600, "Monday 02:00, the previous week",
+        "events_weekly_monday_0200", "0 2 * * 1", previous_week,
+        "schedule_events_weekly", "Monday 02:00, the previous week",
     ),
     Grain.MONTHLY: (
-        "events_monthly_rollup", "events_monthly_first_0300", "0 3 1 * *", previous_month,
-        "schedule_events_monthly", 4 * 3600, "On the 1st at 03:00, the previous month",
+        "events_monthly_first_0300", "0 3 1 * *", previous_month,
+        "schedule_events_monthly", "On the 1st at 03:00, the previous month",
     ),
 }  # fmt: skip
 _OLD_FLAGS = {
@@ -275,16 +272,10 @@ _OLD_FLAGS = {
 
 EVENT_JOBS: list = []
 EVENT_SCHEDULES: list = []
-for _grain, (_job, _name, _cron, _pick, _switch, _limit, _when) in _PLAN.items():
-    _assets = [lv.asset for lv in LEVELS if lv.grain is _grain]
-    if not _assets:
+for _grain, (_name, _cron, _pick, _switch, _when) in _PLAN.items():
+    if _grain not in GRAIN_JOBS:
         continue
-    _events_job = dg.define_asset_job(
-        _job,
-        selection=dg.AssetSelection.assets(*_assets),
-        description=f"Event rollups, {_grain.value}: {', '.join(_assets)}.",
-        tags=_max_runtime(_limit),
-    )
+    _events_job = GRAIN_JOBS[_grain]
     EVENT_JOBS.append(_events_job)
     EVENT_SCHEDULES.append(
         partition_schedule(
@@ -300,7 +291,7 @@ for _grain, (_job, _name, _cron, _pick, _switch, _limit, _when) in _PLAN.items()
     )
 
 analytics_views_job = dg.define_asset_job(
-    "analytics_views_refresh", selection=[analytics_views], tags=_max_runtime(900)
+    "analytics_views_refresh", selection=[analytics_views], tags=max_runtime(900)
 )
 EVENT_JOBS.append(analytics_views_job)
 EVENT_SCHEDULES.append(

@@ -19,6 +19,7 @@ from agg_pipeline.config.events import Grain, RollupLevel
 from agg_pipeline.core.windows import Window, day_window
 from agg_pipeline.defs import partitions
 from agg_pipeline.defs.loaded import EVENTS_CATALOGUE, SETTINGS
+from agg_pipeline.warehouse import healing
 
 PARTITIONS: dict[Grain, dg.TimeWindowPartitionsDefinition] = {
     Grain.HOURLY: partitions.hourly,
@@ -27,6 +28,43 @@ PARTITIONS: dict[Grain, dg.TimeWindowPartitionsDefinition] = {
     Grain.MONTHLY: partitions.monthly,
 }
 LEVELS: list[RollupLevel] = spec.levels(EVENTS_CATALOGUE)
+
+
+def max_runtime(seconds: int) -> dict[str, str]:
+    return {"dagster/max_runtime": str(seconds)}
+
+
+# One job per grain (its schedule is in assets.py): name and timeout.
+_JOBS = {
+    Grain.HOURLY: ("events_hourly_rollup", 3600),
+    Grain.DAILY: ("events_daily_rollup", 2 * 3600),
+    Grain.WEEKLY: ("events_weekly_rollup", 4 * 3600),
+    Grain.MONTHLY: ("events_monthly_rollup", 4 * 3600),
+}
+GRAIN_JOBS: dict[Grain, dg.UnresolvedAssetJobDefinition] = {}
+for _grain, (_job, _limit) in _JOBS.items():
+    _assets = [lv.asset for lv in LEVELS if lv.grain is _grain]
+    if _assets:
+        GRAIN_JOBS[_grain] = dg.define_asset_job(
+            _job,
+            selection=dg.AssetSelection.assets(*_assets),
+            description=f"Event rollups, {_grain.value}: {', '.join(_assets)}.",
+            tags=max_runtime(_limit),
+        )
+
+# Self-healing (warehouse/healing.py) heals every level declared, from its raw event
+# table's hours (change log: sql/021 for the shipped tables, README for a catalogue's own).
+SOURCE_TABLES: dict[str, tuple[str, str]] = {
+    spec.source_asset(EVENTS_CATALOGUE, name): (src.table, src.time_column)
+    for name, src in EVENTS_CATALOGUE.sources.items()
+    if any(lv.spec.source == name for lv in LEVELS)
+}
+healing.register_events(healing.event_nodes(LEVELS, EVENTS_CATALOGUE), SOURCE_TABLES)
+# The healer's run groups: the grain's job and the assets it selects.
+HEALING_JOBS = {
+    f"events_{g.value}": (job, [lv.asset for lv in LEVELS if lv.grain is g])
+    for g, job in GRAIN_JOBS.items()
+}
 
 
 def _days_covered(level: RollupLevel, keys: set[str]) -> set[date]:

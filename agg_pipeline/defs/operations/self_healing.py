@@ -16,6 +16,7 @@ from agg_pipeline.config.catalogue import get_catalogue
 from agg_pipeline.config.settings import get_settings
 from agg_pipeline.core import clock
 from agg_pipeline.defs import partitions
+from agg_pipeline.defs.events import levels as event_levels  # registers the event nodes
 from agg_pipeline.defs.readings.raw import observe_late_hours
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse import healing, late_data
@@ -27,7 +28,12 @@ RANGE_START, RANGE_END = (
     "dagster/asset_partition_range_start",
     "dagster/asset_partition_range_end",
 )
-PDEFS = {"hourly": partitions.hourly, "daily": partitions.daily, "weekly": partitions.weekly}
+PDEFS = {
+    "hourly": partitions.hourly,
+    "daily": partitions.daily,
+    "weekly": partitions.weekly,
+    "monthly": partitions.monthly,
+}
 FAILURE_BACKOFF = timedelta(minutes=5)
 _IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -54,12 +60,15 @@ def _run_window(run: dg.DagsterRun) -> healing.InFlight | None:
     assets = (
         frozenset(k.to_user_string() for k in run.asset_selection) if run.asset_selection else None
     )
+    grains = {healing.GRAIN_OF.get(a) for a in assets} if assets else set()
     if len(first) > 10:
         grain = "hourly"
-    elif run.job_name in _WEEKLY_JOBS or (
-        assets and all(healing.GRAIN_OF.get(a) == "weekly" for a in assets)
-    ):
+    elif run.job_name in _WEEKLY_JOBS or grains == {"weekly"}:
         grain = "weekly"
+    elif run.job_name in _JOB_GRAIN:  # one job per grain (the event rollups)
+        grain = _JOB_GRAIN[run.job_name]
+    elif grains == {"monthly"}:
+        grain = "monthly"
     else:
         grain = "daily"
     pdef = PDEFS[grain]
@@ -93,6 +102,7 @@ def in_flight(instance: dg.DagsterInstance) -> list[healing.InFlight]:
 # The job that runs each grain's healing runs (a subset of its assets), by grain; set by
 # ``build_sensor``. A run of one job has one partitions definition.
 JOBS: dict[str, tuple[str, frozenset[str]]] = {}
+_JOB_GRAIN: dict[str, str] = {}  # jobs of one grain only (set by ``build_sensor``)
 
 
 def run_request(request: healing.Request) -> dg.RunRequest | None:
@@ -123,7 +133,9 @@ def tick(
     engine, now = warehouse.get_engine(), clock.now()
     observe_late_hours(warehouse, influx)  # raw changes -> raw-hour versions
     late_data.drain_sources(engine, origin())  # events / diagnostics -> source-hour versions
-    probes = [(a, t, "time") for a, t in late_data.SOURCE_TABLES.items()]
+    tables = {a: (t, "time") for a, t in late_data.SOURCE_TABLES.items()}
+    tables.update(event_levels.SOURCE_TABLES)  # the events catalogue's (own time column)
+    probes = [(a, t, c) for a, (t, c) in tables.items()]
     raw = None
     if catalogue.raw_in_postgres:
         raw = (catalogue.source.table, catalogue.source.time_column)
@@ -138,6 +150,11 @@ def build_sensor(jobs: dict[str, tuple[object, Sequence[str]]]) -> dg.SensorDefi
     ``{group: (job, the asset names it selects)}``, groups as in ``healing.GROUPS``)."""
     JOBS.clear()
     JOBS.update({g: (job.name, frozenset(names)) for g, (job, names) in jobs.items()})
+    _JOB_GRAIN.clear()
+    by_job: dict[str, set[str]] = {}
+    for g, (job, _) in jobs.items():
+        by_job.setdefault(job.name, set()).add(healing.GROUP_GRAIN.get(g, g))
+    _JOB_GRAIN.update({j: next(iter(gs)) for j, gs in by_job.items() if len(gs) == 1})
     settings = get_settings()
     return dg.sensor(
         name=NAME,
