@@ -141,6 +141,13 @@ class Settings(BaseSettings):
         "this many readings in one chunk the median is skipped (NULL) and the run says so. "
         "0 (never) to 10^9 (~16 GB).",
     )
+    monthly_median: bool = Field(
+        default=True,
+        description="rollup_monthly computes each month's exact median from raw (while raw is "
+        "retained): it reads the month's raw readings once more, ~30x a day's, holding them in "
+        "PostgreSQL's sort memory (work_mem, spilling to disk). Off: median_value is NULL "
+        "(median_status 'skipped'); every other figure is merged from daily.",
+    )
     parallelism: int = Field(
         default_factory=lambda: max(1, min(4, os.cpu_count() or 1)),
         ge=1,
@@ -192,6 +199,9 @@ class Settings(BaseSettings):
     )
     schedule_rollup_weekly: bool = Field(
         default=True, description="Monday 02:00, roll up the previous week."
+    )
+    schedule_rollup_monthly: bool = Field(
+        default=True, description="On the 1st at 03:30, roll up the previous month."
     )
     schedule_retention: bool = Field(default=True, description="Daily 03:00 retention cleanup.")
     schedule_patterns: bool = Field(

@@ -1,9 +1,11 @@
-"""The one registry of the hierarchy: raw -> 1m -> 5m / hourly -> daily -> weekly.
+"""The one registry of the hierarchy: raw -> 1m -> 5m / hourly -> daily -> weekly / monthly.
 
 Every other place that needs a level's table, bucket column, grain, parent, chunking,
 median, retention setting, watermark or InfluxDB measurement derives it from ``LEVELS``
-here (writers, checks, status, retention, the InfluxDB sink, healing). Adding a level is
-one new entry below plus its asset in ``defs/``.
+here (writers, checks, status, retention by age, the InfluxDB sink, healing). Adding a
+level of an existing bucket kind and grain is one new entry below plus its asset, job and
+schedule in ``defs/`` (ARCHITECTURE.md, "Where to add ... a level", says what a new kind
+or grain takes).
 
 Pure: no Dagster, no SQL execution, no settings read (setting *names* only).
 """
@@ -21,14 +23,16 @@ class Grain(StrEnum):
     HOURLY = "hourly"
     DAILY = "daily"
     WEEKLY = "weekly"
+    MONTHLY = "monthly"
 
 
 class Bucket(Enum):
-    """How a level groups time: fixed-length windows, or local calendar days / weeks."""
+    """How a level groups time: fixed-length windows, or local calendar days / weeks / months."""
 
     FIXED = "fixed"  # ``step`` long, aligned on the partition origin (a timestamptz key)
     LOCAL_DAY = "local_day"  # a local date in the configured zone
     WEEK = "week"  # the Monday (local date) of a Monday-to-Sunday week
+    MONTH = "month"  # the 1st (local date) of a local calendar month
 
 
 class Median(Enum):
@@ -67,6 +71,8 @@ class Level:
     watermark: bool = False  # has a real-time view: its writes advance ops.watermarks
     sink_measurement: str | None = None  # suffix of its InfluxDB sink measurement
     schedule_setting: str | None = None  # Settings switch of its schedule (and first fill)
+    # Settings flag that turns a RAW median off (None: always computed, within the limit).
+    median_setting: str | None = None
 
     @property
     def key_is_date(self) -> bool:
@@ -159,9 +165,32 @@ LEVEL_WEEKLY = Level(
     imported_history=True,
     schedule_setting="schedule_rollup_weekly",
 )
+LEVEL_MONTHLY = Level(
+    key="monthly",
+    asset="rollup_monthly",
+    table="bi.monthly_sensor_agg",
+    bucket_column="month_start",
+    bucket=Bucket.MONTH,
+    grain=Grain.MONTHLY,
+    parent="daily",
+    median=Median.RAW,
+    # Chunks stay whole days; a month is never split since a monthly partition is one
+    # month and the chunks of a multi-month run are cut at month starts (windows.py).
+    chunk_unit_days=1,
+    schedule_setting="schedule_rollup_monthly",
+    median_setting="monthly_median",
+)
 
 # Lowest level first: every level comes after its parent.
-LEVELS: tuple[Level, ...] = (RAW, LEVEL_1M, LEVEL_5M, LEVEL_HOURLY, LEVEL_DAILY, LEVEL_WEEKLY)
+LEVELS: tuple[Level, ...] = (
+    RAW,
+    LEVEL_1M,
+    LEVEL_5M,
+    LEVEL_HOURLY,
+    LEVEL_DAILY,
+    LEVEL_WEEKLY,
+    LEVEL_MONTHLY,
+)
 BY_KEY = {level.key: level for level in LEVELS}
 BY_ASSET = {level.asset: level for level in LEVELS}
 # The levels computed by an asset from the one below (all but the raw root).

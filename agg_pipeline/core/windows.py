@@ -59,6 +59,16 @@ class Window:
             yield Window(cursor, nxt)
             cursor = nxt
 
+    def months(self, zone: ZoneInfo) -> Iterator[Window]:
+        """Split at local month starts (a calendar month is never cut across chunks)."""
+        cursor = self.start
+        while cursor < self.end:
+            first = cursor.astimezone(zone).date().replace(day=1)
+            following = (first + timedelta(days=32)).replace(day=1)
+            nxt = min(local_midnight(following, zone).astimezone(UTC), self.end)
+            yield Window(cursor, nxt)
+            cursor = nxt
+
     def __str__(self) -> str:
         return f"[{self.start.isoformat()}, {self.end.isoformat()})"
 

@@ -10,7 +10,7 @@ from agg_pipeline.defs.patterns.assets import pattern_anomaly_daily, pattern_det
 from agg_pipeline.defs.readings.daily import daily_rollup_and_conditions
 from agg_pipeline.defs.readings.downsample import readings_1m, readings_5m
 from agg_pipeline.defs.readings.raw import raw_readings
-from agg_pipeline.defs.readings.rollups import rollup_hourly, rollup_weekly
+from agg_pipeline.defs.readings.rollups import rollup_hourly, rollup_monthly, rollup_weekly
 
 ALL_ASSETS = [
     raw_readings,
@@ -19,6 +19,7 @@ ALL_ASSETS = [
     rollup_hourly,
     daily_rollup_and_conditions,
     rollup_weekly,
+    rollup_monthly,
     dashboard_views,
     raw_diagnostics,
     device_performance_hourly,

@@ -25,6 +25,7 @@ from agg_pipeline.defs.assets import (
     readings_1m,
     readings_5m,
     rollup_hourly,
+    rollup_monthly,
     rollup_weekly,
 )
 from agg_pipeline.defs.loaded import SETTINGS, TIMEZONE
@@ -81,6 +82,9 @@ daily_job = dg.define_asset_job(
 weekly_rollup_job = dg.define_asset_job(
     "weekly_rollup", selection=[rollup_weekly], tags=_max_runtime(4 * 3600)
 )
+monthly_rollup_job = dg.define_asset_job(
+    "monthly_rollup", selection=[rollup_monthly], tags=_max_runtime(6 * 3600)
+)
 patterns_job = dg.define_asset_job(
     "daily_patterns",
     selection=dg.AssetSelection.groups("patterns"),
@@ -98,6 +102,7 @@ JOBS = [
     daily_job,
     patterns_job,
     weekly_rollup_job,
+    monthly_rollup_job,
     dashboard_refresh_job,
     retention_cleanup,
 ]
@@ -139,6 +144,11 @@ def previous_day(when: datetime) -> str:
 def previous_week(when: datetime) -> str:
     day = when.astimezone(settings.zone).date() - timedelta(days=7)
     return (day - timedelta(days=day.weekday())).isoformat()
+
+
+def previous_month(when: datetime) -> str:
+    first = when.astimezone(settings.zone).date().replace(day=1)
+    return (first - timedelta(days=1)).replace(day=1).isoformat()
 
 
 def partition_schedule(
@@ -237,6 +247,16 @@ SCHEDULES = [
         settings.schedule_rollup_weekly,
         "Monday 02:00, the previous week (the old weekly_rollup). "
         "Switch: AGG_PIPELINE_SCHEDULE_ROLLUP_WEEKLY.",
+    ),
+    partition_schedule(
+        "rollup_monthly_first_0330",
+        "30 3 1 * *",
+        monthly_rollup_job,
+        previous_month,
+        partitions.monthly,
+        settings.schedule_rollup_monthly,
+        "On the 1st at 03:30, the previous local month (after the 01:30 daily rollup of "
+        "its last day). Switch: AGG_PIPELINE_SCHEDULE_ROLLUP_MONTHLY.",
     ),
     dg.ScheduleDefinition(
         name="dashboard_views_every_15_minutes",
@@ -381,6 +401,12 @@ FRESHNESS_CHECKS = [
         timezone=TZ,
         severity=dg.AssetCheckSeverity.ERROR,
     ),
+    *dg.build_time_partition_freshness_checks(
+        assets=[rollup_monthly],
+        deadline_cron="0 6 1 * *",
+        timezone=TZ,
+        severity=dg.AssetCheckSeverity.ERROR,
+    ),
 ]
 freshness_checks_sensor = dg.build_sensor_for_freshness_checks(
     freshness_checks=FRESHNESS_CHECKS,
@@ -404,6 +430,7 @@ self_healing_sensor = self_healing.build_sensor(
             [f"pattern_{n}_daily" for n in (*EVENT_DETECTORS, "anomaly")],
         ),
         "weekly": (weekly_rollup_job, ["rollup_weekly"]),
+        "monthly": (monthly_rollup_job, ["rollup_monthly"]),
         **HEALING_JOBS,  # the event rollups: one job per grain (defs/events/levels.py)
     }
 )

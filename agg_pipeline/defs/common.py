@@ -168,6 +168,7 @@ _PARTITION_FIGURES = {
     "bi.hourly_sensor_agg": ("hour_start", "sensor_id", True),
     "bi.daily_sensor_agg": ("metric_date", "sensor_id", True),
     "bi.weekly_sensor_agg": ("week_start", "sensor_id", True),
+    "bi.monthly_sensor_agg": ("month_start", "sensor_id", True),
     "bi.daily_sensor_conditions": ("metric_date", "sensor_id", False),
     "bi.device_metrics_hourly": ("hour_start", "device_id", False),
     "bi.diagnostic_summary_daily": ("metric_date", "device_id", False),

@@ -4,7 +4,8 @@ the rows are, by filling temp tables in the warehouse transaction it is given:
 - ``stage_1m``: 1-minute partials, hourly medians and rejection counts, per hour;
 - ``stage_daily``: per (device, field, local day) the exact median and the condition
   counts and held durations - one pass for rollup_daily and conditions_daily;
-- ``stage_medians``: exact medians per (device, field, week) for the weekly rollup.
+- ``stage_medians``: exact medians per (device, field, week or month) for the weekly
+  and monthly rollups.
 
 The writers take it from there, whatever the source was. Implementations
 (``sources.postgres``, ``sources.influx``) import this module, never each other;

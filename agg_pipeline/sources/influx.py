@@ -203,19 +203,25 @@ class InfluxReadingsSource:
     def _periods(
         self, window: Window, zone: str, grain: str
     ) -> Iterator[tuple[date, datetime, datetime]]:
-        """(first local date, start, end) of each local day / Monday week in the window."""
+        """(first local date, start, end) of each local day / Monday week / month in the
+        window."""
         tz = ZoneInfo(zone)
         day = window.start.astimezone(tz).date()
         if grain == "week":
             day -= timedelta(days=day.weekday())
-        step = timedelta(days=7 if grain == "week" else 1)
+        if grain == "month":
+            day = day.replace(day=1)
         while True:
             start = datetime.combine(day, datetime.min.time(), tz)
             if start >= window.end:
                 return
-            end = datetime.combine(day + step, datetime.min.time(), tz)
+            if grain == "month":
+                following = (day + timedelta(days=32)).replace(day=1)
+            else:
+                following = day + timedelta(days=7 if grain == "week" else 1)
+            end = datetime.combine(following, datetime.min.time(), tz)
             yield day, max(start, window.start), min(end, window.end)
-            day += step
+            day = following
 
     def _summary(
         self,
@@ -292,12 +298,12 @@ class InfluxReadingsSource:
         out["critical_seconds"] = per("critical", "held", 0.0)
         return out[out["reading_count"] > 0]
 
-    # ----------------------------------------------------------------------- weekly
+    # ---------------------------------------------------------------- weekly, monthly
     def stage_medians(
         self, conn: sa.Connection, window: Window, grain: str, ctx: StageContext
     ) -> None:
-        if grain not in ("day", "week"):
-            raise ValueError(f"the InfluxDB source stages day or week medians, not {grain!r}")
+        if grain not in ("day", "week", "month"):
+            raise ValueError(f"the InfluxDB source stages day, week or month medians: {grain!r}")
         frames = []
         for first_day, start, stop in self._periods(window, ctx.timezone, grain):
             f = self._summary(start, stop, {}, ctx, True)

@@ -54,7 +54,7 @@ SOURCES = (RAW, "raw_events", "raw_diagnostics")  # versioned by the hour, never
 # definition); the daily grain has three independent families.
 # The event rollups (register_events) run per grain in their own jobs, after the others.
 EVENT_GROUPS = ("events_hourly", "events_daily", "events_weekly", "events_monthly")
-GROUPS = ("hourly", "daily", "diagnostics", "patterns", "weekly", *EVENT_GROUPS)
+GROUPS = ("hourly", "daily", "diagnostics", "patterns", "weekly", "monthly", *EVENT_GROUPS)
 GROUP_GRAIN = {
     "diagnostics": "daily",
     "patterns": "daily",
@@ -193,6 +193,7 @@ DUE = {
     "diagnostics": timedelta(hours=1, minutes=45),
     "patterns": timedelta(hours=2, minutes=15),  # the 01:45 schedule
     "weekly": timedelta(hours=2, minutes=15),
+    "monthly": timedelta(hours=3, minutes=45),  # rollup_monthly: the 1st, 03:30
 }
 
 Partition = tuple[str, datetime]  # (asset, partition start)

@@ -30,7 +30,9 @@ def bucket_sql(level: Level, column: str) -> str:
         return f"date_bin('{interval_literal(level.step)}', {column}, :origin)"
     if level.bucket is Bucket.LOCAL_DAY:
         return f"({column} AT TIME ZONE :tz)::date"
-    return f"date_trunc('week', {column})::date"
+    # WEEK / MONTH are built from a parent keyed by a local date (daily): truncate it.
+    unit = {Bucket.WEEK: "week", Bucket.MONTH: "month"}[level.bucket]
+    return f"date_trunc('{unit}', {column})::date"
 
 
 def parts_sql(level: Level) -> str:

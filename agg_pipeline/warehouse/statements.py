@@ -112,4 +112,6 @@ def bucket_expression(grain: str, time_column: str) -> str:
         return f"({col} AT TIME ZONE :tz)::date"
     if grain == "week":
         return f"date_trunc('week', {col} AT TIME ZONE :tz)::date"
+    if grain == "month":
+        return f"date_trunc('month', {col} AT TIME ZONE :tz)::date"
     raise ValueError(f"unknown grain {grain!r}")

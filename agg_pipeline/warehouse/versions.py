@@ -117,5 +117,9 @@ def weeks_in(window: Window, zone: ZoneInfo) -> list[datetime]:
     return [d for d in days_in(window, zone) if d.weekday() == 0]
 
 
+def months_in(window: Window, zone: ZoneInfo) -> list[datetime]:
+    return [d for d in days_in(window, zone) if d.day == 1]
+
+
 def _local_midnight(day: date, zone: ZoneInfo) -> datetime:
     return datetime.combine(day, time(0), tzinfo=zone)

@@ -18,7 +18,12 @@ from agg_pipeline.defs.readings import checks
 from agg_pipeline.influx import sink as influx_sink
 from agg_pipeline.warehouse import healing, levels, realtime, retention
 
-PARTITIONS = {"hourly": "0 * * * *", "daily": "0 0 * * *", "weekly": "0 0 * * 1"}
+PARTITIONS = {
+    "hourly": "0 * * * *",
+    "daily": "0 0 * * *",
+    "weekly": "0 0 * * 1",
+    "monthly": "0 0 1 * *",
+}
 
 
 def test_every_level_is_the_asset_the_registry_says():
@@ -37,13 +42,13 @@ def test_every_level_is_the_asset_the_registry_says():
 def test_settings_named_by_the_registry_exist():
     fields = settings.Settings.model_fields
     for level in hierarchy.LEVELS:
-        for name in (level.retention_setting, level.schedule_setting):
+        for name in (level.retention_setting, level.schedule_setting, level.median_setting):
             assert name is None or name in fields, (level.key, name)
 
 
 def test_views_derived_from_the_registry():
     derived = hierarchy.DERIVED
-    assert [lv.key for lv in derived] == ["1m", "5m", "hourly", "daily", "weekly"]
+    assert [lv.key for lv in derived] == ["1m", "5m", "hourly", "daily", "weekly", "monthly"]
     assert set(checks.LEVELS) == {lv.asset for lv in derived}
     assert {a: t for a, t in status.TABLES.items() if a in checks.LEVELS} == {
         lv.asset: lv.table for lv in derived
@@ -52,6 +57,7 @@ def test_views_derived_from_the_registry():
     aged = {t: field for t, _, _, field in retention.AGED_TABLES}
     assert aged["bi.hourly_medians"] == aged["bi.hourly_sensor_agg"] == "hourly_days"
     assert "bi.daily_sensor_agg" not in aged and "bi.weekly_sensor_agg" not in aged
+    assert "bi.monthly_sensor_agg" not in aged
     for level in derived:
         assert healing.BY_ASSET[level.asset].parents == hierarchy.upstream_assets(level)
     # The real-time views: one per level with a watermark, over that level's table.
@@ -64,10 +70,12 @@ def test_views_derived_from_the_registry():
     assert "FROM bi.daily_sensor_agg WHERE metric_date >= :start_date" in weekly
     assert weekly.endswith("AND origin = 'computed'")
     assert "date_bin('5 minutes', window_start, :origin)" in levels.parts_sql(hierarchy.LEVEL_5M)
+    monthly = levels.parts_sql(hierarchy.LEVEL_MONTHLY)
+    assert "date_trunc('month', metric_date)::date" in monthly
 
 
 def test_a_registry_a_writer_cannot_follow_is_refused():
-    orphan = replace(hierarchy.LEVEL_WEEKLY, key="monthly", parent="quarterly")
+    orphan = replace(hierarchy.LEVEL_WEEKLY, key="yearly", parent="quarterly")
     with pytest.raises(ValueError, match="parent 'quarterly' must come before it"):
         hierarchy._validate((*hierarchy.LEVELS, orphan))
     with pytest.raises(ValueError, match="unique"):

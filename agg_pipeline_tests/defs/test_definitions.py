@@ -16,6 +16,7 @@ EXPECTED_GRAPH = {
     "rollup_hourly": {"readings_1m", "raw_readings"},
     "rollup_daily": {"rollup_hourly", "raw_readings"},
     "rollup_weekly": {"rollup_daily", "raw_readings"},
+    "rollup_monthly": {"rollup_daily", "raw_readings"},  # issue 13 §3: added
     "conditions_daily": {"raw_readings"},
     "dashboard_views": {"readings_1m"},
     "raw_diagnostics": set(),
@@ -55,6 +56,7 @@ SCHEDULES = {
     "rollup_hourly_at_05": "5 * * * *",
     "daily_at_0130": "30 1 * * *",
     "rollup_weekly_monday_0200": "0 2 * * 1",
+    "rollup_monthly_first_0330": "30 3 1 * *",  # issue 13 §3: added
     "dashboard_views_every_15_minutes": "*/15 * * * *",
     "retention_cleanup_at_0300": "0 3 * * *",
     "patterns_at_0145": "45 1 * * *",
@@ -79,6 +81,7 @@ PARTITIONS = {
     "rollup_hourly": "hourly",
     "rollup_daily": "daily",
     "rollup_weekly": "weekly",
+    "rollup_monthly": "monthly",  # issue 13 §3: added
     "conditions_daily": "daily",
     "device_performance_hourly": "hourly",
     "diagnostic_summary_daily": "daily",

@@ -69,6 +69,7 @@ def schedule(name: str) -> dg.ScheduleDefinition:
         ("rollup_hourly_at_05", datetime(2026, 11, 20, 0, 5, tzinfo=UTC), "2026-11-19-23:00"),
         ("daily_at_0130", datetime(2026, 11, 20, 1, 30, tzinfo=UTC), "2026-11-19"),
         ("rollup_weekly_monday_0200", datetime(2026, 11, 23, 2, 0, tzinfo=UTC), "2026-11-16"),
+        ("rollup_monthly_first_0330", datetime(2026, 12, 1, 3, 30, tzinfo=UTC), "2026-11-01"),
     ],
 )
 def test_schedules_request_the_right_partition(name, tick, partition, dagster_instance):

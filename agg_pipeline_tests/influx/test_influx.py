@@ -355,6 +355,7 @@ BI_TABLES = {
     "bi.hourly_sensor_agg": "hour_start",
     "bi.daily_sensor_agg": "metric_date",
     "bi.weekly_sensor_agg": "week_start",
+    "bi.monthly_sensor_agg": "month_start",
     "bi.daily_sensor_conditions": "metric_date",
 }
 
@@ -393,6 +394,10 @@ def _run_all(ctx: writers.WriteContext, zone: ZoneInfo) -> None:
         day_window(date(2026, 11, 2), zone).start, day_window(date(2026, 11, 8), zone).end
     )
     writers.write_merged_level(ctx, writers.LEVEL_WEEKLY, week)
+    november = Window(
+        day_window(date(2026, 11, 1), zone).start, day_window(date(2026, 11, 30), zone).end
+    )
+    writers.write_merged_level(ctx, writers.LEVEL_MONTHLY, november)  # month medians too
 
 
 def test_bi_tables_from_influxdb_equal_those_from_postgresql(influx, warehouse_url, engine):

@@ -1,4 +1,4 @@
-"""Hourly, daily and weekly rollups in the old ETL's bi.* tables."""
+"""Hourly, weekly and monthly rollups in the old ETL's bi.* tables (daily: daily.py)."""
 
 from datetime import timedelta
 
@@ -85,3 +85,27 @@ def rollup_weekly(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, influx: InfluxResource
 ) -> dg.MaterializeResult:
     return _run(context, warehouse, influx, "rollup_weekly", writers.LEVEL_WEEKLY)
+
+
+@dg.asset(
+    partitions_def=partitions.monthly,
+    deps=["rollup_daily", raw_readings],
+    backfill_policy=BACKFILL,
+    automation_condition=daily_correction,
+    # The 03:30 schedule on the 1st, with its hours of headroom as for the weekly level.
+    freshness_policy=dg.FreshnessPolicy.cron(
+        deadline_cron="0 6 1 * *", lower_bound_delta=timedelta(hours=6), timezone=_TZ
+    ),
+    check_specs=checks.check_specs("rollup_monthly"),
+    pool="bi.monthly_sensor_agg",
+    group_name="rollups",
+    kinds={"postgres"},
+    code_version="1",
+    description="Per sensor and local calendar month: `bi.monthly_sensor_agg` keyed "
+    "(sensor_id, month_start). " + STATS + " The median can be turned off "
+    "(AGG_PIPELINE_MONTHLY_MEDIAN=false): it reads the month's raw readings again.",
+)
+def rollup_monthly(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, influx: InfluxResource
+) -> dg.MaterializeResult:
+    return _run(context, warehouse, influx, "rollup_monthly", writers.LEVEL_MONTHLY)

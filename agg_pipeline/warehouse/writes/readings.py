@@ -305,7 +305,7 @@ def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
 
 
 # --------------------------------------------------------------------------------------
-# Merged levels: 5m from 1m; hourly from 1m; daily from hourly; weekly from daily
+# Merged levels: 5m from 1m; hourly from 1m; daily from hourly; weekly, monthly from daily
 # --------------------------------------------------------------------------------------
 
 
@@ -314,6 +314,7 @@ LEVEL_5M = hierarchy.LEVEL_5M
 LEVEL_HOURLY = hierarchy.LEVEL_HOURLY
 LEVEL_DAILY = hierarchy.LEVEL_DAILY
 LEVEL_WEEKLY = hierarchy.LEVEL_WEEKLY
+LEVEL_MONTHLY = hierarchy.LEVEL_MONTHLY
 
 # Median bookkeeping: 'exact' computed now; 'skipped' too many readings (setting);
 # 'kept' raw gone, previous exact median kept; 'absent' raw gone and none known;
@@ -495,6 +496,9 @@ def _daily_medians(conn: sa.Connection, chunk: Window, params: dict, readings: i
 
 def _raw_medians(ctx: WriteContext, level: Level, report: WriteReport) -> MedianStager:
     def stage(conn: sa.Connection, chunk: Window, params: dict, readings: int) -> bool:
+        if level.median_setting and not getattr(ctx.settings, level.median_setting):
+            report.notes.append(f"median off for {chunk}: {level.median_setting} is false")
+            return False
         # Exact medians hold the chunk's raw values in memory (~16 bytes each); the
         # partials say how many there are before we start. Above the limit: skip.
         if readings > ctx.settings.median_max_readings:
@@ -510,7 +514,11 @@ def _raw_medians(ctx: WriteContext, level: Level, report: WriteReport) -> Median
 
 
 # The grain word a readings source stages raw medians for (sources.stage_medians).
-_SOURCE_GRAIN = {hierarchy.Bucket.LOCAL_DAY: "day", hierarchy.Bucket.WEEK: "week"}
+_SOURCE_GRAIN = {
+    hierarchy.Bucket.LOCAL_DAY: "day",
+    hierarchy.Bucket.WEEK: "week",
+    hierarchy.Bucket.MONTH: "month",
+}
 
 
 def _median_stager(ctx: WriteContext, level: Level, report: WriteReport) -> MedianStager | None:
@@ -531,7 +539,13 @@ def write_merged_level(ctx: WriteContext, level: Level, window: Window) -> Write
     unit = level.chunk_unit_days
     chunk_days = unit * max(1, ctx.settings.chunk_days // unit)
     medians = _median_stager(ctx, level, report)
-    for chunk in window.chunks(ctx.zone, chunk_days):
+    # A calendar month is not a whole number of days: one month per chunk.
+    chunks = (
+        window.months(ctx.zone)
+        if level.bucket is hierarchy.Bucket.MONTH
+        else window.chunks(ctx.zone, chunk_days)
+    )
+    for chunk in chunks:
         with ctx.warehouse.locked_transaction(level.table, chunk.local_days(ctx.zone)) as conn:
             computed_from = versions.watermark(conn)  # before any parent row (rule 2)
             # A median read from raw: a bucket with a released day keeps its row.
@@ -557,6 +571,7 @@ _PARTITIONS_IN: dict[Grain, Callable[[Window, ZoneInfo], list[datetime]]] = {
     Grain.HOURLY: lambda chunk, zone: versions.hours_in(chunk),
     Grain.DAILY: versions.days_in,
     Grain.WEEKLY: versions.weeks_in,
+    Grain.MONTHLY: versions.months_in,
 }
 
 
