@@ -261,9 +261,18 @@ def test_realtime_views_seam_neither_drops_nor_double_counts(warehouse_url, engi
             sa.text("SELECT complete_until FROM ops.watermarks WHERE table_name='bi.readings_1m'")
         ).scalar_one()
     assert w1 <= now and (now - w1) < timedelta(minutes=2)
-    # Readings land after the materialization: in the open minute and after it.
+    # Readings land after the materialization: in the open minute and after it. Never
+    # before w1 (in the first seconds of a minute, now - 4 s is in the closed minute: a
+    # late reading, which this test is not about).
     fresh = [
-        (datetime.now(UTC) - timedelta(seconds=s), "arduino_001", "ph", 6.2 + s / 100)
+        (
+            max(
+                datetime.now(UTC) - timedelta(seconds=s), w1 + timedelta(milliseconds=10 * (5 - s))
+            ),
+            "arduino_001",
+            "ph",
+            6.2 + s / 100,
+        )
         for s in (4, 3, 2)
     ]
     with engine.begin() as conn:
