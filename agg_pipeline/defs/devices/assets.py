@@ -7,7 +7,6 @@ import dagster as dg
 from agg_pipeline.config.catalogue import get_catalogue
 from agg_pipeline.config.settings import get_settings
 from agg_pipeline.defs import partitions
-from agg_pipeline.defs.automation_conditions import hourly_correction
 from agg_pipeline.defs.common import (
     BACKFILL,
     materialize_result,
@@ -40,7 +39,6 @@ raw_diagnostics = dg.AssetSpec(
     partitions_def=partitions.hourly,
     deps=[rollup_hourly, readings_1m],
     backfill_policy=BACKFILL,
-    automation_condition=hourly_correction,
     freshness_policy=dg.FreshnessPolicy.time_window(
         fail_window=timedelta(hours=2), warn_window=timedelta(minutes=75)
     ),

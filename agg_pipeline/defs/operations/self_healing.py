@@ -3,6 +3,10 @@
 It reads the instance's queued and running runs (and this sensor's runs that failed in
 the last few minutes, as a back-off) and turns the plan into run requests: one run per
 grain and contiguous range, partition-range tags for more than one partition.
+
+The assets carry no automation condition: the late-data conditions once used here
+(``any_deps_updated().since_last_handled()``) lost a trigger when one tick requested an
+hour and its day together, and two mechanisms deciding the same corrections would race.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ import sqlalchemy as sa
 
 from agg_pipeline.config.settings import get_settings
 from agg_pipeline.defs import partitions
-from agg_pipeline.defs.automation_conditions import daily_correction
 from agg_pipeline.defs.common import (
     BACKFILL,
     materialize_result,
@@ -40,7 +39,6 @@ _BY_0230 = dg.FreshnessPolicy.cron(
 ROLLUP_DAILY = dg.AssetSpec(
     "rollup_daily",
     deps=[rollup_hourly, raw_readings],
-    automation_condition=daily_correction,
     freshness_policy=_BY_0230,
     group_name="rollups",
     kinds={"postgres"},
@@ -52,7 +50,6 @@ ROLLUP_DAILY = dg.AssetSpec(
 CONDITIONS_DAILY = dg.AssetSpec(
     "conditions_daily",
     deps=[raw_readings],
-    automation_condition=daily_correction,
     freshness_policy=_BY_0230,
     group_name="conditions",
     kinds={"postgres"},

@@ -6,7 +6,6 @@ import dagster as dg
 
 from agg_pipeline.config.settings import get_settings
 from agg_pipeline.defs import partitions
-from agg_pipeline.defs.automation_conditions import hourly_correction
 from agg_pipeline.defs.common import (
     BACKFILL,
     materialize_result,
@@ -26,7 +25,6 @@ from agg_pipeline.warehouse.writes import readings as writers
     partitions_def=partitions.hourly,
     deps=[raw_readings],
     backfill_policy=BACKFILL,
-    automation_condition=hourly_correction,
     freshness_policy=dg.FreshnessPolicy.time_window(
         fail_window=timedelta(minutes=15), warn_window=timedelta(minutes=5)
     ),
@@ -74,7 +72,6 @@ def readings_1m(
     partitions_def=partitions.hourly,
     deps=[readings_1m],
     backfill_policy=BACKFILL,
-    automation_condition=hourly_correction,
     freshness_policy=dg.FreshnessPolicy.time_window(
         fail_window=timedelta(minutes=20), warn_window=timedelta(minutes=10)
     ),

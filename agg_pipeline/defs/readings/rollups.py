@@ -5,7 +5,6 @@ from datetime import timedelta
 import dagster as dg
 
 from agg_pipeline.defs import partitions
-from agg_pipeline.defs.automation_conditions import daily_correction, hourly_correction
 from agg_pipeline.defs.common import (
     BACKFILL,
     materialize_result,
@@ -47,7 +46,6 @@ def _run(
     partitions_def=partitions.hourly,
     deps=[readings_1m, raw_readings],
     backfill_policy=BACKFILL,
-    automation_condition=hourly_correction,
     freshness_policy=dg.FreshnessPolicy.time_window(
         fail_window=timedelta(hours=2), warn_window=timedelta(minutes=75)
     ),
@@ -69,7 +67,6 @@ def rollup_hourly(
     partitions_def=partitions.weekly,
     deps=["rollup_daily", raw_readings],
     backfill_policy=BACKFILL,
-    automation_condition=daily_correction,
     freshness_policy=dg.FreshnessPolicy.cron(
         deadline_cron="0 4 * * 1", lower_bound_delta=timedelta(hours=4), timezone=_TZ
     ),
@@ -91,7 +88,6 @@ def rollup_weekly(
     partitions_def=partitions.monthly,
     deps=["rollup_daily", raw_readings],
     backfill_policy=BACKFILL,
-    automation_condition=daily_correction,
     # The 03:30 schedule on the 1st, with its hours of headroom as for the weekly level.
     freshness_policy=dg.FreshnessPolicy.cron(
         deadline_cron="0 6 1 * *", lower_bound_delta=timedelta(hours=6), timezone=_TZ
