@@ -331,7 +331,8 @@ class FakeInflux:
                    & (points["_measurement"] == p["measurement"])]  # fmt: skip
         if fields is not None:
             d = d[d["_field"].isin(fields)]
-        d = d.copy()
+        # Tags of other measurements (stat_type on the sink's points) are no columns here.
+        d = d.dropna(axis=1, how="all").copy()
         d["_start"], d["_stop"] = start, stop
         return d
 
@@ -443,7 +444,7 @@ class FakeInflux:
 
     def _patterns(self, p: dict) -> pd.DataFrame:
         d = self._data(p, None)
-        for tag, value in p["tags"].items():
+        for tag, value in p.get("tags", {}).items():
             d = d[d[tag] == value] if tag in d else d.iloc[0:0]
         return d
 

@@ -172,8 +172,9 @@ class InfluxReadingsSource:
             frame = f.get(name, _empty("device", "field", time_col, value))
             return frame.rename(columns={time_col: "window_start", value: column})[keys + [column]]
 
+        if "count" in f:  # on the answer itself: it names the tags that split a series
+            self._one_series_per_key(f["count"].rename(columns={"_time": "window_start"}), keys)
         minutes = part("count", "sample_count")
-        self._one_series_per_key(minutes, keys)
         for name, column in (("mean", "mean_value"), ("min", "min_value"),
                              ("max", "max_value"), ("stddev", "stddev")):  # fmt: skip
             minutes = minutes.merge(part(name, column), on=keys, how="left")
@@ -295,8 +296,8 @@ class InfluxReadingsSource:
         classes = f.get("classes", _empty("device", "field", "class", "n", "held"))
         if with_medians:
             out = f.get("count", _empty("device", "field", "_value"))
-            out = out.rename(columns={"_value": "reading_count"})[keys + ["reading_count"]]
             self._one_series_per_key(out, keys)
+            out = out.rename(columns={"_value": "reading_count"})[keys + ["reading_count"]]
             med = f.get("median", _empty("device", "field", "_value"))
             out = out.merge(med.rename(columns={"_value": "median"})[keys + ["median"]],
                             on=keys, how="left")  # fmt: skip
