@@ -270,10 +270,14 @@ class FakeInflux:
         return _json(201, bucket)
 
     def _bucket(self, request: Request, bucket_id: str, body: bytes) -> Response:
-        """GET / PATCH /api/v2/buckets/{id} (PATCH: name, description, retentionRules)."""
+        """GET / PATCH / DELETE /api/v2/buckets/{id} (PATCH: description, retentionRules)."""
         found = next((b for b in self.buckets.values() if b["id"] == bucket_id), None)
         if found is None:
             return _json(404, {"code": "not found", "message": "bucket not found"})
+        if request.method == "DELETE":
+            del self.buckets[found["name"]]
+            self.points.pop(found["name"], None)
+            return Response(status=204)
         if request.method == "PATCH":
             data = json.loads(body)
             found.update({k: v for k, v in data.items() if k in ("retentionRules",

@@ -10,8 +10,10 @@ computed here from the raw points with pandas, not by the code under test.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from influxdb_client import InfluxDBClient
 
 from agg_pipeline import cli
 from agg_pipeline import status as status_mod
@@ -110,7 +113,9 @@ def _old_task_points(raw: pd.DataFrame, until: datetime) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("window_time", ["stop", "start"])
-def test_old_task_points_and_new_points_line_up(influx, warehouse_url, engine, window_time):
+def test_old_task_points_and_new_points_line_up(
+    influx, warehouse_url, engine, window_time, monkeypatch, tmp_path, capsys
+):
     """The shipped catalogue continues the old tasks' series: minutes 0-4 written by the old
     1m mean task, minutes 5-9 by the sink, read back through the client as one series per
     probe and field, one point a minute, each the mean of the minute *before* its stamp.
@@ -162,9 +167,15 @@ def test_old_task_points_and_new_points_line_up(influx, warehouse_url, engine, w
     # old: 5 minutes x 2 probes x 2 fields, mean only; new: 5 minutes x 4 stats.
     assert compared.same == 5 * 2 * 2 + 5 * 2 * 2 * 4
     assert compared.only_postgres == 5 * 2 * 2 * 3  # the old minutes' min, max, count
+    _use_catalogue(monkeypatch, influx, tmp_path, catalogue)
+    argv = ["influx", "compare", "--start", "2026-11-02T10:00", "--end", "2026-11-02T11:00"]
+    assert cli.main([*argv, "--level", "1m"]) == 0
+    assert (
+        "1m: 100 points equal PostgreSQL, 0 differ, 0 in InfluxDB only" in capsys.readouterr().out
+    )
 
 
-def test_compare_finds_a_shifted_old_point(influx, warehouse_url, engine):
+def test_compare_finds_a_shifted_old_point(influx, warehouse_url, engine, monkeypatch, tmp_path):
     raw = _raw(minutes=3)
     influx.add_points("water-quality", raw)
     shifted = _old_task_points(raw, T0 + timedelta(minutes=3))
@@ -178,6 +189,9 @@ def test_compare_finds_a_shifted_old_point(influx, warehouse_url, engine):
     )
     # 10:00 has no window ending then (only_influx); 10:01, 10:02 hold the wrong minute.
     assert not c.ok and c.only_influx == 4 and c.differing == 8 and c.same == 0
+    _use_catalogue(monkeypatch, influx, tmp_path, WQ)
+    assert cli.main(["influx", "compare", "--start", "2026-11-02T10:00", "--end",
+                     "2026-11-02T11:00", "--level", "1m"]) == 1  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ 2. tags
@@ -440,3 +454,49 @@ def test_status_reports_influx_connected_and_survives_influxdb_down(influx, monk
     assert result.influx_connected is False and result.as_dict()["influx_connected"] is False
     assert any(p.startswith("InfluxDB unreachable") for p in result.problems)
     assert "influxdb: UNREACHABLE" in status_mod.render(result)
+
+
+# ------------------------------------------------------------------- live InfluxDB
+LIVE = all(os.environ.get(k) for k in ("INFLUXDB_URL", "INFLUXDB_TOKEN", "INFLUXDB_ORG"))
+
+
+@pytest.mark.skipif(not LIVE, reason="live InfluxDB tests: set INFLUXDB_URL, INFLUXDB_TOKEN, "
+                    "INFLUXDB_ORG to run them against a real InfluxDB 2.x")  # fmt: skip
+def test_live_pattern_bucket_round_trip_and_retention():
+    """The pattern bucket on a real InfluxDB: the reader's pivot / filters / aggregates
+    (Flux run by InfluxDB itself) give back exactly what was written, and a differing
+    retention is corrected; a temporary bucket, deleted after."""
+    live = InfluxResource.from_env()
+    bucket = f"agg_pipeline_test_{uuid.uuid4().hex[:8]}"
+    assert live.ensure_bucket(bucket, 1) == "created"
+    try:
+        assert live.ensure_bucket(bucket, 1) == "exists"
+        assert live.ensure_bucket(bucket, 2).startswith("retention differs: 1 d -> 2 d")
+        assert live.ensure_bucket(bucket, 2, apply=True) == "retention corrected: 1 d -> 2 d"
+        assert live.ensure_bucket(bucket, 2) == "exists"
+
+        days = [date.today() - timedelta(days=3), date.today() - timedelta(days=2)]
+        written = [a for d in days for a in patterns.sample_aggregates(60, day=d)]
+        for det in patterns.DETECTORS.values():
+            rows = [a.model_dump() for a in written if isinstance(a, det.model)]
+            live.write_lines(bucket, influx_sink.pattern_lines(det, rows))
+        reader = patterns_influx.InfluxPatterns(live, bucket)
+        for name, det in patterns.DETECTORS.items():
+            mine = sorted((a for a in written if isinstance(a, det.model)),
+                          key=lambda a: (a.day, getattr(a, det.key)))  # fmt: skip
+            got = patterns.query(reader, name, days[0], days[1])
+            assert got.problems == [] and got.rows == mine, name
+            key = getattr(mine[0], det.key)
+            metric = det.numeric_fields[0]
+            sums = patterns.aggregate(reader, name, metric, days[0], days[1], "sum")
+            assert sums[key] == pytest.approx(
+                sum(float(getattr(a, metric)) for a in mine if getattr(a, det.key) == key)
+            )
+        one = patterns.query(reader, "time_based", days[0], days[1], entity_id="light.room_0")
+        assert [r.entity_id for r in one.rows] == ["light.room_0"] * 2
+    finally:
+        with InfluxDBClient(url=live.url, token=live.token, org=live.org) as client:
+            api = client.buckets_api()
+            found = api.find_bucket_by_name(bucket)
+            if found:
+                api.delete_bucket(found)
