@@ -82,9 +82,12 @@ class InfluxPatterns:
             tags["area_id"] = area_id
         if entity_id is not None and "entity_id" in det.tags:
             tags["entity_id"] = entity_id
-        text = flux.pattern_rows(
-            self.bucket, det.measurement, _midnight(start), _midnight(end + timedelta(1)), tags
-        )
+        try:
+            text = flux.pattern_rows(
+                self.bucket, det.measurement, _midnight(start), _midnight(end + timedelta(1)), tags
+            )
+        except ValueError as exc:  # a filter Flux cannot carry (control characters)
+            raise patterns.PatternQueryError(f"{', '.join(tags)}: {exc}") from None
         result = patterns.QueryResult()
         place = f"{self.bucket}/{det.measurement}"
         parsed = []

@@ -127,7 +127,7 @@ class InfluxReadingsSource:
         if not self.source.tags:
             return frame[tag].astype(str)
         cols = [tag, *(t for t in self.source.tags if t in frame)]
-        keys = frame[cols].astype(str).replace({"nan": ""})
+        keys = frame[cols].fillna("").astype(str)  # a block without the tag: not carried
         distinct = keys.drop_duplicates()
         codes = [
             series.compose(row[0], dict(zip(cols[1:], row[1:], strict=True)))
