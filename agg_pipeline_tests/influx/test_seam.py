@@ -102,14 +102,15 @@ def _read_back(fake: FakeInflux, measurement: str, start: datetime, stop: dateti
 
 
 # ------------------------------------------------------------------------ 1. timestamps
-def _old_task_points(raw: pd.DataFrame, until: datetime) -> pd.DataFrame:
-    """What ``aggregateWindow(every: 1m, fn: mean)`` + set(stat_type) wrote: per series and
-    minute before ``until``, the mean, stamped at the window's _stop (its end)."""
+def _old_task_points(raw: pd.DataFrame, until: datetime, every: str = "1min") -> pd.DataFrame:
+    """What ``aggregateWindow(every: 1m, fn: mean)`` (or 5m) + set(stat_type) wrote: per
+    series and window before ``until``, the mean, stamped at the window's _stop (its end)."""
     old = raw[raw["_time"] < pd.Timestamp(until)].copy()
-    old["_time"] = old["_time"].dt.floor("1min") + pd.Timedelta(minutes=1)
+    old["_time"] = old["_time"].dt.floor(every) + pd.Timedelta(every)
     keys = ["_time", "sensor_tag", "_field"]
     out = old.groupby(keys, as_index=False)["_value"].mean()
-    return out.assign(_measurement="water_quality_1m", stat_type="mean")
+    level = {"1min": "1m", "5min": "5m"}[every]
+    return out.assign(_measurement=f"water_quality_{level}", stat_type="mean")
 
 
 @pytest.mark.parametrize("window_time", ["stop", "start"])
@@ -127,12 +128,14 @@ def test_old_task_points_and_new_points_line_up(
     switch = T0 + timedelta(minutes=5)
     influx.add_points("water-quality", raw)
     influx.add_points("water-quality", _old_task_points(raw, switch))
+    influx.add_points("water-quality", _old_task_points(raw, switch, "5min"))
 
     ctx = _context(catalogue, influx, warehouse_url)
-    writers.write_readings_1m(ctx, Window(T0, T0 + timedelta(hours=1)))
-    influx_sink.write_windows(
-        engine, resource(influx), catalogue, "1m", Window(switch, T0 + timedelta(hours=1))
-    )
+    hour, after = Window(T0, T0 + timedelta(hours=1)), Window(switch, T0 + timedelta(hours=1))
+    writers.write_readings_1m(ctx, hour)
+    writers.write_merged_level(ctx, writers.LEVEL_5M, hour)
+    for level in ("1m", "5m"):
+        influx_sink.write_windows(engine, resource(influx), catalogue, level, after)
 
     back = _read_back(influx, "water_quality_1m", T0, T0 + timedelta(hours=1))
     means = back[back["stat_type"] == "mean"]
@@ -155,6 +158,19 @@ def test_old_task_points_and_new_points_line_up(
     for _, times in means.groupby(["sensor_tag", "_field"])["_time"]:
         steps = times.sort_values().diff().dropna().unique()
         assert list(steps) == [pd.Timedelta(minutes=1)] and len(times) == 10
+    # The 5-minute series likewise: the old task's 10:05 point, then the sink's 10:10.
+    back5 = _read_back(influx, "water_quality_5m", T0, T0 + timedelta(hours=1))
+    means5 = back5[back5["stat_type"] == "mean"]
+    got5 = means5.set_index(["sensor_tag", "_field", "_time"])["_value"].astype(float)
+    expected5 = (
+        raw.assign(_time=raw["_time"].dt.floor("5min") + pd.Timedelta(minutes=5))
+        .groupby(["sensor_tag", "_field", "_time"])["_value"]
+        .mean()
+    )
+    pd.testing.assert_series_equal(got5.sort_index(), expected5.sort_index(),
+                                   check_names=False, rtol=1e-12)  # fmt: skip
+    assert sorted(set(means5["_time"])) == [pd.Timestamp(T0) + pd.Timedelta(minutes=m)
+                                            for m in (5, 10)]  # fmt: skip
     # The new points carry count too (the old tasks wrote mean, min and max only).
     new = back[(back["stat_type"] == "count") & (back["_time"] > pd.Timestamp(switch))]
     assert set(new["_value"].astype(int)) == {6}
