@@ -141,11 +141,14 @@ class InfluxReadingsSource:
     def _one_series_per_key(self, frame: pd.DataFrame, keys: list[str]) -> None:
         dup = frame.duplicated(keys, keep=False)
         if dup.any():
-            other = [
+            candidates = [
                 c for c in frame.columns
                 if not c.startswith("_") and c not in (*keys, "device", "field", "result",
                                                        "table", self.source.device_tag)
             ]  # fmt: skip
+            # The tags that do split them: more than one value within a duplicated key.
+            clash = frame[dup]
+            other = [c for c in candidates if (clash.groupby(keys)[c].nunique() > 1).any()]
             raise InfluxError(
                 f"several series share device tag {self.source.device_tag!r} and field "
                 f"(e.g. {frame.loc[dup, keys].iloc[0].to_dict()}); tags {other} split them. "

@@ -216,6 +216,7 @@ def test_tags_split_a_probe_and_are_carried_through_the_sink(influx, warehouse_u
     tag set is aggregated on its own (its own device) and the sink writes `site` back;
     without it the run stops, naming the tag and the setting."""
     raw = _raw(minutes=3, tags={"site": ["north", "south bank"]})
+    raw["kind"] = "probe"  # a tag that does not split: neither named nor needed
     influx.add_points("water-quality", raw)
     hour = Window(T0, T0 + timedelta(hours=1))
 
