@@ -65,7 +65,7 @@ def _target() -> Iterator[tuple[InfluxResource, str, str]]:
     live = InfluxResource.from_env()
     if live.enabled:
         bucket = f"agg_pipeline_bench_{uuid.uuid4().hex[:8]}"
-        live.ensure_bucket(bucket, 1)
+        live.ensure_bucket(bucket, None)  # no expiry: the 90 days are in the past
         try:
             yield live, bucket, f"live InfluxDB at {live.url}"
         finally:

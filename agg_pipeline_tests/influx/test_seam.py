@@ -486,12 +486,12 @@ def test_live_pattern_bucket_round_trip_and_retention():
     retention is corrected; a temporary bucket, deleted after."""
     live = InfluxResource.from_env()
     bucket = f"agg_pipeline_test_{uuid.uuid4().hex[:8]}"
-    assert live.ensure_bucket(bucket, 1) == "created"
+    assert live.ensure_bucket(bucket, 7) == "created"
     try:
-        assert live.ensure_bucket(bucket, 1) == "exists"
-        assert live.ensure_bucket(bucket, 2).startswith("retention differs: 1 d -> 2 d")
-        assert live.ensure_bucket(bucket, 2, apply=True) == "retention corrected: 1 d -> 2 d"
-        assert live.ensure_bucket(bucket, 2) == "exists"
+        assert live.ensure_bucket(bucket, 7) == "exists"
+        assert live.ensure_bucket(bucket, 8).startswith("retention differs: 7 d -> 8 d")
+        assert live.ensure_bucket(bucket, 8, apply=True) == "retention corrected: 7 d -> 8 d"
+        assert live.ensure_bucket(bucket, 8) == "exists"
 
         days = [date.today() - timedelta(days=3), date.today() - timedelta(days=2)]
         written = [a for d in days for a in patterns.sample_aggregates(60, day=d)]
