@@ -518,3 +518,30 @@ def test_live_pattern_bucket_round_trip_and_retention():
             found = api.find_bucket_by_name(bucket)
             if found:
                 api.delete_bucket(found)
+
+
+# ---------------------------------------------------------------- 5. the walk-through
+def test_the_walk_through_names_only_commands_that_exist(project_root):
+    """README "Switching off the six Flux tasks": each agg-pipeline line parses with the
+    real parser, and the shipped catalogue it names is the seed-000 system."""
+    readme = (project_root / "README.md").read_text()
+    section = readme.split("### Switching off the six Flux tasks", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    commands = [line.split("#", 1)[0].split() for line in block.splitlines()]
+    ours = [c[1:] for c in commands if c and c[0] == "agg-pipeline"]
+    assert len(ours) >= 6
+    for argv in ours:
+        cli.build_parser().parse_args(argv)  # SystemExit on an unknown command or flag
+    assert {tuple(a[:3]) for a in ours} >= {("influx", "tasks", "disable"),
+                                             ("influx", "tasks", "delete")}  # fmt: skip
+    assert ["influx", "compare"] in [a[:2] for a in ours]
+    assert any(c[:3] == ["dagster", "asset", "materialize"] and "--partition-range" in c
+               for c in commands)  # fmt: skip
+    assert "AGG_PIPELINE_CATALOGUE=water_quality_influx" in block
+
+    src, sink = WQ.source, WQ.influx_sink
+    assert (src.kind, src.bucket, src.measurement) == ("influxdb", "water-quality", "water_quality")
+    assert set(WQ.fields) == {"temperature", "conductivity"}
+    assert (sink.bucket, sink.measurement, sink.window_time) == ("water-quality", "water_quality",
+                                                                 "stop")  # fmt: skip
+    assert sink.readings_1m and sink.readings_5m and sink.retention_days is None
