@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -48,8 +49,12 @@ T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def influx(httpserver) -> FakeInflux:
-    return FakeInflux(httpserver)
+def influx(httpserver) -> Iterator[FakeInflux]:
+    # pytest-httpserver's server (and URL) lives for the session, its buckets per test:
+    # forget which buckets the sink ensured there, before and after (for other files).
+    influx_sink._ENSURED.clear()
+    yield FakeInflux(httpserver)
+    influx_sink._ENSURED.clear()
 
 
 def resource(fake: FakeInflux) -> InfluxResource:
@@ -313,10 +318,14 @@ def _pattern_stores(fake: FakeInflux, engine: sa.Engine) -> patterns_influx.Infl
         if hasattr(a, "confidence"):
             a.confidence = ((i * 3) % 10) / 10
     patterns.write_batch(engine, rows)
-    fake.buckets["pattern_aggregates_daily"] = {"id": "01", "name": "pattern_aggregates_daily"}
+    # The sink's entry point, as the pattern assets call it (it creates the bucket).
+    catalogue = _with(WQ, influx_sink={"patterns_bucket": "pattern_aggregates_daily"})
     for det in patterns.DETECTORS.values():
         mine = [a.model_dump() for a in rows if isinstance(a, det.model)]
-        resource(fake).write_lines("pattern_aggregates_daily", influx_sink.pattern_lines(det, mine))
+        assert influx_sink.write_patterns(resource(fake), catalogue, det, mine) == len(mine)
+    assert fake.buckets["pattern_aggregates_daily"]["retentionRules"][0]["everySeconds"] == (
+        90 * 86400
+    )
     return patterns_influx.InfluxPatterns(resource(fake), "pattern_aggregates_daily")
 
 
