@@ -9,6 +9,7 @@
     agg-pipeline seed-events --days N [...]       simulated home events into raw.events
     agg-pipeline seed-activity --days N [...]     simulated executions, activity, credits
     agg-pipeline status [--json] [--days N]       what is stale, missing, failed or failing
+    agg-pipeline influx ensure-buckets|compare|tasks   the InfluxDB sink and the old Flux tasks
     agg-pipeline dev [--port 3000]                all of the above, then `dagster dev`
 
 Every command honours DATABASE_URL (the warehouse) and, for `dev`, DAGSTER_PG_URL (the
@@ -348,9 +349,12 @@ def cmd_influx(args: argparse.Namespace) -> int:
         if sink is None:
             print("the catalogue has no influx_sink: no buckets to create", file=sys.stderr)
             return 2
-        for bucket, outcome in influx_sink.ensure_buckets(influx, sink).items():
+        outcomes = influx_sink.ensure_buckets(influx, sink, apply=args.apply, cached=False)
+        for bucket, outcome in outcomes.items():
             print(f"{bucket}: {outcome}")
-        return 0
+        return 1 if any(o.startswith("retention differs") for o in outcomes.values()) else 0
+    if args.action == "compare":
+        return _influx_compare(args, influx)
     # tasks
     tasks = influx.list_tasks(args.prefix)
     if args.task_action == "list" or not tasks:
@@ -370,6 +374,33 @@ def cmd_influx(args: argparse.Namespace) -> int:
             influx.delete_task(t["id"])
         print(f"{args.task_action}d {t['name']} ({t['id']})")
     return 0
+
+
+def _influx_compare(args: argparse.Namespace, influx: InfluxResource) -> int:
+    from agg_pipeline.core.windows import Window
+    from agg_pipeline.influx import sink as influx_sink
+
+    end = args.end or datetime.now(UTC).replace(second=0, microsecond=0)
+    window = Window(args.start, end)
+    engine = engine_for(resolve_url(get_settings().database_url))
+    ok = True
+    for level in args.level or ["1m", "5m"]:
+        c = influx_sink.compare_windows(engine, influx, get_catalogue(), level, window)
+        print(
+            f"{level}: {c.same} points equal PostgreSQL, {c.differing} differ, "
+            f"{c.only_influx} in InfluxDB only (no window at that time: shifted or extra), "
+            f"{c.only_postgres} window values not in InfluxDB (not written yet, or count: "
+            "the old tasks wrote none)"
+        )
+        for example in c.examples:
+            print(f"  {example}")
+        ok = ok and c.ok
+    return 0 if ok else 1
+
+
+def _utc_time(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -490,9 +521,22 @@ def build_parser() -> argparse.ArgumentParser:
         "influx", help="InfluxDB 2.x: create the sink's buckets, retire the old Flux tasks"
     )
     ix_sub = ix.add_subparsers(dest="action", required=True)
-    ix_sub.add_parser(
-        "ensure-buckets", help="create the catalogue's influx_sink buckets with retention"
-    ).set_defaults(func=cmd_influx)
+    eb = ix_sub.add_parser(
+        "ensure-buckets",
+        help="create the catalogue's influx_sink buckets with retention; report a bucket "
+        "whose retention differs (exit 1)",
+    )
+    eb.add_argument("--apply", action="store_true", help="correct a differing retention")
+    eb.set_defaults(func=cmd_influx)
+    cmp_ = ix_sub.add_parser(
+        "compare",
+        help="the <measurement>_1m / _5m points in InfluxDB against PostgreSQL's windows "
+        "(exit 1 on a differing or shifted point)",
+    )
+    cmp_.add_argument("--start", type=_utc_time, required=True, help="ISO time (UTC if naive)")
+    cmp_.add_argument("--end", type=_utc_time, help="ISO time (default: now)")
+    cmp_.add_argument("--level", choices=["1m", "5m"], action="append", help="default both")
+    cmp_.set_defaults(func=cmd_influx)
     tasks = ix_sub.add_parser("tasks", help="the old downsampling tasks (aggregate_1m_mean ...)")
     tasks.add_argument("task_action", choices=["list", "disable", "delete"])
     tasks.add_argument(

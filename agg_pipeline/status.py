@@ -21,8 +21,10 @@ from typing import Protocol, TypeVar
 import dagster as dg
 import sqlalchemy as sa
 
+from agg_pipeline.config.catalogue import Catalogue, InfluxSource, get_catalogue
 from agg_pipeline.core import hierarchy
 from agg_pipeline.core.cron import previous_tick
+from agg_pipeline.influx.client import InfluxResource
 
 TABLES = {
     **{level.asset: level.table for level in hierarchy.DERIVED},
@@ -76,6 +78,10 @@ class Status:
     raw_rows_estimate: int | None
     assets: list[AssetStatus]
     problems: list[str]
+    # InfluxDB's /health when the catalogue reads from or writes to InfluxDB; None when it
+    # uses no InfluxDB (the old ETL's `influx_connected`).
+    influx_connected: bool | None = None
+    influx_detail: str = ""
 
     @property
     def ok(self) -> bool:
@@ -116,6 +122,18 @@ def freshness(
     return ("PASS" if last >= lower else "FAIL"), detail
 
 
+def influx_connection(
+    catalogue: Catalogue, influx: InfluxResource | None = None, timeout_s: float = 2.0
+) -> tuple[bool | None, str]:
+    """(influx_connected, detail): None when ``catalogue`` uses no InfluxDB, else whether
+    InfluxDB's ``/health`` passes within ``timeout_s`` - never raises, never waits longer.
+    Plain, so other status views (the HTTP status) report the same finding."""
+    if not (isinstance(catalogue.source, InfluxSource) or catalogue.influx_sink is not None):
+        return None, "the catalogue uses no InfluxDB"
+    influx = influx if influx is not None else InfluxResource.from_env()
+    return influx.health(timeout_s)
+
+
 def _table_rows(engine: sa.Engine, table: str) -> int | None:
     schema, name = table.split(".")
     with engine.connect() as conn:
@@ -137,7 +155,6 @@ def _table_rows(engine: sa.Engine, table: str) -> int | None:
 
 
 def _raw_rows(engine: sa.Engine) -> int | None:
-    from agg_pipeline.config.catalogue import get_catalogue
 
     catalogue = get_catalogue()
     if not catalogue.raw_in_postgres:  # an InfluxDB source is not counted here
@@ -273,9 +290,15 @@ def collect(
     warehouse_label: str,
     days: int = 7,
     now: datetime | None = None,
+    influx: InfluxResource | None = None,
 ) -> Status:
     now = now or datetime.now(UTC)
     problems: list[str] = []
+    influx_ok, influx_detail = _guarded(
+        problems, "InfluxDB", lambda: influx_connection(get_catalogue(), influx), (None, "")
+    )
+    if influx_ok is False:
+        problems.append(f"InfluxDB unreachable: {influx_detail}")
     reachable = True
     try:
         with engine.connect() as conn:
@@ -346,6 +369,8 @@ def collect(
         raw_rows_estimate=raw_estimate,
         assets=assets,
         problems=problems,
+        influx_connected=influx_ok,
+        influx_detail=influx_detail,
     )
 
 
@@ -354,7 +379,6 @@ def healing_problems(engine: sa.Engine, now: datetime) -> list[str]:
     changes not yet observed, levels that disagree with their parents as they are now,
     NULL medians the raw readings could fill, partitions held behind a failed blocking
     check or inconsistent too often. Any of them is a problem: ``ok`` means none."""
-    from agg_pipeline.config.catalogue import get_catalogue
     from agg_pipeline.config.settings import get_settings
     from agg_pipeline.defs.operations.self_healing import origin
     from agg_pipeline.warehouse import healing
@@ -380,6 +404,12 @@ def render(status: Status) -> str:
     ]
     if status.raw_rows_estimate is not None:
         lines.append(f"  raw readings: {status.raw_rows_estimate:,} rows")
+    if status.influx_connected is not None:
+        lines.append(
+            "  influxdb: "
+            + ("connected" if status.influx_connected else "UNREACHABLE")
+            + f" - {status.influx_detail}"
+        )
     lines.append("")
     lines.append(
         f"  {'asset':<18} {'latest partition':<20} {'fresh':<6} {'missing':>7} "

@@ -203,6 +203,8 @@ class FakeInflux:
             if request.path.startswith(prefix):
                 del self.faults[i]
                 return self._fault(fault)
+        if request.path == "/health":  # InfluxDB answers /health without a token
+            return _json(200, {"name": "influxdb", "status": "pass", "version": "v2.7-test"})
         if request.headers.get("Authorization") != f"Token {self.token}":
             return _json(401, {"code": "unauthorized", "message": "unauthorized access"})
         path = request.path
@@ -212,6 +214,8 @@ class FakeInflux:
             return self._write(request.args, body.decode())
         if path == "/api/v2/buckets":
             return self._buckets(request, body)
+        if path.startswith("/api/v2/buckets/"):
+            return self._bucket(request, path.rsplit("/", 1)[1], body)
         if path == "/api/v2/orgs":
             return _json(200, {"orgs": [{"id": "0000000000000001", "name": self.org}]})
         if path.startswith("/api/v2/tasks"):
@@ -265,6 +269,21 @@ class FakeInflux:
         self.buckets[data["name"]] = bucket
         return _json(201, bucket)
 
+    def _bucket(self, request: Request, bucket_id: str, body: bytes) -> Response:
+        """GET / PATCH / DELETE /api/v2/buckets/{id} (PATCH: description, retentionRules)."""
+        found = next((b for b in self.buckets.values() if b["id"] == bucket_id), None)
+        if found is None:
+            return _json(404, {"code": "not found", "message": "bucket not found"})
+        if request.method == "DELETE":
+            del self.buckets[found["name"]]
+            self.points.pop(found["name"], None)
+            return Response(status=204)
+        if request.method == "PATCH":
+            data = json.loads(body)
+            found.update({k: v for k, v in data.items() if k in ("retentionRules",
+                                                                "description")})  # fmt: skip
+        return _json(200, found)
+
     def _tasks(self, request: Request, body: bytes) -> Response:
         parts = request.path.rstrip("/").split("/")
         if len(parts) == 4:  # /api/v2/tasks
@@ -316,7 +335,8 @@ class FakeInflux:
                    & (points["_measurement"] == p["measurement"])]  # fmt: skip
         if fields is not None:
             d = d[d["_field"].isin(fields)]
-        d = d.copy()
+        # Tags of other measurements (stat_type on the sink's points) are no columns here.
+        d = d.dropna(axis=1, how="all").copy()
         d["_start"], d["_stop"] = start, stop
         return d
 
@@ -385,10 +405,9 @@ class FakeInflux:
                 ["optimal", "critical"],
                 "acceptable",
             )
-            tag = p["device_tag"]
-            c = b.groupby([tag, "_field", "class"]).agg(n=("held", "size"), held=("held", "sum"))
-            out.append(("classes", c.reset_index()[[tag, "_field", "class", "n", "held"]],
-                        [tag, "_field", "class"]))  # fmt: skip
+            keys = [p["device_tag"], *p.get("tags", []), "_field", "class"]
+            c = b.groupby(keys).agg(n=("held", "size"), held=("held", "sum"))
+            out.append(("classes", c.reset_index()[[*keys, "n", "held"]], keys))
         return out
 
     def _hourly_fingerprints(self, p: dict):
@@ -421,6 +440,36 @@ class FakeInflux:
             (stat, d[d["stat_type"] == stat][columns], ["_field", tag])
             for stat in ("mean", "min", "max", "count")
         ]
+
+    def _sink_windows(self, p: dict):
+        d = self._data(p, None)
+        series = self._series(d)
+        return [("windows", d[["_start", "_stop", "_time", "_value", *series]], series)]
+
+    def _patterns(self, p: dict) -> pd.DataFrame:
+        d = self._data(p, None)
+        for tag, value in p.get("tags", {}).items():
+            d = d[d[tag] == value] if tag in d else d.iloc[0:0]
+        return d
+
+    def _pattern_rows(self, p: dict):
+        d = self._patterns(p)
+        if d.empty:
+            return []
+        d = d.dropna(axis=1, how="all")  # tags of other measurements
+        keys = [c for c in self._series(d) if c != "_field"]
+        wide = d.set_index([*keys, "_start", "_stop", "_time", "_field"])["_value"]
+        wide = wide.unstack("_field").reset_index()
+        for c in wide.columns:  # each field column typed as InfluxDB types it
+            wide[c] = pd.Series(wide[c].tolist(), index=wide.index).infer_objects()
+        return [("rows", wide, [*keys, "_start", "_stop"])]
+
+    def _pattern_aggregate(self, p: dict):
+        d = self._patterns(p)
+        d = d[d["_field"] == p["metric"]]
+        values = d.assign(_value=d["_value"].astype(float)).groupby(p["key"])["_value"]
+        agg = {"sum": values.sum, "mean": values.mean, "count": values.count}[p["how"]]()
+        return [("aggregate", agg.reset_index()[[p["key"], "_value"]], [p["key"]])]
 
 
 def _json(status: int, data: dict) -> Response:

@@ -18,11 +18,12 @@ ALLOWED = {
     "sources": {"core", "config", "warehouse", "influx"},
     "influx": {"core", "config", "warehouse"},
     "demo": {"core", "config", "warehouse"},
-    "serving": {"core", "config", "warehouse"},
+    # Beside defs: the read paths read the warehouse or, for pattern aggregates, InfluxDB.
+    "serving": {"core", "config", "warehouse", "influx"},
     "defs": {"core", "config", "warehouse", "sources", "influx", "serving"},
     "definitions": {"core", "config", "warehouse", "influx", "defs"},
     # Beside defs, at the top: they read the Dagster instance / load the definitions.
-    "status": {"core", "config", "warehouse", "defs"},
+    "status": {"core", "config", "warehouse", "influx", "defs"},
     "cli": {"core", "config", "warehouse", "sources", "influx", "demo", "serving", "defs"}
     | {"definitions", "status"},
 }

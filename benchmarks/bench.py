@@ -16,7 +16,9 @@ PostgreSQL, or the server of DATABASE_URL), then measures, side by side in one r
 4. backfill bookkeeping - 90 days of hourly partitions with a do-nothing asset, in one run
    (our policy) vs one run per partition (sampled, scaled);
 5. read path - dashboard questions from the rollup tables vs from raw rows (p50 / p95);
-6. write path - 1000 pattern aggregates in one batch (PostgreSQL; when available);
+6. write path - 1000 pattern aggregates in one batch (PostgreSQL; when available); the
+   pattern bucket's write / read criteria (bench_influx.py: live InfluxDB when INFLUXDB_*
+   are set, else the tests' local protocol server, and the figures say which);
 7. incremental - the open hour after new readings land, and a late-data correction;
 8. event metrics - executions through execution_metrics_* vs the same aggregates' floor
    and the old per-hour Python job (bench_events.py).
@@ -47,7 +49,7 @@ from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.config.settings import PACKAGE_DIR, get_settings
 from agg_pipeline.demo import readings as simulator
 from agg_pipeline.warehouse import localdb, migrate
-from benchmarks import bench_events, bench_heal
+from benchmarks import bench_events, bench_heal, bench_influx
 
 BENCH_FIELDS = ("temperature", "humidity", "ph", "ec", "light")
 TARGETS = {
@@ -59,6 +61,7 @@ TARGETS = {
     "worker_peak_rss_mb": ("<=", 500.0),
     "pattern_write_1000_s": ("<", 1.0),
     "pattern_write_1000_influx_s": ("<", 1.0),
+    **{f"influx_{k}": ("<", v) for k, v in bench_influx.TARGETS.items()},
     "heal_p95_s": ("<=", 300.0),
     "minute_p95_s": ("<=", 90.0),
     "heal_trials_wrong": ("<=", 0),
@@ -587,6 +590,8 @@ def ratios(r: dict) -> dict:
         "pattern_write_1000_s": r["pattern_writes"].get("postgres_s"),
         "pattern_write_1000_influx_s": r["pattern_writes"].get("influx_line_protocol_s"),
     }
+    for key, value in (r.get("influx_patterns") or {}).get("figures", {}).items():
+        out[f"influx_{key}"] = value
     healing = r.get("healing") or {}
     out["heal_p95_s"] = healing.get("heal_p95_s")
     out["minute_p95_s"] = healing.get("minute_p95_s")
@@ -634,6 +639,8 @@ def render(result: dict) -> str:
     row("run worker peak RSS (MB)", "worker_peak_rss_mb", ".0f")
     row("1000 pattern aggregates, one batch (s)", "pattern_write_1000_s", ".3f")
     row("1000 pattern aggregates, line protocol (s)", "pattern_write_1000_influx_s", ".3f")
+    for key in bench_influx.TARGETS:  # the old PatternAggregateClient's criteria
+        row(f"pattern bucket {key.removesuffix('_s')} (s)", f"influx_{key}", ".3f")
     row("late reading -> hour, day, week exact p95 (s)", "heal_p95_s", ".0f")
     row("reading -> final 1m window p95 (s)", "minute_p95_s", ".0f")
     row("heal trials ending in a wrong state", "heal_trials_wrong", "d")
@@ -664,6 +671,8 @@ def render(result: dict) -> str:
         "pattern writes: "
         + (pw["note"] if "note" in pw and "postgres_s" not in pw else json.dumps(pw))
     )
+    if result.get("influx_patterns"):
+        lines += bench_influx.render(result["influx_patterns"])
     i = result["incremental"]
     lines.append(
         f"incremental: open hour refresh {i['open_hour_refresh_s']:.2f} s; late reading -> "
@@ -757,6 +766,8 @@ def main(argv: list[str] | None = None) -> int:
         result["reads"] = measure_reads(env, start, end, args.read_reps)
         progress("write path")
         result["pattern_writes"] = measure_pattern_writes(env, args.reps)
+        progress("pattern bucket: the old PatternAggregateClient's criteria")
+        result["influx_patterns"] = bench_influx.measure(args.reps)
         progress("incremental refresh")
         result["incremental"] = measure_incremental(env, start, args.devices, args.hz)
         if args.event_executions:

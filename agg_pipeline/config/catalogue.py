@@ -20,6 +20,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -28,7 +29,7 @@ from agg_pipeline.config.settings import get_settings
 from agg_pipeline.config.yaml_model import parse_model
 from agg_pipeline.core.formulas import FormulaError, parse
 
-SHIPPED = ("hydroponics", "water_quality", "oil_well")
+SHIPPED = ("hydroponics", "water_quality", "water_quality_influx", "oil_well")
 
 # SQL identifiers from config are validated here and quoted again where they are used.
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
@@ -136,6 +137,28 @@ class InfluxSource(_Strict):
     device_tag: InfluxName = Field(
         default="sensor_tag", description="The tag that identifies a device."
     )
+    tags: tuple[InfluxName, ...] = Field(
+        default=(),
+        max_length=16,
+        description="Other tags of the raw series that belong to its identity, as the old "
+        "tasks' aggregateWindow kept them: each tag set is aggregated on its own (its own "
+        "device in PostgreSQL, code `<device>,<tag>=<value>...`, influx/series.py) and the "
+        "sink writes the tags back. Empty: a device tag plus field is one series.",
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _plain_tags(cls, tags: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        reserved = {"stat_type", "date", info.data.get("device_tag", "sensor_tag")}
+        for tag in tags:
+            if tag.startswith("_") or tag in reserved:
+                raise ValueError(
+                    f"{tag!r} cannot be a carried tag (the device tag, stat_type, date and "
+                    "names starting with '_' are InfluxDB's or agg_pipeline's own)"
+                )
+        if len(set(tags)) != len(tags):
+            raise ValueError("tags: each tag once")
+        return tags
 
     def describe(self) -> str:
         return (
@@ -154,13 +177,16 @@ class InfluxSink(_Strict):
     retention_days: float | None = Field(
         default=None,
         gt=0,
-        description="Retention of the bucket when agg_pipeline creates it "
-        "(absent: keep forever). An existing bucket is left as it is.",
+        description="Retention of the bucket: created with it; an existing bucket whose "
+        "retention differs is reported by `agg-pipeline influx ensure-buckets` and corrected "
+        "with `--apply`. Absent: created without expiry, an existing bucket's retention is "
+        "not managed (the old tasks wrote into the raw bucket, whose retention is yours).",
     )
     window_time: Literal["start", "stop"] = Field(
-        default="start",
-        description="Timestamp of a window's points: its start (default) or its end (what "
-        "aggregateWindow's default timeSrc stamped in the old tasks).",
+        default="stop",
+        description="Timestamp of a window's points: its end (default: what the old tasks' "
+        "aggregateWindow stamped, its _stop, so a panel spanning the switch shows no shift) "
+        "or its start.",
     )
     readings_1m: bool = True
     readings_5m: bool = True
@@ -169,7 +195,21 @@ class InfluxSink(_Strict):
         description="Bucket for the daily pattern aggregates "
         "(e.g. pattern_aggregates_daily); absent: not written to InfluxDB.",
     )
-    patterns_retention_days: float = Field(default=90, gt=0)
+    patterns_retention_days: float = Field(
+        default=90, gt=0, description="Retention of patterns_bucket (managed as above)."
+    )
+    patterns_read: Literal["postgres", "influxdb"] = Field(
+        default="postgres",
+        description="Where `serving.patterns_influx.configured_reader` reads pattern "
+        "aggregates from: the PostgreSQL tables (default) or patterns_bucket, as the old "
+        "PatternAggregateClient did.",
+    )
+
+    @model_validator(mode="after")
+    def _patterns_read_needs_bucket(self) -> InfluxSink:
+        if self.patterns_read == "influxdb" and not self.patterns_bucket:
+            raise ValueError("patterns_read: influxdb needs patterns_bucket")
+        return self
 
 
 def _source_kind(value: object) -> str:

@@ -15,8 +15,12 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import json
+import os
 import random
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -159,6 +163,27 @@ class InfluxResource(dg.ConfigurableResource):
     def enabled(self) -> bool:
         return bool(self.url)
 
+    @classmethod
+    def from_env(cls) -> InfluxResource:
+        """From ``INFLUXDB_URL`` / ``_TOKEN`` / ``_ORG`` at call time (unset: not enabled)."""
+        return cls(**{k: os.environ.get(f"INFLUXDB_{k.upper()}") for k in ("url", "token", "org")})
+
+    def health(self, timeout_s: float = 2.0) -> tuple[bool, str]:
+        """InfluxDB's ``/health`` (no token needed): (passing, what it said or the error).
+        Never raises: status reports ask this when InfluxDB may well be down."""
+        if not self.url:
+            return False, "not configured (INFLUXDB_URL unset)"
+        url = self.url.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310
+                body = json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            return False, f"HTTP {exc.code} from {url}"
+        except (OSError, ValueError) as exc:  # refused, timeout, DNS, not JSON
+            return False, f"{type(exc).__name__}: {exc}"
+        status = str(body.get("status", "?"))
+        return status == "pass", f"{status} ({body.get('version', '?')})"
+
     def _client(self) -> InfluxDBClient:
         from influxdb_client import InfluxDBClient
 
@@ -239,23 +264,34 @@ class InfluxResource(dg.ConfigurableResource):
         return self.backoff_base_s * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
 
     # ---------------------------------------------------------------------- buckets
-    def ensure_bucket(self, name: str, retention_days: float | None) -> str:
-        """Create ``name`` with the retention rule unless it exists; 'created' / 'exists'."""
+    def ensure_bucket(self, name: str, retention_days: float | None, apply: bool = False) -> str:
+        """Create ``name`` with the retention rule unless it exists: 'created', 'exists'.
+
+        An existing bucket whose retention differs from ``retention_days`` is reported
+        ('retention differs: ...') and, with ``apply``, corrected ('retention corrected:
+        ...'). ``retention_days`` None: created without expiry, an existing bucket's
+        retention is not compared (not ours to manage)."""
         from influxdb_client import BucketRetentionRules
         from influxdb_client.rest import ApiException
 
+        wanted = int(retention_days * 86400) if retention_days else 0
+        rules = [BucketRetentionRules(type="expire", every_seconds=wanted)] if wanted else []
         with self._client() as client:
             api = client.buckets_api()
             try:
-                if api.find_bucket_by_name(name) is not None:
+                found = api.find_bucket_by_name(name)
+                if found is None:
+                    api.create_bucket(bucket_name=name, retention_rules=rules, org=self.org)
+                    return "created"
+                have = _expiry_seconds(found.retention_rules)
+                if retention_days is None or have == wanted:
                     return "exists"
-                rules = (
-                    [BucketRetentionRules(type="expire", every_seconds=int(retention_days * 86400))]
-                    if retention_days
-                    else []
-                )
-                api.create_bucket(bucket_name=name, retention_rules=rules, org=self.org)
-                return "created"
+                change = f"{_days(have)} -> {_days(wanted)}"
+                if not apply:
+                    return f"retention differs: {change} (run with --apply to correct it)"
+                found.retention_rules = rules
+                api.update_bucket(found)
+                return f"retention corrected: {change}"
             except ApiException as exc:
                 raise InfluxError(f"bucket {name!r}: {_api_message(exc)}") from None
 
@@ -296,9 +332,19 @@ class InfluxResource(dg.ConfigurableResource):
                 raise InfluxError(f"task {task_id}: {_api_message(exc)}") from None
 
 
-def _api_message(exc: Exception) -> str:
-    import json
+def _expiry_seconds(rules: list | None) -> int:
+    """A bucket's expiry in seconds; 0: kept forever (no rule, or everySeconds 0)."""
+    for rule in rules or []:
+        if getattr(rule, "type", "expire") == "expire":
+            return int(getattr(rule, "every_seconds", 0) or 0)
+    return 0
 
+
+def _days(seconds: int) -> str:
+    return f"{seconds / 86400:g} d" if seconds else "forever"
+
+
+def _api_message(exc: Exception) -> str:
     body = getattr(exc, "body", None)
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")

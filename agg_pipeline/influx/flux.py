@@ -177,6 +177,7 @@ def period_summary(
     latest_allowed: datetime,
     max_gap_seconds: float,
     with_medians: bool = True,
+    tags: tuple[str, ...] = (),
 ) -> str:
     """One period (a local day, or a week) of each series: the valid points' count and
     exact median; and, for fields with a condition band (optimal min / max, critical
@@ -185,7 +186,8 @@ def period_summary(
     A point holds until the next point of its series, at most ``max_gap_seconds``, and
     never past the period's end: ``events.duration`` measures the time to the next record
     (for the last record, to ``_stop``, the period's end). Points stamped after
-    ``latest_allowed`` (the future) are not read.
+    ``latest_allowed`` (the future) are not read. ``tags``: the carried tags, kept in the
+    per-class grouping so each tag set is counted on its own.
     """
     params = dict(
         bucket=bucket,
@@ -199,6 +201,8 @@ def period_summary(
         max_gap_seconds=max_gap_seconds,
         with_medians=with_medians,
     )
+    if tags:  # only then: the header of a catalogue without carried tags is unchanged
+        params["tags"] = list(tags)
     fields = list(bounds) if with_medians else [f for f in bounds if f in bands]
     out = header("period_summary", **params)
     if bands:
@@ -224,7 +228,8 @@ def period_summary(
         f"    |> map(fn: (r) => ({{r with class: {_classify(bands)}, held: "
         f"(if float(v: r.held_ms) < {gap_ms} then float(v: r.held_ms) else {gap_ms}) "
         "/ 1000.0}))\n"
-        f'    |> group(columns: [{string(device_tag)}, "_field", "class"])\n'
+        f"    |> group(columns: [{', '.join(string(c) for c in (device_tag, *tags))}, "
+        '"_field", "class"])\n'
         "    |> reduce(identity: {n: 0, held: 0.0}, fn: (r, accumulator) => "
         "({n: accumulator.n + 1, held: accumulator.held + r.held}))\n"
         '    |> yield(name: "classes")\n'
@@ -293,3 +298,90 @@ def aggregate_history(
             f"    |> yield(name: {string(stat)})\n"
         )
     return out
+
+
+def text(value: str) -> str:
+    """A Flux string literal for a value from a caller (an entity id, a device pair):
+    anything printable, escaped as Flux needs (``\\``, ``"``, ``${``), control characters
+    refused."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"refusing control characters in a Flux string: {value!r}")
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
+    return f'"{escaped}"'
+
+
+def sink_windows(bucket: str, measurement: str, start: datetime, stop: datetime) -> str:
+    """The sink's (or the old tasks') window points of ``measurement`` (``<m>_1m``) in
+    [start, stop): every stat_type and field, as a Grafana panel reads them."""
+    return (
+        header("sink_windows", bucket=bucket, measurement=measurement, start=start, stop=stop)
+        + f"from(bucket: {string(bucket)})\n"
+        f"    |> range(start: {time(start)}, stop: {time(stop)})\n"
+        f"    |> filter(fn: (r) => r._measurement == {string(measurement)})\n"
+        '    |> yield(name: "windows")\n'
+    )
+
+
+def _pattern_source(
+    bucket: str, measurement: str, start: datetime, stop: datetime, tags: dict[str, str]
+) -> str:
+    out = (
+        f"from(bucket: {string(bucket)})\n"
+        f"    |> range(start: {time(start)}, stop: {time(stop)})\n"
+        f"    |> filter(fn: (r) => r._measurement == {string(measurement)})\n"
+    )
+    for tag, value in sorted(tags.items()):
+        out += f"    |> filter(fn: (r) => r[{string(tag)}] == {text(value)})\n"
+    return out
+
+
+def pattern_rows(
+    bucket: str, measurement: str, start: datetime, stop: datetime, tags: dict[str, str]
+) -> str:
+    """A detector's daily aggregates in [start, stop), optionally of one tag value each
+    (entity_id, device_pair, area_id): one row per point, its fields as columns (pivot),
+    as the old PatternAggregateClient's ``query_*_daily`` read them."""
+    return (
+        header(
+            "pattern_rows",
+            bucket=bucket,
+            measurement=measurement,
+            start=start,
+            stop=stop,
+            tags=tags,
+        )  # fmt: skip
+        + _pattern_source(bucket, measurement, start, stop, tags)
+        + '    |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+        '    |> yield(name: "rows")\n'
+    )
+
+
+PATTERN_AGGREGATES = ("sum", "mean", "count")
+
+
+def pattern_aggregate(
+    bucket: str, measurement: str, key: str, metric: str, how: str, start: datetime,
+    stop: datetime,
+) -> str:  # fmt: skip
+    """``how`` (sum, mean, count) of field ``metric`` per ``key`` tag over [start, stop),
+    computed in InfluxDB: one row per key comes back."""
+    if how not in PATTERN_AGGREGATES:
+        raise ValueError(f"how must be one of {PATTERN_AGGREGATES}, not {how!r}")
+    return (
+        header(
+            "pattern_aggregate",
+            bucket=bucket,
+            measurement=measurement,
+            key=key,
+            metric=metric,
+            how=how,
+            start=start,
+            stop=stop,
+        )  # fmt: skip
+        + _pattern_source(bucket, measurement, start, stop, {})
+        + f"    |> filter(fn: (r) => r._field == {string(metric)})\n"
+        "    |> toFloat()\n"
+        f"    |> group(columns: [{string(key)}])\n"
+        f"    |> {how}()\n"
+        '    |> yield(name: "aggregate")\n'
+    )

@@ -1,10 +1,12 @@
 """Writing back to InfluxDB in the shape the replaced systems wrote.
 
 - 1m / 5m windows (the old Flux tasks ``aggregate_1m_mean`` ...): measurement
-  ``<measurement>_1m`` / ``_5m``, tags ``<device tag>`` and ``stat_type`` = mean | min |
-  max | count, one field per catalogue field (count as an integer), stamped at the
-  window's start (or end: ``influx_sink.window_time``). Points are keyed by series and
-  time, so re-writing a window overwrites the same points: idempotent.
+  ``<measurement>_1m`` / ``_5m``, tags ``<device tag>``, the carried tags
+  (``source.tags``) and ``stat_type`` = mean | min | max | count, one field per catalogue
+  field (count as an integer), stamped at the window's end - what the old tasks'
+  ``aggregateWindow`` stamped (``_stop``), so old and new points line up - or its start
+  (``influx_sink.window_time``). Points are keyed by series and time, so re-writing a
+  window overwrites the same points (and an old task's point of that window): idempotent.
 - Daily pattern aggregates (the old PatternAggregateClient): measurements
   ``time_based_daily`` ..., tag ``date`` plus the detector's key tags, lists and maps as
   JSON strings, stamped at the day's midnight UTC (the old client stamped the write time,
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
@@ -29,6 +32,7 @@ from pydantic import BaseModel
 from agg_pipeline.config.catalogue import Catalogue, InfluxSink
 from agg_pipeline.core import hierarchy
 from agg_pipeline.core.windows import Window
+from agg_pipeline.influx import flux, series
 from agg_pipeline.influx.client import InfluxError, InfluxResource
 
 STATS = ("mean", "min", "max", "count")
@@ -83,12 +87,15 @@ ORDER BY t.window_start, dv.device_code, s.field
 
 
 def window_lines(
-    rows: Iterable[sa.Row], sink: InfluxSink, device_tag: str, level: str
+    rows: Iterable[sa.Row], sink: InfluxSink, device_tag: str, level: str, carried: bool = False
 ) -> list[str]:
     """Line protocol for window rows (device, field, window_start, mean, min, max, count):
-    one point per (device, stat_type, window) carrying every field."""
+    one point per (device, stat_type, window) carrying every field, stamped at the
+    window's end (``window_time: stop``, aggregateWindow's ``_stop``) or start.
+    ``carried``: device codes spell tag sets (``influx/series.py``), written as tags."""
     seconds = _LEVELS[level][1]
     shift = seconds if sink.window_time == "stop" else 0
+    tag_sets: dict[str, dict[str, str]] = {}
     points: dict[tuple[str, str, int], dict[str, object]] = {}
     for r in rows:
         ts = int(r.window_start.timestamp()) + shift
@@ -99,7 +106,10 @@ def window_lines(
     measurement = f"{sink.measurement}_{level}"
     out = []
     for (device, stat, ts), fields in sorted(points.items(), key=lambda kv: (kv[0][2], kv[0][:2])):
-        rendered = line(measurement, {device_tag: device, "stat_type": stat}, fields, ts)
+        if device not in tag_sets:
+            name, other = series.split(device) if carried else (device, {})
+            tag_sets[device] = {**other, device_tag: name}
+        rendered = line(measurement, {**tag_sets[device], "stat_type": stat}, fields, ts)
         if rendered:
             out.append(rendered)
     return out
@@ -110,21 +120,30 @@ def device_tag(catalogue: Catalogue) -> str:
     return getattr(src, "device_tag", None) or "sensor_tag"
 
 
+def carried_tags(catalogue: Catalogue) -> tuple[str, ...]:
+    """The raw series' other tags the sink writes back (``source.tags``)."""
+    return getattr(catalogue.source, "tags", ())
+
+
 _ENSURED: set[tuple[str, str]] = set()
 
 
-def ensure_buckets(influx: InfluxResource, sink: InfluxSink) -> dict[str, str]:
-    """Create the sink's buckets (with their retention) unless they exist; once per process."""
+def ensure_buckets(
+    influx: InfluxResource, sink: InfluxSink, apply: bool = False, cached: bool = True
+) -> dict[str, str]:
+    """Create the sink's buckets (with their retention) unless they exist, and report -
+    with ``apply`` correct - an existing bucket whose retention differs (``ensure_bucket``).
+    ``cached``: once per process (the writes call this before every write)."""
     wanted = [(sink.bucket, sink.retention_days)]
     if sink.patterns_bucket:
         wanted.append((sink.patterns_bucket, sink.patterns_retention_days))
     out = {}
     for bucket, days in wanted:
         key = (influx.url or "", bucket)
-        if key in _ENSURED:
+        if cached and key in _ENSURED:
             out[bucket] = "checked"
             continue
-        out[bucket] = influx.ensure_bucket(bucket, days)
+        out[bucket] = influx.ensure_bucket(bucket, days, apply=apply)
         _ENSURED.add(key)
     return out
 
@@ -159,7 +178,9 @@ def write_windows(
         end = min(window.end, start + timedelta(days=1))
         with engine.connect() as conn:
             rows = conn.execute(sa.text(_WINDOWS.format(table=table)), {"s": start, "e": end})
-            lines = window_lines(rows, sink, device_tag(catalogue), level)
+            lines = window_lines(
+                rows, sink, device_tag(catalogue), level, bool(carried_tags(catalogue))
+            )
         written += influx.write_lines(sink.bucket, lines, precision="s") if lines else 0
         start = end
     return written
@@ -205,3 +226,82 @@ def write_patterns(
     ensure_buckets(influx, sink)
     lines = pattern_lines(det, rows)
     return influx.write_lines(sink.patterns_bucket, lines, precision="s") if lines else 0
+
+
+# ---------------------------------------------------------------------------- compare
+@dataclass
+class Comparison:
+    """The sink measurement's points in InfluxDB against the windows in PostgreSQL."""
+
+    level: str
+    same: int = 0
+    differing: int = 0
+    only_influx: int = 0  # a point at a time / series PostgreSQL has no window for
+    only_postgres: int = 0  # a window value not in InfluxDB (not written yet; old: count)
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No point that disagrees with PostgreSQL, and none at a shifted time."""
+        return self.differing == 0 and self.only_influx == 0
+
+    def _note(self, text: str) -> None:
+        if len(self.examples) < 5:
+            self.examples.append(text)
+
+
+def _expected(rows: Iterable[sa.Row], shift: int, carried: bool) -> dict[tuple, float]:
+    out = {}
+    for r in rows:
+        name, tags = series.split(r.device) if carried else (r.device, {})
+        ident = (name, tuple(sorted(tags.items())))
+        ts = int(r.window_start.timestamp()) + shift
+        for stat in STATS:
+            out[(ident, stat, ts, r.field)] = float(getattr(r, stat))
+    return out
+
+
+def compare_windows(
+    engine: sa.Engine, influx: InfluxResource, catalogue: Catalogue, level: str, window: Window
+) -> Comparison:
+    """Every ``<measurement>_<level>`` point in ``window`` (old tasks' or the sink's) against
+    the PostgreSQL window it should equal: same series, same time (``window_time``), same
+    value (relative 1e-9). A point with no window - e.g. an old point one window off - is
+    ``only_influx``."""
+    sink = catalogue.influx_sink
+    if sink is None:
+        raise InfluxError(f"catalogue {catalogue.name!r} has no influx_sink to compare")
+    seconds = _LEVELS[level][1]
+    shift = seconds if sink.window_time == "stop" else 0
+    carried = carried_tags(catalogue)
+    tag = device_tag(catalogue)
+    back = timedelta(seconds=shift)  # the windows whose stamp falls in `window`
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(_WINDOWS.format(table=_LEVELS[level][0])),
+            {"s": window.start - back, "e": window.end - back},
+        )
+        expected = _expected(rows, shift, bool(carried))
+    frames = influx.query_frames(
+        flux.sink_windows(sink.bucket, f"{sink.measurement}_{level}", window.start, window.end)
+    )
+    points = frames.get("windows")
+    out = Comparison(level)
+    seen = set()
+    if points is not None and not points.empty:
+        present = [t for t in carried if t in points]
+        for p in points.to_dict("records"):
+            tags = tuple(sorted((t, str(p[t])) for t in present if str(p[t]) not in ("", "nan")))
+            ts = int(p["_time"].timestamp())
+            key = ((str(p[tag]), tags), str(p.get("stat_type")), ts, str(p["_field"]))
+            seen.add(key)
+            if key not in expected:
+                out.only_influx += 1
+                out._note(f"only in InfluxDB: {key}")
+            elif math.isclose(float(p["_value"]), expected[key], rel_tol=1e-9, abs_tol=1e-12):
+                out.same += 1
+            else:
+                out.differing += 1
+                out._note(f"differs: {key} InfluxDB {p['_value']} PostgreSQL {expected[key]}")
+    out.only_postgres = len(set(expected) - seen)
+    return out

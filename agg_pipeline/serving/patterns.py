@@ -26,7 +26,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import sqlalchemy as sa
 from psycopg2.extras import execute_values
@@ -251,17 +251,39 @@ class QueryResult:
     problems: list[str] = field(default_factory=list)
 
 
-def query(
-    engine: sa.Engine,
+class PatternReader(Protocol):
+    """Another store of the same aggregates (``serving.patterns_influx.InfluxPatterns``):
+    the same parameters, checks, models and ``problems``."""
+
+    def query(
+        self,
+        detector_type: str,
+        start: date,
+        end: date | None = None,
+        entity_id: str | None = None,
+        device_pair: str | None = None,
+        area_id: str | None = None,
+    ) -> QueryResult: ...
+
+    def aggregate(
+        self,
+        detector_type: str,
+        metric: str,
+        start: date,
+        end: date,
+        how: Literal["sum", "mean", "count"] = "sum",
+    ) -> dict[str, float]: ...
+
+
+def checked_query(
     detector_type: str,
     start: date,
-    end: date | None = None,
-    entity_id: str | None = None,
-    device_pair: str | None = None,
-    area_id: str | None = None,
-) -> QueryResult:
-    """Aggregates of one detector type for days in [start, end] (end inclusive; default
-    start), optionally for one entity (its pairs and sequences included), pair or area."""
+    end: date | None,
+    entity_id: str | None,
+    device_pair: str | None,
+    area_id: str | None,
+) -> tuple[Detector, date, date]:
+    """A query's parameters checked (every reader runs these first): detector, start, end."""
     det = detector(detector_type)
     start, end = _date_range(start, end)
     for name, value in (
@@ -271,6 +293,28 @@ def query(
     ):
         if value is not None:
             read_params.text(name, value, PatternQueryError)
+    if device_pair is not None and det.name != "co_occurrence":
+        raise PatternQueryError("device_pair filters co_occurrence aggregates only")
+    if area_id is not None and det.name != "room_based":
+        raise PatternQueryError("area_id filters room_based aggregates only")
+    return det, start, end
+
+
+def query(
+    engine: sa.Engine | PatternReader,
+    detector_type: str,
+    start: date,
+    end: date | None = None,
+    entity_id: str | None = None,
+    device_pair: str | None = None,
+    area_id: str | None = None,
+) -> QueryResult:
+    """Aggregates of one detector type for days in [start, end] (end inclusive; default
+    start), optionally for one entity (its pairs and sequences included), pair or area.
+    ``engine``: the warehouse, or another reader (``patterns_influx.configured_reader``)."""
+    if not isinstance(engine, sa.Engine):
+        return engine.query(detector_type, start, end, entity_id, device_pair, area_id)
+    det, start, end = checked_query(detector_type, start, end, entity_id, device_pair, area_id)
     where = ["day >= :start", "day <= :end"]
     params: dict[str, Any] = {"start": start, "end": end}
     if entity_id is not None:
@@ -284,13 +328,9 @@ def query(
             where.append("entity_id = :entity")
         params["entity"] = entity_id
     if device_pair is not None:
-        if det.name != "co_occurrence":
-            raise PatternQueryError("device_pair filters co_occurrence aggregates only")
         where.append("device_pair = :pair")
         params["pair"] = device_pair
     if area_id is not None:
-        if det.name != "room_based":
-            raise PatternQueryError("area_id filters room_based aggregates only")
         where.append("area_id = :area")
         params["area"] = area_id
     # JSON columns as text: parsed and validated here, so a malformed value is reported.
@@ -326,15 +366,13 @@ def _date_range(start: date, end: date | None) -> tuple[date, date]:
     return start, end
 
 
-def aggregate(
-    engine: sa.Engine,
-    detector_type: str,
-    metric: str,
-    start: date,
-    end: date,
-    how: Literal["sum", "mean", "count"] = "sum",
-) -> dict[str, float]:
-    """``how`` of ``metric`` per detector key over the days in [start, end]."""
+def checked_range(start: date, end: date | None) -> tuple[date, date]:
+    """``start`` / ``end`` checked (dates, ordered, at most ``MAX_DAYS``)."""
+    return _date_range(start, end)
+
+
+def checked_aggregate(detector_type: str, metric: str, how: str) -> Detector:
+    """An aggregate's parameters checked (every reader runs these first)."""
     det = detector(detector_type)
     read_params.text("metric", metric, PatternQueryError)
     if how not in ("sum", "mean", "count"):
@@ -344,6 +382,21 @@ def aggregate(
             f"metric {metric!r} is not a numeric field of {det.name}: "
             + ", ".join(det.numeric_fields)
         )
+    return det
+
+
+def aggregate(
+    engine: sa.Engine | PatternReader,
+    detector_type: str,
+    metric: str,
+    start: date,
+    end: date,
+    how: Literal["sum", "mean", "count"] = "sum",
+) -> dict[str, float]:
+    """``how`` of ``metric`` per detector key over the days in [start, end]."""
+    if not isinstance(engine, sa.Engine):
+        return engine.aggregate(detector_type, metric, start, end, how)
+    det = checked_aggregate(detector_type, metric, how)
     rows = query(engine, detector_type, start, end).rows
     values: dict[str, list[float]] = {}
     for r in rows:

@@ -6,8 +6,10 @@ aggregated rows are loaded into the same temp tables the PostgreSQL source fills
 
 Differences from the PostgreSQL source, by the nature of InfluxDB:
 - a point with the same series and time overwrites the earlier one: no duplicates to
-  merge. The device tag plus the field must identify a series; if other tags split one
-  device's field into several series, staging stops with an error naming them;
+  merge. The device tag, the catalogue's ``source.tags`` and the field identify a series:
+  each tag set of the listed tags is aggregated on its own, as its own device
+  (``influx/series.py``); if an unlisted tag splits one device's field into several
+  series, staging stops with an error naming it and the setting;
 - NaN and infinity cannot be stored in InfluxDB; values outside a field's bounds are
   excluded and counted (``out_of_bounds``); fields not in the catalogue are not read;
 - points stamped after ``latest_allowed`` are outside the query range (not counted).
@@ -26,7 +28,7 @@ import sqlalchemy as sa
 from agg_pipeline.config.catalogue import Catalogue, InfluxSource
 from agg_pipeline.core.conditions import ConditionBand
 from agg_pipeline.core.windows import Window
-from agg_pipeline.influx import flux
+from agg_pipeline.influx import flux, series
 from agg_pipeline.influx.client import InfluxError, InfluxResource
 from agg_pipeline.sources.base import StageContext
 from agg_pipeline.warehouse import statements
@@ -113,24 +115,46 @@ class InfluxReadingsSource:
                     f"InfluxDB answered without the device tag {tag!r} (result {name!r}): "
                     f"check catalogue source.device_tag (columns: {', '.join(frame.columns)})"
                 )
-            frame["device"] = frame[tag].astype(str)
+            frame["device"] = self._device_codes(frame)
             if "_field" in frame:
                 frame["field"] = frame["_field"].astype(str)
         return frames
 
+    def _device_codes(self, frame: pd.DataFrame) -> pd.Series:
+        """The device tag's values, or with carried tags the tag sets' device codes
+        (``influx/series.py``): composed once per distinct tag set, not per row."""
+        tag = self.source.device_tag
+        if not self.source.tags:
+            return frame[tag].astype(str)
+        cols = [tag, *(t for t in self.source.tags if t in frame)]
+        keys = frame[cols].fillna("").astype(str)  # a block without the tag: not carried
+        distinct = keys.drop_duplicates()
+        codes = [
+            series.compose(row[0], dict(zip(cols[1:], row[1:], strict=True)))
+            for row in distinct.itertuples(index=False)
+        ]
+        lookup = pd.Series(codes, index=pd.MultiIndex.from_frame(distinct))
+        return pd.Series(
+            lookup.reindex(pd.MultiIndex.from_frame(keys)).to_numpy(), index=frame.index
+        )
+
     def _one_series_per_key(self, frame: pd.DataFrame, keys: list[str]) -> None:
         dup = frame.duplicated(keys, keep=False)
         if dup.any():
-            other = [
+            candidates = [
                 c for c in frame.columns
                 if not c.startswith("_") and c not in (*keys, "device", "field", "result",
                                                        "table", self.source.device_tag)
             ]  # fmt: skip
+            # The tags that do split them: more than one value within a duplicated key.
+            clash = frame[dup]
+            other = [c for c in candidates if (clash.groupby(keys)[c].nunique() > 1).any()]
             raise InfluxError(
                 f"several series share device tag {self.source.device_tag!r} and field "
                 f"(e.g. {frame.loc[dup, keys].iloc[0].to_dict()}); tags {other} split them. "
-                "agg_pipeline needs one series per (device, field): filter the extra tag "
-                "in the source or choose a device_tag that identifies the series"
+                "List them in the catalogue's source.tags to aggregate each tag set on its "
+                "own and carry the tags to the sink (as the old tasks' aggregateWindow did), "
+                "or filter the extra tag in the source"
             )
 
     # ---------------------------------------------------------------------------- 1m
@@ -151,8 +175,9 @@ class InfluxReadingsSource:
             frame = f.get(name, _empty("device", "field", time_col, value))
             return frame.rename(columns={time_col: "window_start", value: column})[keys + [column]]
 
+        if "count" in f:  # on the answer itself: it names the tags that split a series
+            self._one_series_per_key(f["count"].rename(columns={"_time": "window_start"}), keys)
         minutes = part("count", "sample_count")
-        self._one_series_per_key(minutes, keys)
         for name, column in (("mean", "mean_value"), ("min", "min_value"),
                              ("max", "max_value"), ("stddev", "stddev")):  # fmt: skip
             minutes = minutes.merge(part(name, column), on=keys, how="left")
@@ -236,6 +261,7 @@ class InfluxReadingsSource:
         return self._frames(flux.period_summary(
             self.source.bucket, self.source.measurement, self.source.device_tag, self.bounds,
             bands, start, stop, ctx.latest_allowed, ctx.max_gap_seconds, with_medians,
+            self.source.tags,
         ))  # fmt: skip
 
     def stage_daily(
@@ -273,8 +299,8 @@ class InfluxReadingsSource:
         classes = f.get("classes", _empty("device", "field", "class", "n", "held"))
         if with_medians:
             out = f.get("count", _empty("device", "field", "_value"))
-            out = out.rename(columns={"_value": "reading_count"})[keys + ["reading_count"]]
             self._one_series_per_key(out, keys)
+            out = out.rename(columns={"_value": "reading_count"})[keys + ["reading_count"]]
             med = f.get("median", _empty("device", "field", "_value"))
             out = out.merge(med.rename(columns={"_value": "median"})[keys + ["median"]],
                             on=keys, how="left")  # fmt: skip

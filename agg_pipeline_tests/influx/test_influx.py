@@ -89,6 +89,25 @@ def _queries() -> dict[str, str]:
         "aggregate_history": flux.aggregate_history(
             "hydroponics_hourly", "sensor_tag", ["ph", "ec"], datetime(1970, 1, 1, tzinfo=UTC),
             s, "sensor_readings"),
+        "period_summary_carried_tags": flux.period_summary(
+            "water-quality", "water_quality", "sensor_tag", bounds, bands, s,
+            s + timedelta(days=1), s + timedelta(days=2), 300.0, tags=("site", "depth")),
+        "sink_windows": flux.sink_windows("water-quality", "water_quality_1m", s,
+                                          s + timedelta(hours=1)),
+        "pattern_rows": flux.pattern_rows("pattern_aggregates_daily", "time_based_daily", s,
+                                          s + timedelta(days=7), {}),
+        "pattern_rows_filtered": flux.pattern_rows(
+            "pattern_aggregates_daily", "co_occurrence_daily", s, s + timedelta(days=30),
+            {"device_pair": 'light.a+switch "b" ${x}\\'}),
+        "pattern_aggregate_sum": flux.pattern_aggregate(
+            "pattern_aggregates_daily", "time_based_daily", "entity_id", "occurrences", "sum", s,
+            s + timedelta(days=90)),
+        "pattern_aggregate_mean": flux.pattern_aggregate(
+            "pattern_aggregates_daily", "duration_daily", "entity_id", "avg_duration_seconds",
+            "mean", s, s + timedelta(days=7)),
+        "pattern_aggregate_count": flux.pattern_aggregate(
+            "pattern_aggregates_daily", "co_occurrence_daily", "device_pair",
+            "co_occurrence_count", "count", s, s + timedelta(days=7)),
     }  # fmt: skip
 
 
@@ -270,7 +289,8 @@ def test_windows_are_written_in_the_old_shape_exactly(influx, warehouse_url, eng
     fake = resource(influx)
     n = influx_sink.write_windows(engine, fake, SINK_CATALOGUE, "1m", hour)
 
-    ts0, ts1 = int(t0.timestamp()), int(t0.timestamp()) + 60
+    # Stamped at the window's end (window_time: stop, what aggregateWindow stamped).
+    ts0, ts1 = int(t0.timestamp()) + 60, int(t0.timestamp()) + 120
     expected = [
         f"sensor_readings_1m,sensor_tag=tank\\ 1,stat_type=count ec=1i,ph=2i {ts0}",
         f"sensor_readings_1m,sensor_tag=tank\\ 1,stat_type=max ec=1.5,ph=7.0 {ts0}",
