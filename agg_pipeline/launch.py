@@ -31,6 +31,7 @@ from dagster._core.remote_origin import (
     RemoteJobOrigin,
     RemoteRepositoryOrigin,
 )
+from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.utils import make_new_backfill_id
 from dagster._daemon.controller import get_daemon_statuses
@@ -46,7 +47,7 @@ LOCATION = "agg_pipeline"
 COMMAND_TAG = "agg_pipeline/command"
 
 
-class LaunchError(RuntimeError):
+class LaunchError(ValueError):
     """A command cannot be planned or launched; the message says why."""
 
 
@@ -76,9 +77,7 @@ def _job_assets(defs: dg.Definitions, job: str) -> list[dg.AssetKey]:
     return sorted(job_def.asset_layer.executable_asset_keys, key=lambda k: k.to_user_string())
 
 
-def _complete_keys(
-    pdef: dg.TimeWindowPartitionsDefinition, count: int, now: datetime
-) -> list[str]:
+def _complete_keys(pdef: dg.TimeWindowPartitionsDefinition, count: int, now: datetime) -> list[str]:
     """The last ``count`` partition keys whose windows ended by ``now`` (oldest first)."""
     keys = [
         k
@@ -97,7 +96,9 @@ def _keys_in_days(pdef: dg.TimeWindowPartitionsDefinition, days: int, now: datet
     ]
 
 
-def _partitioned(defs: dg.Definitions, job: str) -> tuple[list[dg.AssetKey], dg.TimeWindowPartitionsDefinition]:
+def _partitioned(
+    defs: dg.Definitions, job: str
+) -> tuple[list[dg.AssetKey], dg.TimeWindowPartitionsDefinition]:
     assets = _job_assets(defs, job)
     pdef = defs.resolve_job_def(job).partitions_def
     if not isinstance(pdef, dg.TimeWindowPartitionsDefinition):
@@ -169,6 +170,10 @@ def submit(
 ) -> None:
     """Hand each step to the instance: a backfill (the daemon's backfill loop) or a queued
     run (the run queue); sets each step's id."""
+    if not isinstance(instance.run_coordinator, QueuedRunCoordinator):
+        raise LaunchError(
+            "the Dagster instance does not queue runs (no QueuedRunCoordinator): run with --wait"
+        )
     graph = defs.resolve_asset_graph()
     tags = {COMMAND_TAG: command}
     for step in steps:
@@ -202,7 +207,9 @@ def submit(
             step.id = run.run_id
 
 
-def execute(defs: dg.Definitions, instance: dg.DagsterInstance, steps: list[Step], command: str) -> bool:
+def execute(
+    defs: dg.Definitions, instance: dg.DagsterInstance, steps: list[Step], command: str
+) -> bool:
     """Run each step here, one run per step (a partition range in one run: the assets'
     single-run backfill policy); True when every run succeeded."""
     ok = True

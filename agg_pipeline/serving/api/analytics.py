@@ -19,7 +19,19 @@ from pydantic import BaseModel
 
 from agg_pipeline.serving import dashboard, event_metrics
 
-router = APIRouter(prefix="/api/v1/analytics", tags=["analytics"])
+
+class Problem(BaseModel):
+    detail: str
+
+
+router = APIRouter(
+    prefix="/api/v1/analytics",
+    tags=["analytics"],
+    responses={
+        404: {"model": Problem, "description": "unknown device, metric or workspace"},
+        503: {"model": Problem, "description": "the warehouse cannot be reached"},
+    },
+)
 
 Hours = Annotated[int, Query(ge=1, le=dashboard.MAX_HOURS, description="look back, hours")]
 Days = Annotated[int, Query(ge=1, le=dashboard.MAX_DAYS, description="look back, local days")]

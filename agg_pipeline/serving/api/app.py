@@ -51,7 +51,10 @@ class TimingMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 ms = (time.perf_counter() - start) * 1000
-                headers = [*message.get("headers", []), (b"server-timing", f"app;dur={ms:.2f}".encode())]
+                headers = [
+                    *message.get("headers", []),
+                    (b"server-timing", f"app;dur={ms:.2f}".encode()),
+                ]
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -72,8 +75,14 @@ def _not_found(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _invalid(request: Request, exc: Exception) -> JSONResponse:
-    # The message starts with the parameter's name (read_params / dashboard).
-    return JSONResponse({"detail": str(exc)}, status_code=422)
+    # The same shape as FastAPI's own 422 (the OpenAPI schema documents one shape); the
+    # message starts with the parameter's name (read_params / dashboard).
+    message = str(exc)
+    name = message.split(" ", 1)[0]
+    return JSONResponse(
+        {"detail": [{"loc": ["query", name], "msg": message, "type": "value_error"}]},
+        status_code=422,
+    )
 
 
 def _unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -97,7 +106,11 @@ def create_app(engine: sa.Engine, etl_backend: etl.EtlBackend | None = None) -> 
     app.state.etl = etl_backend
     app.include_router(analytics.router)
     app.include_router(etl.router)
-    for unknown in (dashboard.UnknownDevice, dashboard.UnknownMetric, event_metrics.UnknownWorkspace):
+    for unknown in (
+        dashboard.UnknownDevice,
+        dashboard.UnknownMetric,
+        event_metrics.UnknownWorkspace,
+    ):
         app.add_exception_handler(unknown, _not_found)
     for invalid in (dashboard.DashboardError, event_metrics.EventMetricsError):
         app.add_exception_handler(invalid, _invalid)

@@ -47,6 +47,10 @@ ROW_COUNTS = {
 Command = Literal["hourly", "daily", "full", "cleanup", "backfill"]
 
 
+class Problem(BaseModel):
+    detail: str
+
+
 class RunRequest(BaseModel):
     """Seed 004's body. ``hours`` / ``days`` / ``retention_days`` unset: the command's
     defaults (hourly 3 h, daily 2 days, cleanup the retention settings)."""
@@ -240,7 +244,12 @@ def _authorized(
     "/run",
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[Depends(_authorized)],
-    responses={200: {"model": RunAnswer, "description": "dry run: the plan, nothing launched"}},
+    responses={
+        200: {"model": RunAnswer, "description": "dry run: the plan, nothing launched"},
+        401: {"model": Problem, "description": "missing or wrong X-API-Key"},
+        409: {"model": Problem, "description": "the command cannot be planned"},
+        503: {"model": Problem, "description": "disabled (AGG_PIPELINE_API_KEY unset)"},
+    },
 )
 def etl_run(request: Request, response: Response, body: RunRequest) -> RunAnswer:
     """Launch an ETL command through the Dagster instance (202 with backfill / run ids;
@@ -248,7 +257,10 @@ def etl_run(request: Request, response: Response, body: RunRequest) -> RunAnswer
     backend: EtlBackend | None = request.app.state.etl
     if backend is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no Dagster instance configured")
-    answer = backend.run(body)
+    try:
+        answer = backend.run(body)
+    except ValueError as exc:  # LaunchError: e.g. no complete partition in the window
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     if body.dry_run:
         response.status_code = status.HTTP_200_OK
     return answer
