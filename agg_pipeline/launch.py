@@ -9,7 +9,8 @@ printed (``--dry-run``: partitions and row estimates, nothing written).
 
     hourly   the last N complete hours (default 3) of the hourly_rollup job's assets
     daily    the last N complete local days (default 2) of the daily_rollup job's assets
-    backfill the hours and days of the last N days (both jobs)
+    backfill the last N complete local days (daily_rollup) and every complete hour
+             from the first of them on (hourly_rollup)
     cleanup  the retention_cleanup job (retention_days overrides the raw retention)
     full     hourly + daily + cleanup, with their defaults
 """
@@ -25,7 +26,10 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import sqlalchemy as sa
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
 from dagster._core.execution.backfill import PartitionBackfill
+from dagster._core.origin import JobPythonOrigin
 from dagster._core.remote_origin import (
     ManagedGrpcPythonEnvCodeLocationOrigin,
     RemoteJobOrigin,
@@ -44,6 +48,7 @@ HOURLY_JOB, DAILY_JOB, CLEANUP_JOB = "hourly_rollup", "daily_rollup", "retention
 DEFAULT_HOURS, DEFAULT_DAYS = 3, 2
 # workspace.yaml's code location: the daemon launches queued runs from it by this name.
 LOCATION = "agg_pipeline"
+DEFINITIONS_MODULE = "agg_pipeline.definitions"
 COMMAND_TAG = "agg_pipeline/command"
 
 
@@ -87,12 +92,15 @@ def _complete_keys(pdef: dg.TimeWindowPartitionsDefinition, count: int, now: dat
     return keys[-count:]
 
 
-def _keys_in_days(pdef: dg.TimeWindowPartitionsDefinition, days: int, now: datetime) -> list[str]:
-    window = dg.TimeWindow(now - timedelta(days=days), now)
+def _complete_keys_since(
+    pdef: dg.TimeWindowPartitionsDefinition, since: datetime, now: datetime
+) -> list[str]:
+    """Keys of the partitions starting at or after ``since`` that ended by ``now``."""
     return [
         k
-        for k in pdef.get_partition_keys_in_time_window(window)
-        if pdef.time_window_for_partition_key(k).end <= now
+        for k in pdef.get_partition_keys(current_time=now)
+        if pdef.time_window_for_partition_key(k).start >= since
+        and pdef.time_window_for_partition_key(k).end <= now
     ]
 
 
@@ -119,11 +127,19 @@ def plan(defs: dg.Definitions, request: RunRequest, now: datetime | None = None)
         days = request.days or DEFAULT_DAYS
         steps.append(Step("backfill", DAILY_JOB, assets, _complete_keys(pdef, days, now)))
     if cmd == "backfill":
+        # The last N complete local days, and every complete hour from the first of them on
+        # (today's too).
         if request.days is None:
             raise LaunchError("backfill needs days (how many days back)")
-        for job in (HOURLY_JOB, DAILY_JOB):
-            assets, pdef = _partitioned(defs, job)
-            steps.append(Step("backfill", job, assets, _keys_in_days(pdef, request.days, now)))
+        daily_assets, daily_pdef = _partitioned(defs, DAILY_JOB)
+        days = _complete_keys(daily_pdef, request.days, now)
+        if not days:
+            raise LaunchError(f"{DAILY_JOB}: no complete day before {now:%Y-%m-%d %H:%M}")
+        since = daily_pdef.time_window_for_partition_key(days[0]).start
+        hourly_assets, hourly_pdef = _partitioned(defs, HOURLY_JOB)
+        hours = _complete_keys_since(hourly_pdef, since, now)
+        steps.append(Step("backfill", HOURLY_JOB, hourly_assets, hours))
+        steps.append(Step("backfill", DAILY_JOB, daily_assets, days))
     if cmd in ("cleanup", "full"):
         config: dict = {"dry_run": request.dry_run}
         if request.retention_days is not None:
@@ -152,17 +168,22 @@ def estimate(engine: sa.Engine, steps: list[Step]) -> None:
             step.estimated_rows = sensors * len(step.partitions)
 
 
-def _origin(job: str) -> RemoteJobOrigin:
+def _origins(job: str) -> tuple[RemoteJobOrigin, JobPythonOrigin]:
+    """Where the daemon finds ``job`` (workspace.yaml's location, by name) and how a run
+    worker loads it (the module's ``defs``), as `dagster dev -w workspace.yaml` records."""
     root = project_root()
+    workdir = str(root) if root else os.getcwd()
     location = ManagedGrpcPythonEnvCodeLocationOrigin(
         loadable_target_origin=LoadableTargetOrigin(
             executable_path=sys.executable,
-            module_name="agg_pipeline.definitions",
-            working_directory=str(root) if root else os.getcwd(),
+            module_name=DEFINITIONS_MODULE,
+            working_directory=workdir,
         ),
         location_name=LOCATION,
     )
-    return RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), job)
+    remote = RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job)
+    repo = ReconstructableRepository.for_module(DEFINITIONS_MODULE, "defs", workdir)
+    return remote, repo.get_reconstructable_job(job).get_python_origin()
 
 
 def submit(
@@ -196,12 +217,14 @@ def submit(
             step.id = backfill.backfill_id
         else:
             job_def = defs.resolve_job_def(step.job)
+            remote, python = _origins(step.job)
             run = instance.create_run_for_job(
                 job_def,
                 run_config=step.run_config,
                 tags=tags,
                 status=dg.DagsterRunStatus.NOT_STARTED,
-                remote_job_origin=_origin(step.job),
+                remote_job_origin=remote,
+                job_code_origin=python,
             )
             instance.submit_run(run.run_id, workspace=None)  # type: ignore[arg-type]
             step.id = run.run_id

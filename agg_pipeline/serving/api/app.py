@@ -90,7 +90,11 @@ def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "warehouse unavailable"}, status_code=503)
 
 
-def create_app(engine: sa.Engine, etl_backend: etl.EtlBackend | None = None) -> FastAPI:
+def create_app(
+    engine: sa.Engine,
+    etl_backend: etl.EtlBackend | None = None,
+    dagster_timeout: float = etl.DAGSTER_TIMEOUT_SECONDS,
+) -> FastAPI:
     """The app over ``engine`` (a pooled engine: ``warehouse.engine.engine_for``).
 
     ``etl_backend`` answers the Dagster side of ``/api/etl/*`` (the instance's daemon
@@ -104,6 +108,7 @@ def create_app(engine: sa.Engine, etl_backend: etl.EtlBackend | None = None) -> 
     )
     app.state.engine = engine
     app.state.etl = etl_backend
+    app.state.dagster_timeout = dagster_timeout
     app.include_router(analytics.router)
     app.include_router(etl.router)
     for unknown in (

@@ -185,14 +185,14 @@ def _warehouse(engine: sa.Engine) -> dict[str, Any]:
 _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="etl-status")
 
 
-def _dagster(backend: EtlBackend | None) -> DagsterSide:
+def _dagster(backend: EtlBackend | None, timeout: float) -> DagsterSide:
     if backend is None:
         return DagsterSide(dagster_reachable=False, scheduler_running=None, influx_connected=None)
     future = _executor.submit(backend.dagster_side)
     try:
-        return future.result(timeout=DAGSTER_TIMEOUT_SECONDS)
+        return future.result(timeout=timeout)
     except FutureTimeout:
-        problem = f"Dagster instance not answering within {DAGSTER_TIMEOUT_SECONDS:g} s"
+        problem = f"Dagster instance not answering within {timeout:g} s"
     except Exception as exc:  # status answers whatever is down
         problem = f"Dagster instance unreadable: {type(exc).__name__}"
     return DagsterSide(
@@ -204,7 +204,7 @@ def _dagster(backend: EtlBackend | None) -> DagsterSide:
 def etl_status(request: Request) -> StatusAnswer:
     """ETL status, watermarks, row counts, connection health; answers when things are down."""
     warehouse = _warehouse(request.app.state.engine)
-    dagster = _dagster(request.app.state.etl)
+    dagster = _dagster(request.app.state.etl, request.app.state.dagster_timeout)
     problems = warehouse.pop("problems") + dagster.problems
     return StatusAnswer(
         **warehouse,
