@@ -25,13 +25,14 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from agg_pipeline.config.settings import env_name
 from agg_pipeline.core import hierarchy
 
 log = logging.getLogger("agg_pipeline.api")
 
 router = APIRouter(prefix="/api/etl", tags=["etl"])
 
-API_KEY_ENV = "AGG_PIPELINE_API_KEY"
+API_KEY_ENV = env_name("api_key")  # AGG_PIPELINE_API_KEY (config/settings.py documents it)
 # How long status waits for the Dagster instance (a storage that is down can hang in
 # connection retries far longer).
 DAGSTER_TIMEOUT_SECONDS = 5.0
