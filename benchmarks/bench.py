@@ -16,6 +16,8 @@ PostgreSQL, or the server of DATABASE_URL), then measures, side by side in one r
 4. backfill bookkeeping - 90 days of hourly partitions with a do-nothing asset, in one run
    (our policy) vs one run per partition (sampled, scaled);
 5. read path - dashboard questions from the rollup tables vs from raw rows (p50 / p95);
+   the HTTP API (bench_api.py): each endpoint under 32 concurrent clients (p50 / p99,
+   requests/s) against `agg-pipeline serve`, and the same question from raw for the speedup;
 6. write path - 1000 pattern aggregates in one batch (PostgreSQL; when available);
 7. incremental - the open hour after new readings land, and a late-data correction;
 8. event metrics - executions through execution_metrics_* vs the same aggregates' floor
@@ -47,7 +49,7 @@ from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.config.settings import PACKAGE_DIR, get_settings
 from agg_pipeline.demo import readings as simulator
 from agg_pipeline.warehouse import localdb, migrate
-from benchmarks import bench_events, bench_heal
+from benchmarks import bench_api, bench_events, bench_heal
 
 BENCH_FIELDS = ("temperature", "humidity", "ph", "ec", "light")
 TARGETS = {
@@ -671,6 +673,8 @@ def render(result: dict) -> str:
     )
     if result.get("events"):
         lines += bench_events.render(result["events"])
+    if result.get("api"):
+        lines.append(bench_api.render(result["api"]))
     h = result.get("healing")
     if h:
         lines.append(
@@ -705,6 +709,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--event-workspaces", type=int, default=200)
     parser.add_argument("--event-users", type=int, default=2000)
     parser.add_argument("--event-old-way-hours", type=int, default=3)
+    parser.add_argument(
+        "--api-requests", type=int, default=640, help="HTTP API requests per endpoint (0: skip)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark databases")
     args = parser.parse_args(argv)
@@ -755,6 +762,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         progress("read path")
         result["reads"] = measure_reads(env, start, end, args.read_reps)
+        if args.api_requests:
+            progress(f"HTTP API: {args.api_requests} requests per endpoint, 32 clients")
+            result["api"] = bench_api.measure_api(
+                env.engine, env.warehouse_url, env.env(), end, args.api_requests
+            )
         progress("write path")
         result["pattern_writes"] = measure_pattern_writes(env, args.reps)
         progress("incremental refresh")

@@ -1,16 +1,20 @@
-"""``agg-pipeline run`` (the old ``run_etl.py``), as cron calls it: a dry run writes
-nothing; ``run hourly --wait`` materializes the last complete hour in this process, records
-the run in the Dagster instance, and the rollup equals pandas over the raw readings."""
+"""``agg-pipeline run`` (the old ``run_etl.py``) as cron calls it: a dry run writes nothing;
+``run hourly --wait`` materializes the last complete hour in this process, records the run
+in the Dagster instance, and the rollup equals pandas over the raw readings. And
+``agg-pipeline serve`` answering over HTTP."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import httpx
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -81,3 +85,36 @@ def test_run_hourly_dry_run_then_wait(warehouse_url, engine, tmp_path):
     assert set(pd.to_datetime(got.hour_start, utc=True)) == {pd.Timestamp(last)}
     assert list(got.sample_count) == list(want["count"])
     assert got.avg_value.to_numpy() == pytest.approx(want["mean"].to_numpy(), rel=1e-9)
+
+
+def test_serve_answers_over_http(warehouse_url, tmp_path):
+    """The console script's `serve`, as `make dev` starts it: up on a free port, the
+    analytics and status endpoints answering from the warehouse, stopped by its pid."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DATABASE_URL": warehouse_url, "DAGSTER_HOME": str(tmp_path)}
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [CLI, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                status = httpx.get(f"{base}/api/etl/status", timeout=30)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(0.3)
+        assert status.status_code == 200 and status.json()["pg_connected"] is True
+        unknown = httpx.get(f"{base}/api/v1/analytics/devices/none/hourly", timeout=30)
+        assert unknown.status_code == 404 and "server-timing" in unknown.headers
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    logged = (tmp_path / "serve.log").read_text()
+    assert "GET /api/v1/analytics/devices/none/hourly 404" in logged  # the duration log

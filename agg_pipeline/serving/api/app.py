@@ -94,6 +94,7 @@ def create_app(
     engine: sa.Engine,
     etl_backend: etl.EtlBackend | None = None,
     dagster_timeout: float = etl.DAGSTER_TIMEOUT_SECONDS,
+    status_ttl: float = etl.STATUS_TTL_SECONDS,
 ) -> FastAPI:
     """The app over ``engine`` (a pooled engine: ``warehouse.engine.engine_for``).
 
@@ -109,6 +110,7 @@ def create_app(
     app.state.engine = engine
     app.state.etl = etl_backend
     app.state.dagster_timeout = dagster_timeout
+    app.state.status_ttl = status_ttl
     app.include_router(analytics.router)
     app.include_router(etl.router)
     for unknown in (

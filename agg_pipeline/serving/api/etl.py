@@ -1,9 +1,9 @@
 """``/api/etl/status`` and ``/api/etl/run``: seed 004's ETL endpoints.
 
 Status is public and answers whatever is down: the warehouse part (connection, sensor
-mappings, watermarks, row counts) is read here; the Dagster part (daemon heartbeat,
-``agg-pipeline status`` findings, InfluxDB) comes from an ``EtlBackend`` given a few
-seconds, after which it is reported as not answering.
+mappings, watermarks, row counts) is read on every request; the Dagster part (daemon
+heartbeat, ``agg-pipeline status`` findings, InfluxDB) comes from an ``EtlBackend`` given
+a few seconds, after which it is reported as not answering, and is reused for 10 s.
 
 Run needs header ``X-API-Key`` equal to ``AGG_PIPELINE_API_KEY``, read from the
 environment on every request (so a rotated key applies without a restart) and compared in
@@ -16,6 +16,8 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
@@ -24,6 +26,7 @@ from typing import Annotated, Any, Literal, Protocol
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import State
 
 from agg_pipeline.config.settings import env_name
 from agg_pipeline.core import hierarchy
@@ -34,8 +37,9 @@ router = APIRouter(prefix="/api/etl", tags=["etl"])
 
 API_KEY_ENV = env_name("api_key")  # AGG_PIPELINE_API_KEY (config/settings.py documents it)
 # How long status waits for the Dagster instance (a storage that is down can hang in
-# connection retries far longer).
+# connection retries far longer), and reuses its answer.
 DAGSTER_TIMEOUT_SECONDS = 5.0
+STATUS_TTL_SECONDS = 10.0
 # Seed 004's watermark names -> the level whose ops.watermarks row they are.
 WATERMARKS = {
     "etl_hourly_watermark": hierarchy.LEVEL_HOURLY.table,
@@ -184,11 +188,26 @@ def _warehouse(engine: sa.Engine) -> dict[str, Any]:
 
 
 _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="etl-status")
+_cache_lock = threading.Lock()
 
 
-def _dagster(backend: EtlBackend | None, timeout: float) -> DagsterSide:
+def _dagster(backend: EtlBackend | None, timeout: float, state: State) -> DagsterSide:
+    """The backend's answer, reused for ``state.status_ttl`` seconds: it reads every
+    asset's partitions and checks (seconds on a busy instance), and monitors poll."""
     if backend is None:
         return DagsterSide(dagster_reachable=False, scheduler_running=None, influx_connected=None)
+    with _cache_lock:
+        cached = getattr(state, "dagster_cached", None)
+        if cached is not None and time.monotonic() - cached[0] < state.status_ttl:
+            return cached[1]
+    answer = _ask(backend, timeout)
+    if answer.dagster_reachable:
+        with _cache_lock:
+            state.dagster_cached = (time.monotonic(), answer)
+    return answer
+
+
+def _ask(backend: EtlBackend, timeout: float) -> DagsterSide:
     future = _executor.submit(backend.dagster_side)
     try:
         return future.result(timeout=timeout)
@@ -205,7 +224,8 @@ def _dagster(backend: EtlBackend | None, timeout: float) -> DagsterSide:
 def etl_status(request: Request) -> StatusAnswer:
     """ETL status, watermarks, row counts, connection health; answers when things are down."""
     warehouse = _warehouse(request.app.state.engine)
-    dagster = _dagster(request.app.state.etl, request.app.state.dagster_timeout)
+    state = request.app.state
+    dagster = _dagster(state.etl, state.dagster_timeout, state)
     problems = warehouse.pop("problems") + dagster.problems
     return StatusAnswer(
         **warehouse,
