@@ -115,7 +115,11 @@ def hourly_for_device(
             "FROM bi.hourly_sensor_agg_realtime AS h "
             "JOIN iot.sensors AS s ON s.id = h.sensor_id "
             "JOIN iot.sensor_types AS st ON st.id = s.sensor_type_id "
-            "WHERE s.device_id = :dev AND h.hour_start >= :since "
+            # sensor_id = ANY(...), not s.device_id = :dev: a restriction on the view's
+            # own column reaches both halves of its UNION ALL (the rollup's primary key,
+            # and the live part's readings), where a join condition is applied after.
+            "WHERE h.sensor_id = ANY(ARRAY(SELECT id FROM iot.sensors WHERE device_id = :dev)) "
+            "AND h.hour_start >= :since "
             "ORDER BY h.hour_start, s.field",
             {"dev": device_id, "since": since},
         )

@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol
@@ -193,22 +193,20 @@ _cache_lock = threading.Lock()
 
 def _dagster(backend: EtlBackend | None, timeout: float, state: State) -> DagsterSide:
     """The backend's answer, reused for ``state.status_ttl`` seconds: it reads every
-    asset's partitions and checks (seconds on a busy instance), and monitors poll."""
+    asset's partitions and checks (seconds on a busy instance), and monitors poll. One
+    computation at a time: a request arriving meanwhile waits for the same one, and an
+    answer that came too late for its request still serves the next ones."""
     if backend is None:
         return DagsterSide(dagster_reachable=False, scheduler_running=None, influx_connected=None)
     with _cache_lock:
         cached = getattr(state, "dagster_cached", None)
         if cached is not None and time.monotonic() - cached[0] < state.status_ttl:
             return cached[1]
-    answer = _ask(backend, timeout)
-    if answer.dagster_reachable:
-        with _cache_lock:
-            state.dagster_cached = (time.monotonic(), answer)
-    return answer
-
-
-def _ask(backend: EtlBackend, timeout: float) -> DagsterSide:
-    future = _executor.submit(backend.dagster_side)
+        future = getattr(state, "dagster_pending", None)
+        if future is None:
+            future = _executor.submit(backend.dagster_side)
+            state.dagster_pending = future
+            future.add_done_callback(lambda done: _remember(state, done))
     try:
         return future.result(timeout=timeout)
     except FutureTimeout:
@@ -218,6 +216,13 @@ def _ask(backend: EtlBackend, timeout: float) -> DagsterSide:
     return DagsterSide(
         dagster_reachable=False, scheduler_running=None, influx_connected=None, problems=[problem]
     )
+
+
+def _remember(state: State, done: Future) -> None:
+    with _cache_lock:
+        state.dagster_pending = None
+        if done.exception() is None and done.result().dagster_reachable:
+            state.dagster_cached = (time.monotonic(), done.result())
 
 
 @router.get("/status")
