@@ -9,7 +9,8 @@
     agg-pipeline seed-events --days N [...]       simulated home events into raw.events
     agg-pipeline seed-activity --days N [...]     simulated executions, activity, credits
     agg-pipeline status [--json] [--days N]       what is stale, missing, failed or failing
-    agg-pipeline serve [--host H] [--port 8000]    the HTTP API (analytics, ETL status / run)
+    agg-pipeline serve [--host H] [--port 8000] [--workers 1]
+                                                  the HTTP API (analytics, ETL status / run)
     agg-pipeline run hourly|daily|full|backfill|cleanup [--dry-run] [--wait]
                                                   the old run_etl.py commands, as backfills
     agg-pipeline dev [--port 3000]                all of the above, then `dagster dev` (and
@@ -50,6 +51,7 @@ from agg_pipeline.warehouse.engine import (
 
 if TYPE_CHECKING:  # dagster is imported only by the commands that need it
     import dagster as dg
+    from fastapi import FastAPI
 
     from agg_pipeline.influx.client import InfluxResource
 
@@ -341,20 +343,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def api_app() -> FastAPI:
+    """The HTTP API over DATABASE_URL and the Dagster instance (uvicorn's factory: each
+    worker process builds its own engine and instance)."""
+    from agg_pipeline.definitions import defs
+    from agg_pipeline.launch import InstanceBackend
+    from agg_pipeline.serving.api import create_app
+
+    url = resolve_url(get_settings().database_url)
+    engine = engine_for(url)  # pooled; not checked here: a warehouse down answers 503
+    return create_app(engine, InstanceBackend(defs, _dagster_instance(), engine, masked(url)))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     import uvicorn
 
-    from agg_pipeline.definitions import defs
-    from agg_pipeline.launch import InstanceBackend
-    from agg_pipeline.serving.api import create_app
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    url = resolve_url(get_settings().database_url)
-    engine = engine_for(url)  # pooled; not checked here: a warehouse down answers 503
-    backend = InstanceBackend(defs, _dagster_instance(), engine, masked(url))
-    uvicorn.run(create_app(engine, backend), host=args.host, port=args.port, log_level="info")
+    uvicorn.run(
+        "agg_pipeline.cli:api_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="info",
+        access_log=False,  # the app logs every request with its duration (agg_pipeline.api)
+    )
     return 0
 
 
@@ -592,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="the HTTP API: /api/v1/analytics/..., /api/etl/...")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
     sv.set_defaults(func=cmd_serve)
 
     run = sub.add_parser(

@@ -113,11 +113,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(warehouse_url: str, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+def _serve(
+    warehouse_url: str, env: dict[str, str], log: Path, workers: int
+) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     cli = str(Path(sys.executable).parent / "agg-pipeline")
     proc = subprocess.Popen(
-        [cli, "serve", "--port", str(port)],
+        [cli, "serve", "--port", str(port), "--workers", str(workers)],
         env={**env, "DATABASE_URL": warehouse_url},
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
@@ -136,7 +138,12 @@ def _serve(warehouse_url: str, env: dict[str, str], log: Path) -> tuple[subproce
 
 
 def measure_api(
-    engine: sa.Engine, warehouse_url: str, env: dict[str, str], end: datetime, requests: int
+    engine: sa.Engine,
+    warehouse_url: str,
+    env: dict[str, str],
+    end: datetime,
+    requests: int,
+    workers: int = 1,
 ) -> dict:
     with engine.connect() as conn:
         device = conn.execute(
@@ -150,7 +157,7 @@ def measure_api(
         "s30": end - timedelta(days=30),
     }
     log = Path(tempfile.mkdtemp(prefix="aggbench_api_")) / "serve.log"
-    proc, base = _serve(warehouse_url, env, log)
+    proc, base = _serve(warehouse_url, env, log, workers)
     out: dict = {}
     try:
         for name, path in endpoints(device).items():
@@ -188,12 +195,19 @@ def measure_api(
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
-    return {"clients": CLIENTS, "device": device, "endpoints": out, "server_log": str(log)}
+    return {
+        "clients": CLIENTS,
+        "workers": workers,
+        "device": device,
+        "endpoints": out,
+        "server_log": str(log),
+    }
 
 
 def render(result: dict) -> str:
     lines = [
-        f"HTTP API, {result['clients']} concurrent clients (p50 / p99 ms, requests/s; raw = "
+        f"HTTP API, {result['clients']} concurrent clients, {result['workers']} uvicorn "
+        "worker(s) (p50 / p99 ms, requests/s; raw = "
         "the same question from raw rows, one client; speedup = raw / 1-client p50)",
         f"  {'endpoint':<20} {'p50':>7} {'p99':>7} {'req/s':>7} {'1-client':>8} {'raw p50':>8} "
         f"{'speedup':>8}",
@@ -215,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--hz", type=float, default=0.2)
     parser.add_argument("--requests", type=int, default=640, help="per endpoint")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of serve")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
     catalogue = load_catalogue("hydroponics")
@@ -244,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         with env.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sa.text("VACUUM ANALYZE"))
         progress(f"measuring: {args.requests} requests per endpoint")
-        result = measure_api(env.engine, env.warehouse_url, env.env(), end, args.requests)
+        result = measure_api(
+            env.engine, env.warehouse_url, env.env(), end, args.requests, args.workers
+        )
         result["dataset"] = {"readings": readings, "devices": args.devices, "hz": args.hz}
         result["machine"] = machine()
     finally:
