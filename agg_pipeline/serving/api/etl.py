@@ -277,9 +277,10 @@ def _authorized(
         503: {"model": Problem, "description": "disabled (AGG_PIPELINE_API_KEY unset)"},
     },
 )
-def etl_run(request: Request, response: Response, body: RunRequest) -> RunAnswer:
+def etl_run(request: Request, response: Response, body: RunRequest | None = None) -> RunAnswer:
     """Launch an ETL command through the Dagster instance (202 with backfill / run ids;
     a dry run answers 200 with the partitions and row estimates, launching nothing)."""
+    body = body or RunRequest()  # no body: seed 004's default, the full cycle
     backend: EtlBackend | None = request.app.state.etl
     if backend is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no Dagster instance configured")
