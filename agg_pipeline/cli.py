@@ -8,13 +8,13 @@
     agg-pipeline seed-diagnostics --days N [...]  simulated diagnoses into raw.diagnostics
     agg-pipeline seed-events --days N [...]       simulated home events into raw.events
     agg-pipeline seed-activity --days N [...]     simulated executions, activity, credits
-    agg-pipeline status [--json] [--days N]       what is stale, missing, failed or failing
     agg-pipeline serve [--host H] [--port 8000] [--workers 1]
-                                                  the HTTP API (analytics, ETL status / run)
+                                                  the HTTP API (analytics, ETL status / run;
+                                                  `dev` starts it too, --api-port 8000)
     agg-pipeline run hourly|daily|full|backfill|cleanup [--dry-run] [--wait]
                                                   the old run_etl.py commands, as backfills
-    agg-pipeline dev [--port 3000]                all of the above, then `dagster dev` (and
-                                                  the HTTP API on --api-port 8000)
+    agg-pipeline status [--json] [--days N]       what is stale, missing, failed or failing
+    agg-pipeline dev [--port 3000]                all of the above, then `dagster dev`
 
 Every command honours DATABASE_URL (the warehouse) and, for `dev`, DAGSTER_PG_URL (the
 Dagster instance storage); unset, both live on the local embedded server.
