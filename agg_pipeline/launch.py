@@ -50,6 +50,9 @@ DEFAULT_HOURS, DEFAULT_DAYS = 3, 2
 LOCATION = "agg_pipeline"
 DEFINITIONS_MODULE = "agg_pipeline.definitions"
 COMMAND_TAG = "agg_pipeline/command"
+# The scheduler counts as running when it beat within this long (it beats every 30 s;
+# Dagster's own default tolerance, 30 minutes, would report a dead daemon for half an hour).
+HEARTBEAT_TOLERANCE_SECONDS = 120
 
 
 class LaunchError(ValueError):
@@ -287,7 +290,12 @@ class InstanceBackend:
             )
         found = status_mod.collect(self.defs, self.instance, self.engine, self.warehouse_label)
         try:
-            heartbeat = get_daemon_statuses(self.instance, ["SCHEDULER"], ignore_errors=True)
+            heartbeat = get_daemon_statuses(
+                self.instance,
+                ["SCHEDULER"],
+                ignore_errors=True,
+                heartbeat_tolerance_seconds=HEARTBEAT_TOLERANCE_SECONDS,
+            )
             scheduler = heartbeat["SCHEDULER"].healthy
             reachable = True
         except Exception:  # storage down: status still answers

@@ -352,9 +352,10 @@ def test_backfill_through_the_daemon(deployment: Deployment):
 
 
 def test_api_run_launches_what_the_daemon_runs(deployment: Deployment, monkeypatch):
-    """POST /api/etl/run (issue 14) over real HTTP submits an asset backfill to this
-    deployment's instance, and the cleanup command a queued run: the running daemon
-    completes both (the run as a dry run: other tests here share the tables)."""
+    """GET /api/etl/status sees the running daemon's heartbeat; POST /api/etl/run (issue
+    14) over real HTTP submits an asset backfill to this deployment's instance, and the
+    cleanup command a queued run: the running daemon completes both (the run as a dry run:
+    other tests here share the tables)."""
     from agg_pipeline.definitions import defs  # loads the definitions: only for this test
 
     monkeypatch.setenv("DAGSTER_PG_URL", deployment.env["DAGSTER_PG_URL"])
@@ -362,7 +363,9 @@ def test_api_run_launches_what_the_daemon_runs(deployment: Deployment, monkeypat
     instance = dg.DagsterInstance.from_config(deployment.env["DAGSTER_HOME"])
     backend = launch.InstanceBackend(defs, instance, deployment.engine, "e2e")
     try:
-        with serving(create_app(deployment.engine, backend)) as base:
+        with serving(create_app(deployment.engine, backend, dagster_timeout=120)) as base:
+            status = httpx.get(f"{base}/api/etl/status", timeout=180).json()
+            assert status["scheduler_running"] is True, status  # this daemon's heartbeat
             answer = httpx.post(
                 f"{base}/api/etl/run",
                 json={"command": "hourly", "hours": 2},
