@@ -364,14 +364,15 @@ def test_api_run_launches_what_the_daemon_runs(deployment: Deployment, monkeypat
     backend = launch.InstanceBackend(defs, instance, deployment.engine, "e2e")
     try:
         with serving(create_app(deployment.engine, backend, dagster_timeout=120)) as base:
-            status = httpx.get(f"{base}/api/etl/status", timeout=180).json()
-            assert status["scheduler_running"] is True, status  # this daemon's heartbeat
             answer = httpx.post(
                 f"{base}/api/etl/run",
                 json={"command": "hourly", "hours": 2},
                 headers={"X-API-Key": "e2e-key"},
                 timeout=60,
             )
+            # (while the daemon works on it)
+            status = httpx.get(f"{base}/api/etl/status", timeout=180).json()
+            assert status["scheduler_running"] is True, status  # this daemon's heartbeat
         assert answer.status_code == 202, answer.text
         (backfill_id,) = answer.json()["backfill_ids"]
         steps = launch.plan(defs, RunRequest(command="cleanup", dry_run=True))

@@ -30,6 +30,7 @@ from agg_pipeline.demo import readings as simulator
 from agg_pipeline.launch import InstanceBackend
 from agg_pipeline.serving import dashboard
 from agg_pipeline.serving.api import create_app
+from agg_pipeline.serving.api import etl as etl_api
 from agg_pipeline.sources import readings_source
 from agg_pipeline.warehouse.engine import WarehouseResource, engine_for
 from agg_pipeline.warehouse.writes import devices as writers_devices
@@ -413,3 +414,39 @@ def test_every_endpoint_conforms_to_its_openapi_schema(base, monkeypatch):
             case.call_and_validate()
 
         check()
+
+
+class _HangingInstance:
+    """A Dagster side that answers only after ``delay`` seconds (a storage stuck in
+    connection retries); what it finally says is a healthy instance."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay, self.calls = delay, 0
+
+    def dagster_side(self):
+        self.calls += 1
+        time.sleep(self.delay)
+        return etl_api.DagsterSide(
+            dagster_reachable=True, scheduler_running=True, influx_connected=None, ok=True
+        )
+
+    def run(self, request):
+        raise AssertionError("not called")
+
+
+def test_etl_status_answers_while_the_instance_hangs(seeded):
+    backend = _HangingInstance(delay=1.5)
+    app = create_app(engine_for(seeded), backend, dagster_timeout=0.2)
+    with serving(app) as base, httpx.Client(base_url=base, timeout=30) as c:
+        started = time.monotonic()
+        first = c.get("/api/etl/status").json()
+        assert time.monotonic() - started < 1.2  # did not wait for the instance
+        assert first["pg_connected"] is True and first["dagster_reachable"] is False
+        assert first["scheduler_running"] is None
+        assert "not answering within 0.2 s" in " ".join(first["problems"])
+        second = c.get("/api/etl/status").json()  # the same computation, still running
+        assert second["dagster_reachable"] is False and backend.calls == 1
+        time.sleep(1.6)
+        late = c.get("/api/etl/status").json()  # its late answer serves the next requests
+        assert late["dagster_reachable"] is True and late["scheduler_running"] is True
+        assert backend.calls == 1
