@@ -8,6 +8,11 @@
     agg-pipeline seed-diagnostics --days N [...]  simulated diagnoses into raw.diagnostics
     agg-pipeline seed-events --days N [...]       simulated home events into raw.events
     agg-pipeline seed-activity --days N [...]     simulated executions, activity, credits
+    agg-pipeline serve [--host H] [--port 8000] [--workers 1]
+                                                  the HTTP API (analytics, ETL status / run;
+                                                  `dev` starts it too, --api-port 8000)
+    agg-pipeline run hourly|daily|full|backfill|cleanup [--dry-run] [--wait]
+                                                  the old run_etl.py commands, as backfills
     agg-pipeline status [--json] [--days N]       what is stale, missing, failed or failing
     agg-pipeline influx ensure-buckets|compare|tasks   the InfluxDB sink and the old Flux tasks
     agg-pipeline dev [--port 3000]                all of the above, then `dagster dev`
@@ -22,12 +27,14 @@ import argparse
 import math
 import os
 import shutil
+import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 
 from agg_pipeline.config.catalogue import CatalogueError, get_catalogue
 from agg_pipeline.config.settings import SettingsError, get_settings, project_root
@@ -45,6 +52,7 @@ from agg_pipeline.warehouse.engine import (
 
 if TYPE_CHECKING:  # dagster is imported only by the commands that need it
     import dagster as dg
+    from fastapi import FastAPI
 
     from agg_pipeline.influx.client import InfluxResource
 
@@ -287,6 +295,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
         str(args.port),
     ]
     home = os.environ["DAGSTER_HOME"]
+    if args.api_port:
+        # Same terminal, same process group: Ctrl-C stops both (dagster replaces us below).
+        me = shutil.which("agg-pipeline", path=str(Path(sys.executable).parent))
+        serve = [me] if me else [sys.executable, "-m", "agg_pipeline.cli"]
+        subprocess.Popen([*serve, "serve", "--host", args.host, "--port", str(args.api_port)])
+        print(f"starting the HTTP API at http://{args.host}:{args.api_port}/docs")
     print(f"starting Dagster at http://{args.host}:{args.port} (DAGSTER_HOME={home})")
     sys.stdout.flush()
     os.chdir(root)
@@ -328,6 +342,95 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(status_mod.render(result))
     return 0 if result.ok else 1
+
+
+def api_app() -> FastAPI:
+    """The HTTP API over DATABASE_URL and the Dagster instance (uvicorn's factory: each
+    worker process builds its own engine and instance)."""
+    from agg_pipeline.definitions import defs
+    from agg_pipeline.launch import InstanceBackend
+    from agg_pipeline.serving.api import create_app
+
+    url = resolve_url(get_settings().database_url)
+    engine = engine_for(url)  # pooled; not checked here: a warehouse down answers 503
+    return create_app(engine, InstanceBackend(defs, _dagster_instance(), engine, masked(url)))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    uvicorn.run(
+        "agg_pipeline.cli:api_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="info",
+        access_log=False,  # the app logs every request with its duration (agg_pipeline.api)
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agg_pipeline import launch
+
+    try:
+        return _run(args)
+    except launch.LaunchError as exc:
+        print(f"agg-pipeline: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agg_pipeline import launch
+    from agg_pipeline.definitions import defs
+    from agg_pipeline.serving.api.etl import RunRequest
+
+    request = RunRequest(
+        command=args.etl_command,
+        hours=getattr(args, "hours", None),
+        days=getattr(args, "days", None),
+        retention_days=getattr(args, "retention_days", None),
+        dry_run=args.dry_run,
+    )
+    steps = launch.plan(defs, request)
+    launch.estimate(_warehouse_engine(), steps)
+    for step in steps:
+        if step.kind == "backfill":
+            print(
+                f"{step.job}: {', '.join(k.to_user_string() for k in step.assets)} over "
+                f"{len(step.partitions)} partition(s) {step.partitions[0]} .. "
+                f"{step.partitions[-1]}, ~{step.estimated_rows:,} rows per asset table"
+            )
+        else:
+            print(f"{step.job}: one run, config {step.run_config['ops']}")
+    if args.dry_run:
+        print("dry run: nothing written")
+        return 0
+    instance = _dagster_instance()
+    if args.wait:
+        if instance is None:
+            import dagster as dg
+
+            print("no Dagster instance (DAGSTER_HOME): runs are not recorded", file=sys.stderr)
+            instance = dg.DagsterInstance.ephemeral()
+        ok = launch.execute(defs, instance, steps, request.command)
+        for step in steps:
+            print(f"{step.job}: run {step.id}")
+        print("succeeded" if ok else "FAILED", file=sys.stdout if ok else sys.stderr)
+        return 0 if ok else 1
+    if instance is None:
+        print(
+            "agg-pipeline: no Dagster instance (set DAGSTER_HOME), or use --wait", file=sys.stderr
+        )
+        return 2
+    launch.submit(defs, instance, steps, request.command)
+    for step in steps:
+        print(f"{step.job}: submitted {step.kind} {step.id}")
+    return 0
 
 
 def _influx() -> InfluxResource:
@@ -545,9 +648,40 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--yes", action="store_true", help="disable / delete without asking")
     tasks.set_defaults(func=cmd_influx)
 
+    sv = sub.add_parser("serve", help="the HTTP API: /api/v1/analytics/..., /api/etl/...")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    sv.set_defaults(func=cmd_serve)
+
+    run = sub.add_parser(
+        "run",
+        help="the old run_etl.py commands: submitted to the Dagster instance as backfills",
+        description="Plan partitions of the hourly / daily jobs (or the retention job) and "
+        "submit them to the Dagster instance (the daemon runs them); --wait runs them here "
+        "instead (exit code = success), --dry-run only prints the plan.",
+    )
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
+    flags.add_argument("--wait", action="store_true", help="run here; exit code = success")
+    run_sub = run.add_subparsers(dest="etl_command", required=True)
+    rh = run_sub.add_parser("hourly", parents=[flags], help="the last complete hours")
+    rh.add_argument("--hours", type=int, default=None, help="how many (default 3)")
+    rd = run_sub.add_parser("daily", parents=[flags], help="the last complete local days")
+    rd.add_argument("--days", type=int, default=None, help="how many (default 2)")
+    run_sub.add_parser("full", parents=[flags], help="hourly + daily + cleanup")
+    rb = run_sub.add_parser("backfill", parents=[flags], help="hours and days of N days")
+    rb.add_argument("--days", type=int, required=True)
+    rc = run_sub.add_parser("cleanup", parents=[flags], help="the retention job")
+    rc.add_argument("--retention-days", type=int, default=None)
+    run.set_defaults(func=cmd_run)
+
     dev = sub.add_parser("dev", help="local database, schema, demo data, then `dagster dev`")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument(
+        "--api-port", type=int, default=8000, help="`agg-pipeline serve` beside it (0: not)"
+    )
     dev.add_argument("--no-seed", action="store_true", help="do not load demo data")
     dev.add_argument("--seed-days", type=float, default=3.0)
     dev.add_argument("--seed-devices", type=int, default=4)
@@ -567,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         migrate.MigrationError,
         InfluxError,
         HistoryError,
+        ValidationError,
     ) as exc:
         print(f"agg-pipeline: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,8 @@ PostgreSQL, or the server of DATABASE_URL), then measures, side by side in one r
 7. incremental - the open hour after new readings land, and a late-data correction;
 8. event metrics - executions through execution_metrics_* vs the same aggregates' floor
    and the old per-hour Python job (bench_events.py).
+9. HTTP API - each endpoint under 32 concurrent clients (p50 / p99, requests/s) against
+   `agg-pipeline serve`, and the same question from raw for the speedup (bench_api.py).
 
 Absolute times on a shared machine drift; the ratios, measured in the same run, hold.
 """
@@ -680,6 +682,10 @@ def render(result: dict) -> str:
     )
     if result.get("events"):
         lines += bench_events.render(result["events"])
+    if result.get("api"):
+        from benchmarks import bench_api  # (imported here: keeps bench.py's imports as main's)
+
+        lines.append(bench_api.render(result["api"]))
     h = result.get("healing")
     if h:
         lines.append(
@@ -714,6 +720,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--event-workspaces", type=int, default=200)
     parser.add_argument("--event-users", type=int, default=2000)
     parser.add_argument("--event-old-way-hours", type=int, default=3)
+    parser.add_argument(
+        "--api-requests", type=int, default=640, help="HTTP API requests per endpoint (0: skip)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark databases")
     args = parser.parse_args(argv)
@@ -764,6 +773,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         progress("read path")
         result["reads"] = measure_reads(env, start, end, args.read_reps)
+        if args.api_requests:
+            from benchmarks import bench_api
+
+            progress(f"HTTP API: {args.api_requests} requests per endpoint, 32 clients")
+            result["api"] = bench_api.measure_api(
+                env.engine, env.warehouse_url, env.env(), end, args.api_requests
+            )
         progress("write path")
         result["pattern_writes"] = measure_pattern_writes(env, args.reps)
         progress("pattern bucket: the old PatternAggregateClient's criteria")

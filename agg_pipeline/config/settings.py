@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError as _SourceError
 
@@ -289,6 +289,16 @@ class Settings(BaseSettings):
         default=("info", "low", "medium", "high", "critical"),
         description="Known diagnostic severities (comma-separated in the env var); others "
         "are rejected and counted.",
+    )
+
+    # --- the HTTP API (agg-pipeline serve) ------------------------------------------------
+    api_key: SecretStr | None = Field(
+        default=None,
+        repr=False,  # a secret: never shown, logged or put in metadata
+        exclude=True,
+        description="The X-API-Key that POST /api/etl/run requires (compared in constant "
+        "time). Unset: the endpoint answers 503 (disabled). The API reads it from the "
+        "environment on every request, so a rotated key applies without a restart.",
     )
 
     # --- retention -------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import TypedDict, Unpack
 
 import sqlalchemy as sa
 
+from agg_pipeline.config.settings import get_settings
 from agg_pipeline.serving import read_params
 
 MAX_HOURS = 24 * 31
@@ -38,6 +39,14 @@ MAX_LIMIT = 100
 
 class DashboardError(ValueError):
     """A dashboard query parameter is invalid; the message names it."""
+
+
+class UnknownDevice(DashboardError):
+    """The device named is not registered (the HTTP API answers 404, not 422)."""
+
+
+class UnknownMetric(DashboardError):
+    """The derived metric named is not in ``bi.derived_metrics`` (404 over HTTP)."""
 
 
 def _bounded(name: str, value: int, upper: int) -> int:
@@ -52,7 +61,7 @@ def _device_id(conn: sa.Connection, device: str) -> int:
         sa.text("SELECT id FROM iot.devices WHERE device_code = :d"), {"d": device}
     ).scalar()
     if found is None:
-        raise DashboardError(f"unknown device {device!r}")
+        raise UnknownDevice(f"unknown device {device!r}")
     return found
 
 
@@ -61,7 +70,7 @@ def _known_metric(conn: sa.Connection, metric: str) -> str:
     known = conn.execute(sa.text("SELECT metric FROM bi.derived_metrics ORDER BY 1")).scalars()
     known = list(known)
     if metric not in known:
-        raise DashboardError(
+        raise UnknownMetric(
             f"unknown metric {metric!r}; known: {', '.join(known) or 'none materialized yet'}"
         )
     return metric
@@ -79,24 +88,40 @@ def _now(now: datetime | None) -> datetime:
 
 def _today(today: date | None) -> date:
     if today is None:
-        return datetime.now(UTC).date()
+        # Daily rows are local days of AGG_PIPELINE_TIMEZONE (metric_date is the local
+        # date), so "the last N days" counts back from today there, not in UTC.
+        return datetime.now(get_settings().zone).date()
     return read_params.day("today", today, DashboardError)
 
 
 def hourly_for_device(
     engine: sa.Engine, device: str, hours: int = 24, now: datetime | None = None
 ) -> list[dict]:
-    """Hourly stats of every sensor of ``device`` over the last ``hours`` hours."""
+    """Hourly stats of every sensor of ``device`` over the last ``hours`` hours.
+
+    Read through ``bi.hourly_sensor_agg_realtime`` (warehouse/realtime.py): hours before
+    the hourly watermark from the rollup, the newest (still open or not yet materialized)
+    hours computed from raw readings after it, so the hour in progress is included and
+    nothing older is read from raw. ``live`` says which part a row came from.
+    """
     _bounded("hours", hours, MAX_HOURS)
     since = _now(now) - timedelta(hours=hours)
     with engine.connect() as conn:
-        _device_id(conn, device)
+        device_id = _device_id(conn, device)
         return _rows(
             conn,
-            "SELECT field, unit, hour_start, avg_value, min_value, max_value, sample_count, "
-            "stddev_value, median_value FROM bi.v_hourly_readings "
-            "WHERE device_code = :d AND hour_start >= :since ORDER BY hour_start, field",
-            {"d": device, "since": since},
+            "SELECT s.field, st.unit, h.hour_start, h.avg_value, h.min_value, h.max_value, "
+            "h.sample_count, h.stddev_value, h.median_value, h.live "
+            "FROM bi.hourly_sensor_agg_realtime AS h "
+            "JOIN iot.sensors AS s ON s.id = h.sensor_id "
+            "JOIN iot.sensor_types AS st ON st.id = s.sensor_type_id "
+            # sensor_id = ANY(...), not s.device_id = :dev: a restriction on the view's
+            # own column reaches both halves of its UNION ALL (the rollup's primary key,
+            # and the live part's readings), where a join condition is applied after.
+            "WHERE h.sensor_id = ANY(ARRAY(SELECT id FROM iot.sensors WHERE device_id = :dev)) "
+            "AND h.hour_start >= :since "
+            "ORDER BY h.hour_start, s.field",
+            {"dev": device_id, "since": since},
         )
 
 

@@ -33,13 +33,19 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
+import dagster as dg
+import httpx
 import pytest
 import sqlalchemy as sa
 import yaml
 
+from agg_pipeline import launch
 from agg_pipeline.config.catalogue import load_catalogue
+from agg_pipeline.serving.api import create_app
+from agg_pipeline.serving.api.etl import RunRequest
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.conftest import create_database, drop_database
+from agg_pipeline_tests.serving.test_api import serving
 from agg_pipeline_tests.warehouse.test_rollups import assert_matches, table
 from agg_pipeline_tests.warehouse.test_self_healing import assert_equals_raw, late_rows
 
@@ -343,6 +349,54 @@ def test_backfill_through_the_daemon(deployment: Deployment):
     # (the healer's first fill of last week shares the table)
     got = got[(got["bucket"] >= data.DAY0) & (got["bucket"] < data.DAY0 + timedelta(days=1))]
     assert_matches(got, reference.grouped_stats(valid, valid["time"].dt.floor("1h")))
+
+
+def test_api_run_launches_what_the_daemon_runs(deployment: Deployment, monkeypatch):
+    """GET /api/etl/status sees the running daemon's heartbeat; POST /api/etl/run (issue
+    14) over real HTTP submits an asset backfill to this deployment's instance, and the
+    cleanup command a queued run: the running daemon completes both (the run as a dry run:
+    other tests here share the tables)."""
+    from agg_pipeline.definitions import defs  # loads the definitions: only for this test
+
+    monkeypatch.setenv("DAGSTER_PG_URL", deployment.env["DAGSTER_PG_URL"])
+    monkeypatch.setenv("AGG_PIPELINE_API_KEY", "e2e-key")
+    instance = dg.DagsterInstance.from_config(deployment.env["DAGSTER_HOME"])
+    backend = launch.InstanceBackend(defs, instance, deployment.engine, "e2e")
+    try:
+        with serving(create_app(deployment.engine, backend, dagster_timeout=120)) as base:
+            answer = httpx.post(
+                f"{base}/api/etl/run",
+                json={"command": "hourly", "hours": 2},
+                headers={"X-API-Key": "e2e-key"},
+                timeout=60,
+            )
+            # (while the daemon works on it)
+            status = httpx.get(f"{base}/api/etl/status", timeout=180).json()
+            assert status["scheduler_running"] is True, status  # this daemon's heartbeat
+        assert answer.status_code == 202, answer.text
+        (backfill_id,) = answer.json()["backfill_ids"]
+        steps = launch.plan(defs, RunRequest(command="cleanup", dry_run=True))
+        launch.submit(defs, instance, steps, "cleanup")
+        run_id = steps[0].id
+    finally:
+        instance.dispose()
+
+    def finished():
+        result = graphql(deployment.port, POLL, {"id": backfill_id})["partitionBackfillOrError"]
+        if result["status"] in ("FAILED", "COMPLETED_FAILED", "CANCELED"):
+            raise AssertionError(f"backfill ended {result['status']}")
+        return result if result["status"] in ("COMPLETED_SUCCESS", "COMPLETED") else None
+
+    assert (
+        wait_for(finished, timeout=300, what="the API's backfill", interval=2)["numPartitions"] == 2
+    )
+
+    def cleaned():
+        (run,) = [r for r in deployment.runs() if r["runId"] == run_id]
+        assert run["status"] not in ("FAILURE", "CANCELED"), run
+        return run["status"] == "SUCCESS"
+
+    wait_for(cleaned, timeout=300, what="the queued retention run", interval=2)
 
 
 ROUNDS = 3
