@@ -212,6 +212,15 @@ def upstream_assets(level: Level) -> tuple[str, ...]:
     return (parent.asset, RAW.asset)
 
 
+def holds_raw(level: Level) -> bool:
+    """``level``'s rows were computed from the raw readings of their buckets: staged from
+    raw (its parent is the root), or carrying a median read from raw however it is staged.
+    Raw for a day may be released only when every such level holds the day (retention);
+    whether a switched-off median (``median_setting``) still counts is the caller's to say.
+    """
+    return level.parent == RAW.key or level.median is not Median.NONE
+
+
 def sink_levels() -> dict[str, Level]:
     """The levels the InfluxDB sink writes, by measurement suffix."""
     return {lv.sink_measurement: lv for lv in LEVELS if lv.sink_measurement}
