@@ -682,7 +682,7 @@ def scan(
         if due is None:
             return []
         found = consistency.find(
-            conn, _settled_bounds(now, settings, origin), raw, consistency.CHECKED
+            conn, _settled_bounds(now, settings, origin), raw, settings, consistency.CHECKED
         )
         by_asset: dict[str, set[datetime]] = defaultdict(set)
         for f in found:
@@ -726,7 +726,7 @@ def consistency_problems(
                 f"{pending} settled raw hour(s) changed, not yet observed: their levels are "
                 "stale (is self_healing_sensor running?)"
             )
-        found = consistency.find(conn, _settled_bounds(now, settings, origin), raw)
+        found = consistency.find(conn, _settled_bounds(now, settings, origin), raw, settings)
     by_what: dict[str, list[consistency.Finding]] = defaultdict(list)
     for f in found:
         by_what[f.what].append(f)

@@ -178,6 +178,11 @@ def test_every_materialized_asset_has_freshness_checks_and_automation():
     assert ("rollup_hourly", "matches_readings_1m") in check_keys
     assert ("rollup_daily", "matches_hourly_sensor_agg") in check_keys
     assert ("rollup_weekly", "matches_daily_sensor_agg") in check_keys
+    assert ("rollup_monthly", "matches_daily_sensor_agg") in check_keys
+    # consistent_with_parents: derived from the hierarchy (issue 12), so rollup_monthly
+    # carries it too (added deliberately); the 1m / 5m levels do not (open windows).
+    consistent = {a for a, n in check_keys if n == "consistent_with_parents"}
+    assert consistent == {"rollup_hourly", "rollup_daily", "rollup_weekly", "rollup_monthly"}
     assert ("readings_1m", "coverage") in check_keys
     assert ("conditions_daily", "shares_valid") in check_keys
     # partition-aware freshness checks for the per-partition deadlines

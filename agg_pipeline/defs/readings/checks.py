@@ -35,7 +35,7 @@ from agg_pipeline.config.settings import get_settings
 from agg_pipeline.core import clock, hierarchy
 from agg_pipeline.core.windows import Window
 from agg_pipeline.defs import partitions
-from agg_pipeline.warehouse import consistency, healing, levels
+from agg_pipeline.warehouse import consistency, healing, levels, statements
 
 # Rollup tables that hold imported history too (migration 015).
 _WITH_ORIGIN = {level.table for level in hierarchy.LEVELS if level.imported_history}
@@ -151,7 +151,7 @@ def consistent_with_parents(engine: sa.Engine, asset: str, window: Window) -> dg
         lo, window.end, origin, zone, settings.timezone, settings.median_max_readings
     )
     with engine.begin() as conn:
-        found = consistency.find(conn, bounds, raw, (asset,))
+        found = consistency.find(conn, bounds, raw, settings, (asset,))
         starts = sorted({f.start(zone) for f in found})
         consistency.clear(conn, asset, inside, starts)
         consistency.flag(conn, asset, starts)  # the healer recomputes them
@@ -332,12 +332,13 @@ def evaluate(
     level = LEVELS[asset]
     params = _bounds(level, window, tz)
     with engine.connect() as conn:
-        if asset == "readings_5m":
-            # An open 5-minute window is not written yet (writers._closed_part): compare
-            # only the closed ones with their minutes.
+        written = hierarchy.BY_ASSET[asset]
+        if written.closed_windows_only and written.step is not None:
+            # An open window is not written yet (writers._closed_part): compare only the
+            # closed ones (with the level below).
             closed = conn.execute(
-                sa.text("SELECT date_bin('5 minutes', now(), CAST(:o AS timestamptz))"),
-                {"o": window.start},
+                sa.text(statements.CLOSED_WINDOW_START),
+                {"step": levels.interval_literal(written.step), "o": window.start},
             ).scalar_one()
             params["hi"] = params["end"] = max(window.start, min(window.end, closed))
         yield _stats_valid(conn, level, params)
