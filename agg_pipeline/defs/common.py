@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from agg_pipeline.config.catalogue import get_catalogue
 from agg_pipeline.config.settings import get_settings
+from agg_pipeline.core.hierarchy import DERIVED
 from agg_pipeline.core.windows import Window
 from agg_pipeline.defs import partitions
 from agg_pipeline.influx import sink as influx_sink
@@ -161,17 +162,13 @@ def write_with_retries(
 
 
 # Per-partition figures of a multi-partition run, read back from the target table:
-# (bucket column, series column, has first/last reading times).
-_PARTITION_FIGURES = {
-    "bi.readings_1m": ("window_start", "sensor_id", True),
-    "bi.readings_5m": ("window_start", "sensor_id", True),
-    "bi.hourly_sensor_agg": ("hour_start", "sensor_id", True),
-    "bi.daily_sensor_agg": ("metric_date", "sensor_id", True),
-    "bi.weekly_sensor_agg": ("week_start", "sensor_id", True),
-    "bi.monthly_sensor_agg": ("month_start", "sensor_id", True),
-    "bi.daily_sensor_conditions": ("metric_date", "sensor_id", False),
-    "bi.device_metrics_hourly": ("hour_start", "device_id", False),
-    "bi.diagnostic_summary_daily": ("metric_date", "device_id", False),
+# (bucket column, series column, has first/last reading times, bucket is a local date).
+# Every level of the hierarchy, and the other families' tables.
+_PARTITION_FIGURES: dict[str, tuple[str, str, bool, bool]] = {
+    **{lv.table: (lv.bucket_column, "sensor_id", True, lv.key_is_date) for lv in DERIVED},
+    "bi.daily_sensor_conditions": ("metric_date", "sensor_id", False, True),
+    "bi.device_metrics_hourly": ("hour_start", "device_id", False, False),
+    "bi.diagnostic_summary_daily": ("metric_date", "device_id", False, True),
 }
 _MAX_MATERIALIZATION_PAGES = 20
 
@@ -245,10 +242,9 @@ def _partition_figures(
     """rows_written, series and time_span of each partition, from what the table holds."""
     if table not in _PARTITION_FIGURES or not windows:
         return {}
-    key, series, timed = _PARTITION_FIGURES[table]
+    key, series, timed, is_date = _PARTITION_FIGURES[table]
     zone = get_settings().zone
     first = next(iter(windows.values()))
-    is_date = key in ("metric_date", "week_start")
     if is_date:
         by_bucket = {w.start.astimezone(zone).date(): k for k, w in windows.items()}
         lo, hi = min(by_bucket), max(w.end for w in windows.values()).astimezone(zone).date()

@@ -242,7 +242,9 @@ def _case(checks: list[tuple[str, str]]) -> str:
 def _row_checks(level: hierarchy.Level, missing: str, versus: str) -> list[tuple[str, str]]:
     checks = [("x.sensor_id IS NULL", missing)]
     if level.imported_history:
-        checks.append(("x.origin <> 'computed'", f"{level.key} rollup imported, not computed from raw"))
+        checks.append(
+            ("x.origin <> 'computed'", f"{level.key} rollup imported, not computed from raw")
+        )
     checks.append(("x.sample_count <> h.n", f"{level.key} rollup counts differ {versus}"))
     if level.median is not hierarchy.Median.NONE:
         checks.append(("x.median_value IS NULL", f"{level.key} median missing"))
@@ -266,9 +268,10 @@ def _level_problems(level: hierarchy.Level, base: timedelta, i: int) -> str:
         assert level.step is not None
         if level.step % base:
             raise ValueError(f"level {level.key!r}: its step is no multiple of {base}")
+        step = levels.interval_literal(level.step)
         source = (
-            f"(SELECT device, field, sensor_id, day, date_bin('{levels.interval_literal(level.step)}'"
-            ", bin, :origin) AS b, sum(n) AS n FROM bins GROUP BY 1, 2, 3, 4, 5)"
+            f"(SELECT device, field, sensor_id, day, date_bin('{step}', bin, :origin) AS b, "
+            "sum(n) AS n FROM bins GROUP BY 1, 2, 3, 4, 5)"
         )
         checks = _row_checks(level, f"{_unit(level.step)} has no {level.key} rollup", "from raw")
     elif level.bucket is hierarchy.Bucket.LOCAL_DAY:
