@@ -156,7 +156,7 @@ def test_schedules_and_sensors_run_by_default():
 
 
 def test_every_materialized_asset_has_freshness_checks_and_automation():
-    from agg_pipeline.warehouse import healing
+    from agg_pipeline.defs.events.levels import HEALING_GRAPH
 
     graph = defs.resolve_asset_graph()
     for key in graph.get_all_asset_keys():
@@ -170,7 +170,7 @@ def test_every_materialized_asset_has_freshness_checks_and_automation():
         # automation conditions raced it and lost triggers, so no asset carries one).
         assert node.automation_condition is None, key
         if not scheduled_only and not key.to_user_string().startswith("pattern_"):
-            assert key.to_user_string() in healing.BY_ASSET, key
+            assert key.to_user_string() in HEALING_GRAPH.by_asset, key
     check_keys = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     for asset in ("readings_1m", "readings_5m", "rollup_hourly", "rollup_daily", "rollup_weekly"):
         assert (asset, "stats_valid") in check_keys

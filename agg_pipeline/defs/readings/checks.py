@@ -117,9 +117,9 @@ CONSISTENT = "consistent_with_parents"
 def _ancestors(asset: str) -> set[str]:
     out, todo = set(), [asset]
     while todo:
-        node = healing.BY_ASSET.get(todo.pop())
+        node = healing.BASE.by_asset.get(todo.pop())
         for p in node.parents if node else ():
-            if p not in out and p in healing.BY_ASSET:
+            if p not in out and p in healing.BASE.by_asset:
                 out.add(p)
                 todo.append(p)
     return out
@@ -155,11 +155,12 @@ def consistent_with_parents(engine: sa.Engine, asset: str, window: Window) -> dg
         starts = sorted({f.start(zone) for f in found})
         consistency.clear(conn, asset, inside, starts)
         consistency.flag(conn, asset, starts)  # the healer recomputes them
-        vs = healing.Versions.load(conn, lo)
+        vs = healing.Versions.load(conn, lo, healing.BASE)
     judged = {asset} | _ancestors(asset)
     stale = [
         s
-        for s in healing.find_stale(vs, now, settings, origin)
+        # The readings' nodes suffice: every asset judged is a level or one of its parents.
+        for s in healing.find_stale(vs, now, settings, origin, healing.BASE)
         if s.asset in judged and inside.start <= s.start < inside.end
     ]
     return dg.AssetCheckResult(
