@@ -177,77 +177,96 @@ def _schedule_switch(grain: Grain) -> bool:
 
 GRAINS: list[Grain] = [g for g in Grain if levels_of(g)]
 
-REFRESH_JOBS: dict[str, dg.UnresolvedAssetJobDefinition] = {}
-REFRESH_SCHEDULES: list[dg.ScheduleDefinition] = []
-for _level in open_window_levels():
-    _limit, _text = _REFRESH_TEXT.get(
-        _level.key,
-        (
-            300,
-            f"{_level.asset} for the open hour. Switch: AGG_PIPELINE_"
-            f"{(_level.schedule_setting or '').upper()}.",
-        ),  # fmt: skip
-    )
-    _suffix, _cron = _every(_level)
-    REFRESH_JOBS[_level.key] = _job = dg.define_asset_job(
-        f"refresh_{_level.key}_open_hour",
-        selection=dg.AssetSelection.assets(*refresh_assets(_level)),
-        tags=max_runtime(_limit),
-    )
-    REFRESH_SCHEDULES.append(
-        partition_schedule(
-            f"{_level.asset}_{_suffix}",
-            _cron,
-            _job,
-            settling_hour,
-            PARTITIONS[Grain.HOURLY],
-            _switched_on(_level.schedule_setting),
-            _text,
-        )
-    )
 
-GRAIN_JOBS: dict[Grain, dg.UnresolvedAssetJobDefinition] = {}
-GRAIN_SCHEDULES: list[dg.ScheduleDefinition] = []
-for _grain in GRAINS:
-    _run = GRAIN_RUNS[_grain]
-    _extras = [c.asset for c in _run.companions if c.group is not None]
-    GRAIN_JOBS[_grain] = dg.define_asset_job(
-        _run.job,
-        selection=dg.AssetSelection.assets(*_selected(_grain), *_extras),
-        description=_run.job_description,
-        tags=max_runtime(_run.max_runtime_s),
-    )
-    GRAIN_SCHEDULES.append(
-        partition_schedule(
-            _run.schedule,
-            _run.cron,
-            GRAIN_JOBS[_grain],
-            PREVIOUS[_grain],
-            PARTITIONS[_grain],
-            _schedule_switch(_grain),
-            _run.description,
+def _refresh_runs() -> tuple[
+    dict[str, dg.UnresolvedAssetJobDefinition], list[dg.ScheduleDefinition]
+]:
+    """Per closed-window level: its open-hour job (by level key) and schedule."""
+    jobs, schedules = {}, []
+    for level in open_window_levels():
+        switch = f"AGG_PIPELINE_{(level.schedule_setting or '').upper()}"
+        limit, text = _REFRESH_TEXT.get(
+            level.key, (300, f"{level.asset} for the open hour. Switch: {switch}.")
         )
-    )
+        suffix, cron = _every(level)
+        jobs[level.key] = job = dg.define_asset_job(
+            f"refresh_{level.key}_open_hour",
+            selection=dg.AssetSelection.assets(*refresh_assets(level)),
+            tags=max_runtime(limit),
+        )
+        schedules.append(
+            partition_schedule(
+                f"{level.asset}_{suffix}",
+                cron,
+                job,
+                settling_hour,
+                PARTITIONS[Grain.HOURLY],
+                _switched_on(level.schedule_setting),
+                text,
+            )
+        )
+    return jobs, schedules
 
-FRESHNESS_CHECKS: list[dg.AssetChecksDefinition] = []
-for _grain in GRAINS:
-    _run = GRAIN_RUNS[_grain]
-    _fresh = [lv.asset for lv in levels_of(_grain) if not lv.closed_windows_only]
-    _fresh += [c.asset for c in _run.companions if c.freshness]
-    FRESHNESS_CHECKS += dg.build_time_partition_freshness_checks(
-        assets=[dg.AssetKey(a) for a in _fresh],
-        deadline_cron=_run.freshness_cron,
-        timezone=TZ,
-        severity=_run.severity,
-    )
+
+def _grain_runs() -> tuple[
+    dict[Grain, dg.UnresolvedAssetJobDefinition], list[dg.ScheduleDefinition]
+]:
+    """Per grain with levels: its job and its schedule (``GRAIN_RUNS``)."""
+    jobs, schedules = {}, []
+    for grain in GRAINS:
+        run = GRAIN_RUNS[grain]
+        extras = [c.asset for c in run.companions if c.group is not None]
+        jobs[grain] = job = dg.define_asset_job(
+            run.job,
+            selection=dg.AssetSelection.assets(*_selected(grain), *extras),
+            description=run.job_description,
+            tags=max_runtime(run.max_runtime_s),
+        )
+        schedules.append(
+            partition_schedule(
+                run.schedule,
+                run.cron,
+                job,
+                PREVIOUS[grain],
+                PARTITIONS[grain],
+                _schedule_switch(grain),
+                run.description,
+            )
+        )
+    return jobs, schedules
+
+
+def _freshness_checks() -> list[dg.AssetChecksDefinition]:
+    out: list[dg.AssetChecksDefinition] = []
+    for grain in GRAINS:
+        run = GRAIN_RUNS[grain]
+        fresh = [lv.asset for lv in levels_of(grain) if not lv.closed_windows_only]
+        fresh += [c.asset for c in run.companions if c.freshness]
+        out += dg.build_time_partition_freshness_checks(
+            assets=[dg.AssetKey(a) for a in fresh],
+            deadline_cron=run.freshness_cron,
+            timezone=TZ,
+            severity=run.severity,
+        )
+    return out
+
+
+REFRESH_JOBS, REFRESH_SCHEDULES = _refresh_runs()
+GRAIN_JOBS, GRAIN_SCHEDULES = _grain_runs()
+FRESHNESS_CHECKS: list[dg.AssetChecksDefinition] = _freshness_checks()
 
 # The self-healing sensor's run groups of the readings: {group: (job, assets)}.
-HEALING_JOBS: dict[str, tuple[dg.UnresolvedAssetJobDefinition, list[str]]] = {}
-for _grain in GRAINS:
-    HEALING_JOBS[_grain.value] = (GRAIN_JOBS[_grain], _selected(_grain))
-    for _c in GRAIN_RUNS[_grain].companions:
-        if _c.group is not None:
-            HEALING_JOBS[_c.group] = (GRAIN_JOBS[_grain], [_c.asset])
+HEALING_JOBS: dict[str, tuple[dg.UnresolvedAssetJobDefinition, list[str]]] = {
+    grain.value: (GRAIN_JOBS[grain], _selected(grain)) for grain in GRAINS
+}
+HEALING_JOBS.update(
+    {
+        c.group: (GRAIN_JOBS[grain], [c.asset])
+        for grain in GRAINS
+        for c in GRAIN_RUNS[grain].companions
+        if c.group is not None
+    }
+)
 
 JOBS: list[dg.UnresolvedAssetJobDefinition] = [*REFRESH_JOBS.values(), *GRAIN_JOBS.values()]
 SCHEDULES: list[dg.ScheduleDefinition] = [*REFRESH_SCHEDULES, *GRAIN_SCHEDULES]
