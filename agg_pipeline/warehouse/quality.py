@@ -4,7 +4,8 @@ just wrote: :lo / :hi in the level's keys, :start / :end the window's instants."
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 
 import sqlalchemy as sa
 
@@ -109,3 +110,37 @@ def closed_window_start(conn: sa.Connection, step: timedelta, origin: datetime) 
     return conn.execute(
         sa.text(CLOSED_WINDOW_START), {"step": levels.interval_literal(step), "o": origin}
     ).scalar_one()
+
+
+def invalid_condition_days(conn: sa.Connection, lo: date, hi: date) -> list[tuple[str, int]]:
+    """(day, sensors) whose conditions row has shares outside 0-100, optimal + critical
+    above 100, or its bands out of order."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT metric_date::text, count(*) FROM bi.daily_sensor_conditions "
+            "WHERE metric_date >= :lo AND metric_date < :hi AND NOT ("
+            "reading_count > 0 AND optimal_pct_by_count BETWEEN 0 AND 100 "
+            "AND critical_pct_by_count BETWEEN 0 AND 100 "
+            "AND optimal_pct_by_count + critical_pct_by_count <= 100 + 1e-9 "
+            "AND coalesce(time_in_optimal_pct, 0) BETWEEN 0 AND 100 + 1e-9 "
+            "AND coalesce(time_in_critical_pct, 0) BETWEEN 0 AND 100 + 1e-9 "
+            "AND coalesce(time_in_optimal_pct + time_in_critical_pct, 0) <= 100 + 1e-9 "
+            "AND critical_below <= optimal_min AND optimal_max <= critical_above) "
+            "GROUP BY 1 ORDER BY 1"
+        ),
+        {"lo": lo, "hi": hi},
+    ).all()
+    return [(d, int(n)) for d, n in rows]
+
+
+def condition_coverage(conn: sa.Connection, lo: date, hi: date) -> list[tuple[str, Decimal]]:
+    """(day, mean coverage % of its conditions rows, 2 decimals)."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT metric_date::text, round(avg(coverage_pct)::numeric, 2) AS pct "
+            "FROM bi.daily_sensor_conditions WHERE metric_date >= :lo AND metric_date < :hi "
+            "GROUP BY 1 ORDER BY 1"
+        ),
+        {"lo": lo, "hi": hi},
+    ).all()
+    return [(d, p) for d, p in rows]

@@ -17,11 +17,10 @@ from agg_pipeline.config.settings import Settings
 from agg_pipeline.core import hierarchy
 from agg_pipeline.core.hierarchy import Grain
 from agg_pipeline.definitions import defs
-from agg_pipeline.defs import common
 from agg_pipeline.defs.events.levels import HEALING_GRAPH
 from agg_pipeline.defs.operations import self_healing
 from agg_pipeline.defs.readings import schedules as readings
-from agg_pipeline.warehouse import consistency, levels, retention, statements
+from agg_pipeline.warehouse import consistency, figures, levels, retention, statements
 
 RAW_TABLE = retention._Raw("raw.readings", "time", "device", "field", "value")
 
@@ -78,8 +77,8 @@ def test_every_level_has_its_checks_and_figures():
         consistent = (level.asset, "consistent_with_parents") in checks
         assert consistent is (not level.closed_windows_only), level.key
         assert (level in consistency.MEDIAN_LEVELS) is (level.median is not hierarchy.Median.NONE)
-        figures = common._PARTITION_FIGURES[level.table]
-        assert figures[0] == level.bucket_column and figures[3] is level.key_is_date
+        kept = figures.PARTITION_FIGURES[level.table]
+        assert kept[0] == level.bucket_column and kept[3] is level.key_is_date
 
 
 def test_every_level_that_holds_raw_is_waited_for():
