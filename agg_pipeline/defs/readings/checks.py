@@ -13,7 +13,8 @@ single-run backfills unchecked.)
   agree with the level the rows were merged from.
 - ``coverage`` (WARN): share of expected readings present, below
   ``AGG_PIPELINE_COVERAGE_WARN_PCT``.
-- ``consistent_with_parents`` (hourly, daily, weekly rollups; not blocking): the partitions
+- ``consistent_with_parents`` (``consistency.CHECKED``: every rollup level not written
+  for open windows, from the hierarchy; not blocking): the partitions
   written, inside the healing window, against their parents *as they are now*
   (``consistency.py``: count sums, min / max, a day's valid raw count, NULL medians raw
   could fill) and not stale by data version (nor any ancestor partition they cover).
