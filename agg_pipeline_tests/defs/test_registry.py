@@ -123,3 +123,18 @@ def test_a_new_level_is_derived_without_code():
     assert levels.bucket_sql(months, "metric_date") == "date_trunc('month', metric_date)::date"
     # Every grain a level can have has its run (GRAIN_RUNS): a new grain is refused here.
     assert set(readings.GRAIN_RUNS) == set(Grain)
+
+
+def test_a_running_job_is_read_at_its_grain():
+    """The healer reads a queued / running run's partitions at its job's grain (no job
+    named by hand): a weekly or monthly key is a week or a month, not a day."""
+    for grain in readings.GRAINS:
+        job = readings.GRAIN_RUNS[grain].job
+        assert self_healing._JOB_GRAIN[job] == grain.value, job
+    for job, key, days in (
+        ("weekly_rollup", "2026-11-02", 7),
+        ("monthly_rollup", "2026-11-01", 30),
+    ):
+        run = dg.DagsterRun(job_name=job, run_id=f"r-{job}", tags={"dagster/partition": key})
+        window = self_healing._run_window(run)
+        assert window is not None and (window.end - window.start).days == days, job

@@ -47,7 +47,6 @@ _IN_FLIGHT = [
     dg.DagsterRunStatus.STARTED,
     dg.DagsterRunStatus.CANCELING,
 ]
-_WEEKLY_JOBS = {"weekly_rollup"}
 
 
 def origin() -> datetime:
@@ -68,12 +67,10 @@ def _run_window(run: dg.DagsterRun) -> healing.InFlight | None:
     grains = {GRAPH.grain_of.get(a) for a in assets} if assets else set()
     if len(first) > 10:
         grain = "hourly"
-    elif run.job_name in _WEEKLY_JOBS or grains == {"weekly"}:
-        grain = "weekly"
-    elif run.job_name in _JOB_GRAIN:  # one job per grain (the event rollups)
+    elif run.job_name in _JOB_GRAIN:  # a job of one grain: every scheduled / healing job
         grain = _JOB_GRAIN[run.job_name]
-    elif grains == {"monthly"}:
-        grain = "monthly"
+    elif len(grains) == 1 and None not in grains:  # e.g. assets materialized from the UI
+        grain = next(iter(grains))
     else:
         grain = "daily"
     pdef = PDEFS[grain]
