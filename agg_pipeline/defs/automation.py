@@ -1,6 +1,9 @@
 """Schedules, sensors and jobs: the asset graph runs itself, and says when it cannot.
 
-Schedules replace every old cron (each switchable, like the old feature flags; RUNNING by
+Each family builds its jobs and schedules beside its assets (``readings/schedules.py``
+from the hierarchy, ``patterns/schedules.py``, ``operations/schedules.py``,
+``events/assets.py``); this module assembles them with the sensors that span the
+families. Schedules replace every old cron (each switchable, like the old feature flags; RUNNING by
 default). Late data and catch-up are ``self_healing_sensor``'s job (``healing.py``), from
 data versions the writers and the late-data drain record. Freshness is checked per
 partition by Dagster's freshness checks; run failures are alerted.
@@ -11,17 +14,14 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import dagster as dg
 
-from agg_pipeline.core import clock
-from agg_pipeline.defs import partitions
-from agg_pipeline.defs.assets import dashboard_views
-from agg_pipeline.defs.operations.maintenance import retention_cleanup
-from agg_pipeline.defs.patterns.assets import EVENT_DETECTORS
+from agg_pipeline.defs.operations import schedules as operation_runs
+from agg_pipeline.defs.patterns import schedules as pattern_runs
 from agg_pipeline.defs.readings import schedules as readings
-from agg_pipeline.defs.readings.raw import observe_late_hours
+from agg_pipeline.defs.readings.sensors import late_data_sensor
 
 # The shared schedule helpers, here too (defs/events/assets.py and the tests import them
 # from this module).
@@ -37,118 +37,19 @@ from agg_pipeline.defs.scheduling import (  # noqa: F401
     settings,
     settling_hour,
 )
-from agg_pipeline.defs.scheduling import max_runtime as _max_runtime
-from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.warehouse.engine import WarehouseResource
 
 # --------------------------------------------------------------------------------------
-# Jobs (the readings levels' own: defs/readings/schedules.py, from the hierarchy)
+# Jobs and schedules: each family's, beside its assets
 # --------------------------------------------------------------------------------------
 
-patterns_job = dg.define_asset_job(
-    "daily_patterns",
-    selection=dg.AssetSelection.groups("patterns"),
-    description="The six pattern detectors for a day (anomaly after time-based).",
-    tags=_max_runtime(3600),
-)
-dashboard_refresh_job = dg.define_asset_job(
-    "dashboard_refresh", selection=[dashboard_views], tags=_max_runtime(900)
-)
-
-JOBS = [
-    *readings.JOBS,
-    patterns_job,
-    dashboard_refresh_job,
-    retention_cleanup,
-]
-
-# --------------------------------------------------------------------------------------
-# Schedules
-# --------------------------------------------------------------------------------------
-
-SCHEDULES = [
-    *readings.SCHEDULES,
-    partition_schedule(
-        "patterns_at_0145",
-        "45 1 * * *",
-        patterns_job,
-        previous_day,
-        partitions.daily,
-        settings.schedule_patterns,
-        "At 01:45, the previous day's six pattern aggregates (the old detectors' daily "
-        "storage). Switch: AGG_PIPELINE_SCHEDULE_PATTERNS.",
-    ),
-    dg.ScheduleDefinition(
-        name="dashboard_views_every_15_minutes",
-        cron_schedule="*/15 * * * *",
-        job=dashboard_refresh_job,
-        execution_timezone=TZ,
-        default_status=RUNNING if settings.schedule_dashboard_refresh else STOPPED,
-        description="Refresh the dashboard materialized views (the old "
-        "refresh_materialized_views). Switch: AGG_PIPELINE_SCHEDULE_DASHBOARD_REFRESH.",
-    ),
-    dg.ScheduleDefinition(
-        name="retention_cleanup_at_0300",
-        cron_schedule="0 3 * * *",
-        job=retention_cleanup,
-        execution_timezone=TZ,
-        default_status=RUNNING if settings.schedule_retention else STOPPED,
-        description="Daily retention cleanup (the old cleanup_old_data). "
-        "Switch: AGG_PIPELINE_SCHEDULE_RETENTION.",
-    ),
-]
+JOBS = [*readings.JOBS, *pattern_runs.JOBS, *operation_runs.JOBS]
+SCHEDULES = [*readings.SCHEDULES, *pattern_runs.SCHEDULES, *operation_runs.SCHEDULES]
 
 # --------------------------------------------------------------------------------------
 # Sensors
 # --------------------------------------------------------------------------------------
 
 SENSOR_RUNNING = dg.DefaultSensorStatus.RUNNING
-
-
-@dg.sensor(
-    name="late_data_sensor",
-    minimum_interval_seconds=30,
-    default_status=SENSOR_RUNNING if settings.late_data_sensor else dg.DefaultSensorStatus.STOPPED,
-    description="Reports an observation of raw_readings for every hour that received late "
-    "readings (after the hour settled), with a new data version (lineage in the UI; "
-    "self_healing_sensor corrects the partitions). Reads the change log kept by a "
-    "trigger: no raw scans. "
-    "Switch: AGG_PIPELINE_LATE_DATA_SENSOR.",
-)
-def late_data_sensor(
-    context: dg.SensorEvaluationContext, warehouse: WarehouseResource, influx: InfluxResource
-) -> dg.SensorResult:
-    from agg_pipeline.warehouse import late_data
-
-    seq = int(context.cursor or 0)
-    observe_late_hours(warehouse, influx)  # record late readings as per-hour late counts
-    since = clock.now() - timedelta(days=settings.late_data_lookback_days)
-    first = partitions.hourly.start_time_for_partition_key(
-        partitions.hourly.get_first_partition_key()
-    )
-    changed = [
-        h
-        for h in late_data.changes_since(warehouse.get_engine(), seq, since)
-        if h.hour_start >= first
-    ]
-    if not changed:
-        return dg.SensorResult(skip_reason="no late readings", cursor=str(seq))
-    events = []
-    for hour in changed:
-        key = partitions.hourly.get_partition_key_for_timestamp(hour.hour_start.timestamp())
-        events.append(
-            dg.AssetObservation(
-                asset_key="raw_readings",
-                partition=key,
-                tags={"dagster/data_version": hour.data_version},
-                metadata={
-                    "late_rows_total": hour.late_rows,
-                    "last_late_arrival": hour.last_late_at.isoformat(),
-                },
-            )
-        )
-        context.log.info(f"late readings in {key}: {hour.late_rows} in total so far")
-    return dg.SensorResult(asset_events=events, cursor=str(max(h.change_seq for h in changed)))
 
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
@@ -218,10 +119,7 @@ from agg_pipeline.defs.operations import self_healing  # noqa: E402
 self_healing_sensor = self_healing.build_sensor(
     {
         **readings.HEALING_JOBS,  # the readings levels by grain, and the diagnostics
-        "patterns": (
-            patterns_job,
-            [f"pattern_{n}_daily" for n in (*EVENT_DETECTORS, "anomaly")],
-        ),
+        **pattern_runs.HEALING_JOBS,
         **HEALING_JOBS,  # the event rollups: one job per grain (defs/events/levels.py)
     }
 )
