@@ -2,10 +2,11 @@
 
 Every other place that needs a level's table, bucket column, grain, parent, chunking,
 median, retention setting, watermark or InfluxDB measurement derives it from ``LEVELS``
-here (writers, checks, status, retention by age, the InfluxDB sink, healing). Adding a
-level of an existing bucket kind and grain is one new entry below plus its asset, job and
-schedule in ``defs/`` (ARCHITECTURE.md, "Where to add ... a level", says what a new kind
-or grain takes).
+here (writers, checks and consistency, status, retention by age and its raw-release
+guard, the InfluxDB sink, healing, jobs, schedules and freshness checks). Adding a level
+of an existing bucket kind and grain is one new entry below, its table's migration and
+its asset in ``defs/readings/`` (ARCHITECTURE.md, "Where to add ... a level", says what
+a new kind or grain takes).
 
 Pure: no Dagster, no SQL execution, no settings read (setting *names* only).
 """
