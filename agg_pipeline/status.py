@@ -380,7 +380,7 @@ def healing_problems(engine: sa.Engine, now: datetime) -> list[str]:
     NULL medians the raw readings could fill, partitions held behind a failed blocking
     check or inconsistent too often. Any of them is a problem: ``ok`` means none."""
     from agg_pipeline.config.settings import get_settings
-    from agg_pipeline.defs.operations.self_healing import origin
+    from agg_pipeline.defs.operations.self_healing import GRAPH, origin
     from agg_pipeline.warehouse import healing
 
     catalogue = get_catalogue()
@@ -390,7 +390,7 @@ def healing_problems(engine: sa.Engine, now: datetime) -> list[str]:
         else None
     )
     try:
-        return healing.consistency_problems(engine, now, get_settings(), origin(), raw)
+        return healing.consistency_problems(engine, now, get_settings(), origin(), GRAPH, raw)
     except sa.exc.ProgrammingError as exc:  # e.g. not migrated yet: say so, do not crash
         return [f"self-healing state unreadable: {str(exc.orig).strip().splitlines()[0]}"]
 

@@ -2,10 +2,11 @@
 
 Every other place that needs a level's table, bucket column, grain, parent, chunking,
 median, retention setting, watermark or InfluxDB measurement derives it from ``LEVELS``
-here (writers, checks, status, retention by age, the InfluxDB sink, healing). Adding a
-level of an existing bucket kind and grain is one new entry below plus its asset, job and
-schedule in ``defs/`` (ARCHITECTURE.md, "Where to add ... a level", says what a new kind
-or grain takes).
+here (writers, checks and consistency, status, retention by age and its raw-release
+guard, the InfluxDB sink, healing, jobs, schedules and freshness checks). Adding a level
+of an existing bucket kind and grain is one new entry below, its table's migration and
+its asset in ``defs/readings/`` (ARCHITECTURE.md, "Where to add ... a level", says what
+a new kind or grain takes).
 
 Pure: no Dagster, no SQL execution, no settings read (setting *names* only).
 """
@@ -210,6 +211,15 @@ def upstream_assets(level: Level) -> tuple[str, ...]:
     if level.median is Median.NONE or parent is RAW:
         return (parent.asset,)
     return (parent.asset, RAW.asset)
+
+
+def holds_raw(level: Level) -> bool:
+    """``level``'s rows were computed from the raw readings of their buckets: staged from
+    raw (its parent is the root), or carrying a median read from raw however it is staged.
+    Raw for a day may be released only when every such level holds the day (retention);
+    whether a switched-off median (``median_setting``) still counts is the caller's to say.
+    """
+    return level.parent == RAW.key or level.median is not Median.NONE
 
 
 def sink_levels() -> dict[str, Level]:

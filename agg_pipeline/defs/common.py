@@ -18,6 +18,7 @@ from agg_pipeline.defs import partitions
 from agg_pipeline.influx import sink as influx_sink
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.sources import readings_source
+from agg_pipeline.warehouse import figures as table_figures
 from agg_pipeline.warehouse import statements, versions
 from agg_pipeline.warehouse.engine import (
     LockWaitTimeout,
@@ -160,19 +161,6 @@ def write_with_retries(
         lock_wait_log.reset(token)
 
 
-# Per-partition figures of a multi-partition run, read back from the target table:
-# (bucket column, series column, has first/last reading times).
-_PARTITION_FIGURES = {
-    "bi.readings_1m": ("window_start", "sensor_id", True),
-    "bi.readings_5m": ("window_start", "sensor_id", True),
-    "bi.hourly_sensor_agg": ("hour_start", "sensor_id", True),
-    "bi.daily_sensor_agg": ("metric_date", "sensor_id", True),
-    "bi.weekly_sensor_agg": ("week_start", "sensor_id", True),
-    "bi.monthly_sensor_agg": ("month_start", "sensor_id", True),
-    "bi.daily_sensor_conditions": ("metric_date", "sensor_id", False),
-    "bi.device_metrics_hourly": ("hour_start", "device_id", False),
-    "bi.diagnostic_summary_daily": ("metric_date", "device_id", False),
-}
 _MAX_MATERIALIZATION_PAGES = 20
 
 
@@ -224,12 +212,8 @@ def _late_rows(
         return {}
     starts = [windows[k].start for k in keys]
     out: dict[str, tuple[int, datetime]] = {}
-    for hour, rows, last in conn.execute(
-        sa.text(
-            "SELECT hour_start, late_rows, last_late_at FROM raw.readings_late_hours "
-            "WHERE hour_start >= :s AND hour_start < :e ORDER BY hour_start"
-        ),
-        {"s": min(starts), "e": max(windows[k].end for k in keys)},
+    for hour, rows, last in table_figures.late_hours(
+        conn, min(starts), max(windows[k].end for k in keys)
     ):
         i = bisect.bisect_right(starts, hour) - 1
         if i < 0 or hour >= windows[keys[i]].end or last.timestamp() <= previous[keys[i]]:
@@ -243,30 +227,19 @@ def _partition_figures(
     conn: sa.Connection, table: str, windows: dict[str, Window]
 ) -> dict[str, dict[str, object]]:
     """rows_written, series and time_span of each partition, from what the table holds."""
-    if table not in _PARTITION_FIGURES or not windows:
+    if table not in table_figures.PARTITION_FIGURES or not windows:
         return {}
-    key, series, timed = _PARTITION_FIGURES[table]
+    timed, is_date = table_figures.PARTITION_FIGURES[table][2:]
     zone = get_settings().zone
     first = next(iter(windows.values()))
-    is_date = key in ("metric_date", "week_start")
+    by_bucket: dict[object, str]
     if is_date:
         by_bucket = {w.start.astimezone(zone).date(): k for k, w in windows.items()}
         lo, hi = min(by_bucket), max(w.end for w in windows.values()).astimezone(zone).date()
-        bucket = statements.quote_ident(key)
     else:
         by_bucket = {w.start: k for k, w in windows.items()}
         lo, hi = first.start, max(w.end for w in windows.values())
-        bucket = f"date_bin('1 hour', {statements.quote_ident(key)}, :origin)"
-    times = "min(first_reading_at), max(last_reading_at)" if timed else "NULL, NULL"
-    rows = conn.execute(
-        sa.text(
-            f"SELECT {bucket} AS b, count(*), count(DISTINCT {statements.quote_ident(series)}), "
-            f"{times} FROM {statements.quote_ident(table)} "
-            f"WHERE {statements.quote_ident(key)} >= :lo AND {statements.quote_ident(key)} < :hi "
-            "GROUP BY 1"
-        ),
-        {"lo": lo, "hi": hi, "origin": first.start},
-    ).all()
+    rows = table_figures.bucket_figures(conn, table, lo, hi, first.start)
     found = {by_bucket[b]: (int(n), int(m), t0, t1) for b, n, m, t0, t1 in rows if b in by_bucket}
     out: dict[str, dict[str, object]] = {}
     for k in windows:

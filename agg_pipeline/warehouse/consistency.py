@@ -6,10 +6,12 @@ window, ``healing.consistency_problems``), the ``consistent_with_parents`` asset
 (``healing.scan``). Independent of the data versions: values are compared, so a row
 changed behind the pipeline's back is found too.
 
-Each query returns (bucket, sensors that disagree) for [:lo, :hi): hours and 5-minute
-windows against their minutes, days against their hours, weeks against their days (count
-sums, min and max); a day's count against the day's valid raw count (from the daily pass
-over raw, ``conditions_daily``); and NULL medians that the raw readings could fill.
+Each query returns (partition bucket, sensors that disagree) for [:lo, :hi), and is
+derived from ``core/hierarchy.py``, not written per level: every level merged from
+another against it per partition (5-minute windows and hours against their minutes, days
+against their hours, weeks and months against their days: count sums, min and max); a
+day's count against the day's valid raw count (from the daily pass over raw,
+``conditions_daily``); and NULL medians that the raw readings could fill.
 A mismatching partition is *flagged* in ``ops.partition_versions`` (``flag``): stale until
 it is rewritten, so the healer recomputes it.
 """
@@ -22,24 +24,63 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from agg_pipeline.config.settings import Settings
+from agg_pipeline.core import hierarchy
+from agg_pipeline.core.hierarchy import Bucket, Grain, Level, Median
 from agg_pipeline.core.windows import Window
-from agg_pipeline.warehouse import statements
+from agg_pipeline.warehouse import levels, statements
 
-_HOUR_OF_1M = (
-    "SELECT sensor_id, date_bin('1 hour', window_start, :origin) AS b, sum(sample_count) AS n, "
-    "min(min_value) AS mn, max(max_value) AS mx FROM bi.readings_1m "
-    "WHERE window_start >= :lo AND window_start < :hi GROUP BY 1, 2"
-)
-_DAY_OF_HOURS = (
-    "SELECT sensor_id, (hour_start AT TIME ZONE :tz)::date AS b, sum(sample_count) AS n, "
-    "min(min_value) AS mn, max(max_value) AS mx FROM bi.hourly_sensor_agg "
-    "WHERE hour_start >= :lo AND hour_start < :hi_day_start GROUP BY 1, 2"
-)
-_WEEK_OF_DAYS = (
-    "SELECT sensor_id, date_trunc('week', metric_date)::date AS b, sum(sample_count) AS n, "
-    "min(min_value) AS mn, max(max_value) AS mx FROM bi.daily_sensor_agg "
-    "WHERE metric_date >= :lo_week AND metric_date < :hi_week GROUP BY 1, 2"
-)
+# Per bucket kind: the bounds parameters of a level's keys (``params``).
+_KEY_BOUNDS = {
+    Bucket.FIXED: ("lo", "hi"),
+    Bucket.LOCAL_DAY: ("lo_date", "hi_date"),
+    Bucket.WEEK: ("lo_week", "hi_week"),
+    Bucket.MONTH: ("lo_month", "hi_month"),
+}
+# A date-keyed bucket's length (its end, for the raw readings a NULL median could use).
+_DATE_SPAN = {Bucket.LOCAL_DAY: "1 day", Bucket.WEEK: "7 days", Bucket.MONTH: "1 month"}
+
+
+def _partition_of(level: Level, parent: Level | None, column: str) -> str:
+    """The start of ``level``'s partition holding a key ``column`` of ``parent`` (None:
+    of ``level`` itself): the bucket a finding names and the healer flags."""
+    if level.grain is Grain.HOURLY:
+        return f"date_bin('1 hour', {column}, :origin)"
+    if level.bucket is Bucket.FIXED:
+        raise ValueError(f"level {level.key!r}: fixed buckets need hourly partitions")
+    return column if parent is None else levels.bucket_sql(level, column)
+
+
+def _parent_bounds(level: Level, parent: Level) -> tuple[str, str]:
+    """Bounds, in ``parent``'s keys, of exactly the parent rows of ``level``'s buckets."""
+    if parent.key_is_date:
+        if not level.key_is_date:
+            raise ValueError(f"level {level.key!r}: a fixed level over a date-keyed parent")
+        return _KEY_BOUNDS[level.bucket]
+    if level.bucket is Bucket.FIXED:
+        return "lo", "hi"
+    if level.bucket is Bucket.LOCAL_DAY:
+        return "lo_day_start", "hi_day_start"
+    raise ValueError(f"level {level.key!r}: no consistency check of {level.bucket} over hours")
+
+
+def _sums(level: Level, parent: Level | None) -> str:
+    """(sensor_id, partition bucket b, n, mn, mx) of ``parent``'s rows (None: ``level``'s
+    own) per partition of ``level``."""
+    of = parent or level
+    key = statements.quote_ident(of.bucket_column)
+    lo, hi = _KEY_BOUNDS[level.bucket] if parent is None else _parent_bounds(level, parent)
+    # A level without imported history is merged from its parent's computed rows only.
+    computed = (
+        " AND origin = 'computed'"
+        if parent is not None and parent.imported_history and not level.imported_history
+        else ""
+    )
+    return (
+        f"SELECT sensor_id, {_partition_of(level, parent, key)} AS b, sum(sample_count) AS n, "
+        f"min(min_value) AS mn, max(max_value) AS mx FROM {statements.quote_ident(of.table)} "
+        f"WHERE {key} >= :{lo} AND {key} < :{hi}{computed} GROUP BY 1, 2"
+    )
 
 
 def _compare(child: str, parent: str) -> str:
@@ -59,83 +100,72 @@ class Pair:
     sql: str
 
 
-PAIRS: tuple[Pair, ...] = (
-    Pair(
-        "readings_5m",
-        "readings_5m vs readings_1m",
-        _compare(
-            "SELECT sensor_id, date_bin('1 hour', window_start, :origin) AS b, sum(sample_count) "
-            "AS n, min(min_value) AS mn, max(max_value) AS mx FROM bi.readings_5m "
-            "WHERE window_start >= :lo AND window_start < :hi GROUP BY 1, 2",
-            _HOUR_OF_1M,
-        ),
-    ),
-    Pair(
-        "rollup_hourly",
-        "rollup_hourly vs readings_1m",
-        _compare(
-            "SELECT sensor_id, hour_start AS b, sample_count AS n, min_value AS mn, "
-            "max_value AS mx FROM bi.hourly_sensor_agg "
-            "WHERE hour_start >= :lo AND hour_start < :hi",
-            _HOUR_OF_1M,
-        ),
-    ),
-    Pair(
-        "rollup_daily",
-        "rollup_daily vs rollup_hourly",
-        _compare(
-            "SELECT sensor_id, metric_date AS b, sample_count AS n, min_value AS mn, "
-            "max_value AS mx FROM bi.daily_sensor_agg "
-            "WHERE metric_date >= :lo_date AND metric_date < :hi_date",
-            _DAY_OF_HOURS,
-        ),
-    ),
-    Pair(
-        "rollup_weekly",
-        "rollup_weekly vs rollup_daily",
-        _compare(
-            "SELECT sensor_id, week_start AS b, sample_count AS n, min_value AS mn, "
-            "max_value AS mx FROM bi.weekly_sensor_agg "
-            "WHERE week_start >= :lo_week AND week_start < :hi_week",
-            _WEEK_OF_DAYS,
-        ),
-    ),
-    # The day's valid raw count, from the daily pass over raw (conditions), against the
-    # count merged from the hours: they differ when the hours were stale.
-    Pair(
-        "rollup_daily",
-        "rollup_daily vs valid raw count (conditions_daily)",
-        "SELECT d.metric_date, count(*) FROM bi.daily_sensor_agg AS d "
-        "JOIN bi.daily_sensor_conditions AS c "
-        "  ON c.sensor_id = d.sensor_id AND c.metric_date = d.metric_date "
-        "WHERE d.metric_date >= :lo_date AND d.metric_date < :hi_date "
-        "AND d.sample_count <> c.reading_count GROUP BY 1 ORDER BY 1",
-    ),
-)
-
-# (asset, table, key column, lower and upper bound parameters)
-MEDIANS: tuple[tuple[str, str, str, str, str], ...] = (
-    ("rollup_hourly", "bi.hourly_sensor_agg", "hour_start", "lo", "hi"),
-    ("rollup_daily", "bi.daily_sensor_agg", "metric_date", "lo_date", "hi_date"),
-    ("rollup_weekly", "bi.weekly_sensor_agg", "week_start", "lo_week", "hi_week"),
-)
-CHECKED = ("rollup_hourly", "rollup_daily", "rollup_weekly")  # carry the asset check
-
-
-def null_medians_sql(table: str, key: str, lo: str, hi: str, raw: tuple[str, str] | None) -> str:
-    """NULL medians that the raw readings could fill (their window still holds raw rows
-    and is within the median limit)."""
-    if key == "hour_start":
-        span = "t.hour_start, t.hour_start + interval '1 hour'"
-    elif key == "metric_date":
-        span = (
-            "(t.metric_date::timestamp AT TIME ZONE :tz), "
-            "((t.metric_date + 1)::timestamp AT TIME ZONE :tz)"
+def _pairs() -> tuple[Pair, ...]:
+    """Every level merged from another level against it, per partition; and the level
+    carrying the daily conditions against the day's valid raw count."""
+    out = []
+    for level in hierarchy.DERIVED:
+        parent = hierarchy.parent_of(level)
+        if parent is hierarchy.RAW:
+            continue  # staged from raw: its counts are the raw pass's own
+        out.append(
+            Pair(
+                level.asset,
+                f"{level.asset} vs {parent.asset}",
+                _compare(_sums(level, None), _sums(level, parent)),
+            )
         )
+        if level.with_conditions:
+            # The day's valid raw count, from the daily pass over raw (conditions), against
+            # the count merged from the hours: they differ when the hours were stale.
+            t, k = statements.quote_ident(level.table), statements.quote_ident(level.bucket_column)
+            lo, hi = _KEY_BOUNDS[level.bucket]
+            out.append(
+                Pair(
+                    level.asset,
+                    f"{level.asset} vs valid raw count (conditions_daily)",
+                    f"SELECT d.{k}, count(*) FROM {t} AS d "
+                    "JOIN bi.daily_sensor_conditions AS c "
+                    f"  ON c.sensor_id = d.sensor_id AND c.metric_date = d.{k} "
+                    f"WHERE d.{k} >= :{lo} AND d.{k} < :{hi} "
+                    "AND d.sample_count <> c.reading_count GROUP BY 1 ORDER BY 1",
+                )
+            )
+    return tuple(out)
+
+
+PAIRS: tuple[Pair, ...] = _pairs()
+# The levels with a median (NULL medians the raw readings could fill are findings).
+MEDIAN_LEVELS: tuple[Level, ...] = tuple(
+    lv for lv in hierarchy.DERIVED if lv.median is not Median.NONE
+)
+# The levels that carry the ``consistent_with_parents`` asset check: every level with a
+# pair or a median, but those written while their window is still open (1m, 5m: judged
+# by the healer's scan and ``status`` once settled, not after every few-minute run).
+CHECKED: tuple[str, ...] = tuple(
+    lv.asset
+    for lv in hierarchy.DERIVED
+    if not lv.closed_windows_only
+    and (lv in MEDIAN_LEVELS or any(p.asset == lv.asset for p in PAIRS))
+)
+
+
+def medians_on(level: Level, settings: Settings) -> bool:
+    """``level``'s median is computed (not switched off by its ``median_setting``)."""
+    return level.median_setting is None or bool(getattr(settings, level.median_setting))
+
+
+def null_medians_sql(level: Level, raw: tuple[str, str] | None) -> str:
+    """NULL medians that the raw readings could fill (their window still holds raw rows
+    and is within the median limit), per partition of ``level``."""
+    key = statements.quote_ident(level.bucket_column)
+    if level.bucket is Bucket.FIXED:
+        assert level.step is not None
+        span = f"t.{key}, t.{key} + interval '{levels.interval_literal(level.step)}'"
     else:
         span = (
-            "(t.week_start::timestamp AT TIME ZONE :tz), "
-            "((t.week_start + 7)::timestamp AT TIME ZONE :tz)"
+            f"(t.{key}::timestamp AT TIME ZONE :tz), "
+            f"((t.{key} + interval '{_DATE_SPAN[level.bucket]}')::timestamp AT TIME ZONE :tz)"
         )
     exists = "true"
     if raw is not None:
@@ -144,8 +174,10 @@ def null_medians_sql(table: str, key: str, lo: str, hi: str, raw: tuple[str, str
             f"EXISTS (SELECT 1 FROM {rt} AS r, LATERAL (SELECT {span}) AS w (s, e) "
             f"WHERE r.{rc} >= w.s AND r.{rc} < w.e)"
         )
+    lo, hi = _KEY_BOUNDS[level.bucket]
     return (
-        f"SELECT t.{key}, count(*) FROM {table} AS t "
+        f"SELECT {_partition_of(level, None, f't.{key}')}, count(*) "
+        f"FROM {statements.quote_ident(level.table)} AS t "
         f"WHERE t.{key} >= :{lo} AND t.{key} < :{hi} AND t.median_value IS NULL "
         f"AND t.sample_count <= :max_readings AND {exists} GROUP BY 1 ORDER BY 1"
     )
@@ -163,9 +195,12 @@ def params(
         "tz": tz,
         "lo_date": lo_date,
         "hi_date": hi_date,
+        "lo_day_start": _midnight(lo_date, zone),
         "hi_day_start": _midnight(hi_date, zone),
         "lo_week": lo_date - timedelta(days=lo_date.weekday()),
         "hi_week": hi_date - timedelta(days=hi_date.weekday()),
+        "lo_month": lo_date.replace(day=1),
+        "hi_month": hi_date.replace(day=1),
         "max_readings": max_readings,
     }
 
@@ -188,9 +223,11 @@ def find(
     conn: sa.Connection,
     bounds: dict,
     raw: tuple[str, str] | None,
+    settings: Settings,
     assets: tuple[str, ...] | None = None,
 ) -> list[Finding]:
-    """Every disagreement in ``bounds`` (``params``), of ``assets`` (None: every level)."""
+    """Every disagreement in ``bounds`` (``params``), of ``assets`` (None: every level);
+    NULL medians only of levels whose median is on (``settings``)."""
     out: list[Finding] = []
     for pair in PAIRS:
         if assets is None or pair.asset in assets:
@@ -198,11 +235,13 @@ def find(
                 Finding(pair.asset, pair.name, b, int(n))
                 for b, n in conn.execute(sa.text(pair.sql), bounds)
             ]
-    for asset, table, key, lo, hi in MEDIANS:
-        if assets is None or asset in assets:
-            what = f"{table}: NULL medians that raw readings could fill"
-            sql = null_medians_sql(table, key, lo, hi, raw)
-            out += [Finding(asset, what, b, int(n)) for b, n in conn.execute(sa.text(sql), bounds)]
+    for level in MEDIAN_LEVELS:
+        if (assets is None or level.asset in assets) and medians_on(level, settings):
+            what = f"{level.table}: NULL medians that raw readings could fill"
+            sql = null_medians_sql(level, raw)
+            out += [
+                Finding(level.asset, what, b, int(n)) for b, n in conn.execute(sa.text(sql), bounds)
+            ]
     return out
 
 

@@ -5,7 +5,7 @@ schedules keep the regular cadence). Each tick it:
 
 1. records raw changes as raw-hour versions (drains the late-data change log, or compares
    InfluxDB fingerprints; raw events and diagnostics: their change log, sql/018; the event
-   rollups' raw tables: the same log, sql/021 (their nodes: ``register_events``); source
+   rollups' raw tables: the same log, sql/021 (their nodes: ``Graph.with_nodes``); source
    hours holding rows but no version yet - history written before the trigger existed -
    are probed once each);
 2. computes, set-based from ``ops.partition_versions`` (``versions.py``), the **stale**
@@ -52,7 +52,7 @@ RAW = versions.RAW
 SOURCES = (RAW, "raw_events", "raw_diagnostics")  # versioned by the hour, never written here
 # Run groups, lowest level first: one run covers one group (one job, one partitions
 # definition); the daily grain has three independent families.
-# The event rollups (register_events) run per grain in their own jobs, after the others.
+# The event rollups (Graph.with_nodes) run per grain in their own jobs, after the others.
 EVENT_GROUPS = ("events_hourly", "events_daily", "events_weekly", "events_monthly")
 GROUPS = ("hourly", "daily", "diagnostics", "patterns", "weekly", "monthly", *EVENT_GROUPS)
 GROUP_GRAIN = {
@@ -144,9 +144,46 @@ NODES: tuple[Node, ...] = tuple(
         key=lambda node: GROUPS.index(node.run_group),
     )
 )
-BY_ASSET = {n.asset: n for n in NODES}
-GRAIN_OF = {**{s: "hourly" for s in SOURCES}, **{n.asset: n.grain for n in NODES}}
-GROUP_OF = {n.asset: n.run_group for n in NODES}
+
+
+@dataclass(frozen=True, eq=False)
+class Graph:
+    """What the healer heals: its nodes (lowest run group first) and their source assets
+    (versioned by the hour, never written here). ``BASE`` holds the hierarchy's levels and
+    the fixed families; the definitions add the event rollups their catalogue declares
+    (``with_nodes``, defs/events/levels.py) and pass that graph to ``assess``,
+    ``find_stale``, ``plan`` and ``consistency_problems``: no module state is changed."""
+
+    nodes: tuple[Node, ...]
+    sources: tuple[str, ...]
+    by_asset: dict[str, Node] = field(init=False)
+    grain_of: dict[str, str] = field(init=False)  # sources are versioned by the hour
+    group_of: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_asset", {n.asset: n for n in self.nodes})
+        grains = {**{s: "hourly" for s in self.sources}, **{n.asset: n.grain for n in self.nodes}}
+        object.__setattr__(self, "grain_of", grains)
+        object.__setattr__(self, "group_of", {n.asset: n.run_group for n in self.nodes})
+
+    def with_nodes(self, nodes: Iterable[Node], sources: Iterable[str]) -> Graph:
+        """This graph and ``nodes`` (those not healed yet) over ``sources`` too."""
+        new = [n for n in nodes if n.asset not in self.by_asset]
+        ordered = sorted((*self.nodes, *new), key=lambda node: GROUPS.index(node.run_group))
+        extra = tuple(s for s in sources if s not in self.sources)
+        return Graph(tuple(ordered), (*self.sources, *extra))
+
+    def reach_days(self) -> int:
+        """Days before the lookback whose versions a plan reads: whole weeks (and months,
+        when a monthly level is healed), and the parents' reach."""
+        month = 31 if any(n.grain == "monthly" for n in self.nodes) else 0
+        return max(8, month) + max(n.days_before for n in self.nodes)
+
+
+BASE = Graph(NODES, SOURCES)
+BY_ASSET = BASE.by_asset  # the fixed nodes (the event rollups': their graph's by_asset)
+GRAIN_OF = BASE.grain_of
+GROUP_OF = BASE.group_of
 
 
 def event_nodes(levels: Iterable[RollupLevel], catalogue: EventsCatalogue) -> tuple[Node, ...]:
@@ -163,19 +200,6 @@ def event_nodes(levels: Iterable[RollupLevel], catalogue: EventsCatalogue) -> tu
         )
         for lv in levels
     )
-
-
-def register_events(nodes: Iterable[Node], sources: Iterable[str]) -> None:
-    """Heal the event rollups too: their nodes and their raw event tables' source assets
-    (versioned by the hour through the change log, sql/021). Called once, where the
-    definitions load the events catalogue (defs/events/levels.py); idempotent."""
-    global NODES, SOURCES
-    new = [n for n in nodes if n.asset not in BY_ASSET]
-    NODES = tuple(sorted((*NODES, *new), key=lambda node: GROUPS.index(node.run_group)))
-    SOURCES = (*SOURCES, *(s for s in sources if s not in SOURCES))
-    BY_ASSET.update({n.asset: n for n in NODES})
-    GRAIN_OF.update({**{s: "hourly" for s in SOURCES}, **{n.asset: n.grain for n in NODES}})
-    GROUP_OF.update({n.asset: n.run_group for n in NODES})
 
 
 # A missing partition is filled once its schedule should have produced it (:05, 01:30,
@@ -328,7 +352,7 @@ class Versions:
         return max(self._versions[asset][i:j]) if j > i else None
 
     @classmethod
-    def load(cls, conn: sa.Connection, since: datetime) -> Versions:
+    def load(cls, conn: sa.Connection, since: datetime, graph: Graph) -> Versions:
         rows = conn.execute(
             sa.text(
                 "SELECT asset, partition_start, version, computed_from, "
@@ -337,14 +361,9 @@ class Versions:
             ),
             # Whole weeks (and months, when a monthly level is healed) around the
             # lookback, and the parents' reach before it.
-            {"lo": since - timedelta(days=_reach_days())},
+            {"lo": since - timedelta(days=graph.reach_days())},
         ).all()
         return cls(rows)
-
-
-def _reach_days() -> int:
-    month = 31 if any(n.grain == "monthly" for n in NODES) else 0
-    return max(8, month) + max(n.days_before for n in NODES)
 
 
 def window_start(now: datetime, settings: Settings) -> datetime:
@@ -356,8 +375,10 @@ def window_start(now: datetime, settings: Settings) -> datetime:
     return _midnight(day - timedelta(days=day.weekday()), zone)
 
 
-def find_stale(vs: Versions, now: datetime, settings: Settings, origin: datetime) -> list[Stale]:
-    """Stale partitions of every healed asset in the lookback, lowest level first.
+def find_stale(
+    vs: Versions, now: datetime, settings: Settings, origin: datetime, graph: Graph
+) -> list[Stale]:
+    """Stale partitions of every asset ``graph`` heals in the lookback, lowest level first.
 
     Only partitions that ended ``settle`` ago (the schedules own the open windows).
     """
@@ -365,7 +386,7 @@ def find_stale(vs: Versions, now: datetime, settings: Settings, origin: datetime
     since = window_start(now, settings)
     settle = timedelta(minutes=settings.late_data_settle_minutes)
     out: list[Stale] = []
-    for node in NODES:
+    for node in graph.nodes:
         fill = node.switched_on(settings)
         for start in partitions_between(node.grain, since, now, origin, zone):
             end = end_of(node.grain, start, zone)
@@ -427,16 +448,16 @@ TOGETHER = ({"rollup_daily", "conditions_daily"},)
 
 
 def _descendants_in_group(
-    assets: set[str], group: str, settings: Settings, together: bool = True
+    assets: set[str], group: str, settings: Settings, graph: Graph, together: bool = True
 ) -> set[str]:
     out = set(assets)
     for both in TOGETHER if together else ():
         if out & both:
-            out |= {a for a in both if BY_ASSET[a].switched_on(settings)}
+            out |= {a for a in both if graph.by_asset[a].switched_on(settings)}
     changed = True
     while changed:
         changed = False
-        for node in NODES:
+        for node in graph.nodes:
             if node.run_group == group and node.asset not in out and out & set(node.parents):
                 out.add(node.asset)
                 changed = True
@@ -448,10 +469,11 @@ def plan(
     now: datetime,
     settings: Settings,
     origin: datetime,
+    graph: Graph,
     in_flight: Sequence[InFlight] = (),
 ) -> Plan:
     zone = settings.zone
-    result = Plan(stale=find_stale(vs, now, settings, origin))
+    result = Plan(stale=find_stale(vs, now, settings, origin, graph))
     reasons = {(s.asset, s.start): s.reason for s in result.stale}
     # Per asset, the sorted starts of its partitions that are stale or requested.
     marked: dict[str, list[datetime]] = defaultdict(list)
@@ -475,7 +497,7 @@ def plan(
         chosen: dict[datetime, tuple[str, ...]] = {}
         by_start: dict[datetime, set[str]] = defaultdict(set)
         for s in result.stale:
-            if GROUP_OF[s.asset] != group:
+            if graph.group_of[s.asset] != group:
                 continue
             if s.reason.startswith(STUCK):  # reported, not recomputed again
                 result.held.append(s)
@@ -483,12 +505,14 @@ def plan(
                 by_start[s.start].add(s.asset)
         for start in sorted(by_start):
             end = end_of(grain, start, zone)
-            run = _descendants_in_group(by_start[start], group, settings)
+            run = _descendants_in_group(by_start[start], group, settings, graph)
             # Behind a parent whose latest write failed a blocking check: held, with the
             # assets of the run that depend on them; the others still run.
-            failed = {a: why for a in run if (why := _failed_parent(vs, a, run, start, zone))}
+            failed = {
+                a: why for a in run if (why := _failed_parent(vs, a, run, start, zone, graph))
+            }
             if failed:
-                out = _descendants_in_group(set(failed), group, settings, together=False) & run
+                out = _descendants_in_group(set(failed), group, settings, graph, False) & run
                 why_of = next(iter(failed.values()))
                 result.held += [
                     Stale(a, start, failed.get(a, why_of)) for a in sorted(out & by_start[start])
@@ -497,16 +521,16 @@ def plan(
                 if not run & by_start[start]:
                     continue
             blocked = any(r.covers(a, start, end) for a in run for r in in_flight) or any(
-                busy(p, parents_from(BY_ASSET[a], start, zone), end, run)
+                busy(p, parents_from(graph.by_asset[a], start, zone), end, run)
                 for a in run
-                for p in BY_ASSET[a].parents
+                for p in graph.by_asset[a].parents
             )
             if blocked:
                 result.held += [
                     Stale(a, start, reasons[(a, start)]) for a in sorted(run & by_start[start])
                 ]
                 continue
-            ordered = tuple(n.asset for n in NODES if n.asset in run)
+            ordered = tuple(n.asset for n in graph.nodes if n.asset in run)
             chosen[start] = ordered
         # Contiguous partitions with the same assets: one multi-partition run.
         for start in sorted(chosen):
@@ -549,15 +573,15 @@ HELD_BY_CHECK = "a parent's blocking check failed"  # reason prefix
 
 
 def _failed_parent(
-    vs: Versions, asset: str, run: set[str], start: datetime, zone: ZoneInfo
+    vs: Versions, asset: str, run: set[str], start: datetime, zone: ZoneInfo, graph: Graph
 ) -> str | None:
     """Why ``asset`` must not be computed at ``start``: a parent outside the run whose
     latest write over the partitions read failed a blocking check (its rows are suspect;
     they stay out of the levels above until a write passes)."""
-    node = BY_ASSET[asset]
+    node = graph.by_asset[asset]
     lo, end = parents_from(node, start, zone), end_of(node.grain, start, zone)
     for p in node.parents:
-        if p in run or p in SOURCES:
+        if p in run or p in graph.sources:
             continue
         hit = vs.failed_in(p, lo, end)
         if hit is not None:
@@ -618,11 +642,12 @@ def assess(
     now: datetime,
     settings: Settings,
     origin: datetime,
+    graph: Graph,
     in_flight: Sequence[InFlight] = (),
     probes: Sequence[tuple[str, str, str]] = (),
 ) -> Plan:
-    """Stale partitions and the runs that fix them next. ``probes``: (source asset, table,
-    time column) to version source hours that hold rows but have no version yet."""
+    """Stale partitions of ``graph`` and the runs that fix them next. ``probes``: (source
+    asset, table, time column) to version source hours that hold rows but no version yet."""
     since = window_start(now, settings)
     if probes:
         lo = max(origin, origin + timedelta(hours=(since - origin) // timedelta(hours=1)))
@@ -630,8 +655,8 @@ def assess(
             for asset, table, column in probes:
                 probe_raw_hours(conn, table, column, lo, now, asset)
     with engine.connect() as conn:
-        vs = Versions.load(conn, since)
-    return plan(vs, now, settings, origin, in_flight)
+        vs = Versions.load(conn, since, graph)
+    return plan(vs, now, settings, origin, graph, in_flight)
 
 
 # --------------------------------------------------------------------------------------
@@ -682,7 +707,7 @@ def scan(
         if due is None:
             return []
         found = consistency.find(
-            conn, _settled_bounds(now, settings, origin), raw, consistency.CHECKED
+            conn, _settled_bounds(now, settings, origin), raw, settings, consistency.CHECKED
         )
         by_asset: dict[str, set[datetime]] = defaultdict(set)
         for f in found:
@@ -697,6 +722,7 @@ def consistency_problems(
     now: datetime,
     settings: Settings,
     origin: datetime,
+    graph: Graph,
     raw: tuple[str, str] | None = None,
 ) -> list[str]:
     """Stale partitions (versions), source changes not yet observed, levels that disagree
@@ -707,7 +733,7 @@ def consistency_problems(
     settle = timedelta(minutes=settings.late_data_settle_minutes)
     problems: list[str] = []
     with engine.connect() as conn:
-        vs = Versions.load(conn, since)
+        vs = Versions.load(conn, since, graph)
         pending = conn.execute(
             sa.text(
                 "SELECT count(DISTINCT date_bin('1 hour', bucket_start, :origin)) FROM ("
@@ -726,7 +752,7 @@ def consistency_problems(
                 f"{pending} settled raw hour(s) changed, not yet observed: their levels are "
                 "stale (is self_healing_sensor running?)"
             )
-        found = consistency.find(conn, _settled_bounds(now, settings, origin), raw)
+        found = consistency.find(conn, _settled_bounds(now, settings, origin), raw, settings)
     by_what: dict[str, list[consistency.Finding]] = defaultdict(list)
     for f in found:
         by_what[f.what].append(f)
@@ -735,7 +761,7 @@ def consistency_problems(
         problems.append(
             f"{what}: {len(items)} {label} e.g. {items[0].bucket} ({items[0].sensors} sensor(s))"
         )
-    result = plan(vs, now, settings, origin)
+    result = plan(vs, now, settings, origin, graph)
     by_asset: dict[str, list[Stale]] = defaultdict(list)
     for s in result.stale:
         by_asset[s.asset].append(s)

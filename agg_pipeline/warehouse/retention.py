@@ -6,10 +6,15 @@ deleted only when, for every (device, field) with valid readings that day:
 - its daily rollup exists, counts exactly the day's valid readings and has its median;
 - where the field has an optimal band that day, its conditions row counts them too;
 - every hour of it (while hourly rollups are retained) exists, counts the hour's valid
-  readings and has its median;
+  readings and has its median (and every minute, while 1m windows are retained);
 - its week is whole: every day of the week still in raw is rolled up as above, and the
   weekly rollup counts the sum of its days and has its median (a median cannot be
-  recomputed once raw is gone).
+  recomputed once raw is gone); so is its month while rollup_monthly's median from raw
+  is on (AGG_PIPELINE_MONTHLY_MEDIAN).
+
+These checks are not written per level: every level of ``core/hierarchy.py`` that holds
+raw (``hierarchy.holds_raw``: staged from raw, or a median from raw) gets its check by
+bucket kind (``verdict_sql``), so a new level is waited for without a line here.
 
 The check is set-based and runs in the same REPEATABLE READ transaction as the delete, so a
 reading that arrives meanwhile is neither counted nor deleted. Deletes go by key range
@@ -36,7 +41,7 @@ import sqlalchemy as sa
 from agg_pipeline.config.catalogue import Catalogue, PostgresSource
 from agg_pipeline.config.settings import Settings
 from agg_pipeline.core import hierarchy
-from agg_pipeline.warehouse import statements
+from agg_pipeline.warehouse import levels, statements
 
 # A week's check and deletes wait at most this long for a lock (e.g. dropping a partition
 # needs an exclusive lock on the parent table); then that step is skipped and retried on
@@ -143,9 +148,10 @@ def _record_release(
 # Valid readings are counted exactly as the writers count them (warehouse/sql/
 # stage_partials_1m.sql): a device name that is not a `bad_device`, a catalogue field, a
 # value inside the field's physical bounds (false for NULL, NaN and +/-inf), one reading per
-# (device, field, time).
-_RAW_VERDICT = """
-WITH catalogue AS (
+# (device, field, time). ``bins`` holds them per (device, field, base bin); every level
+# that holds raw (``raw_holders``) is then compared with them, built from the registry.
+_RAW_BINS = """
+catalogue AS (
     SELECT * FROM unnest(CAST(:fields AS text[]), CAST(:lo AS float8[]), CAST(:hi AS float8[]))
          AS c (field, lo, hi)
 ),
@@ -153,12 +159,12 @@ bands AS (
     SELECT * FROM unnest(CAST(:band_days AS date[]), CAST(:band_fields AS text[]))
          AS b (day, field)
 ),
-hours AS (
-    SELECT v.device, v.field, v.hour, v.n, (v.hour AT TIME ZONE :tz)::date AS day,
+bins AS (
+    SELECT v.device, v.field, v.bin, v.n, (v.bin AT TIME ZONE :tz)::date AS day,
            s.id AS sensor_id
     FROM (
         SELECT r.{device}::text AS device, r.{field}::text AS field,
-               date_bin('1 hour', r.{time}, :origin) AS hour,
+               date_bin('{base}', r.{time}, :origin) AS bin,
                count(DISTINCT r.{time}) AS n
         FROM {raw} AS r
         JOIN catalogue AS c ON c.field = r.{field}::text
@@ -174,67 +180,19 @@ hours AS (
     ) AS s ON s.device_code = v.device AND s.field = v.field
 ),
 days AS (
-    SELECT device, field, sensor_id, day, sum(n) AS n FROM hours GROUP BY 1, 2, 3, 4
-),
-problems AS (
-    SELECT d.day, d.device, d.field,
-           CASE WHEN a.sensor_id IS NULL THEN 'no daily rollup'
-                WHEN a.origin <> 'computed' THEN 'daily rollup imported, not computed from raw'
-                WHEN a.sample_count <> d.n THEN 'daily rollup counts differ from raw'
-                ELSE 'daily median missing' END AS reason
-    FROM days AS d
-    LEFT JOIN bi.daily_sensor_agg AS a ON a.sensor_id = d.sensor_id AND a.metric_date = d.day
-    WHERE a.sensor_id IS NULL OR a.origin <> 'computed' OR a.sample_count <> d.n
-       OR a.median_value IS NULL
-    UNION ALL
-    SELECT d.day, d.device, d.field,
+    SELECT device, field, sensor_id, day, sum(n) AS n FROM bins GROUP BY 1, 2, 3, 4
+)"""
+
+# A daily-level (``with_conditions``) day with an optimal band: its conditions row counts
+# the day's valid readings too.
+_CONDITIONS_PROBLEMS = """    SELECT d.day, d.device, d.field,
            CASE WHEN c.sensor_id IS NULL THEN 'no conditions row'
-                ELSE 'conditions count differs from raw' END
+                ELSE 'conditions count differs from raw' END AS reason
     FROM days AS d
     JOIN bands AS b ON b.day = d.day AND b.field = d.field
     LEFT JOIN bi.daily_sensor_conditions AS c
       ON c.sensor_id = d.sensor_id AND c.metric_date = d.day
-    WHERE c.sensor_id IS NULL OR c.reading_count <> d.n
-    UNION ALL
-    SELECT h.day, h.device, h.field,
-           CASE WHEN x.sensor_id IS NULL THEN 'an hour has no hourly rollup'
-                WHEN x.origin <> 'computed' THEN 'hourly rollup imported, not computed from raw'
-                WHEN x.sample_count <> h.n THEN 'hourly rollup counts differ from raw'
-                ELSE 'hourly median missing' END
-    FROM hours AS h
-    LEFT JOIN bi.hourly_sensor_agg AS x ON x.sensor_id = h.sensor_id AND x.hour_start = h.hour
-    WHERE h.day >= :hourly_from
-      AND (x.sensor_id IS NULL OR x.origin <> 'computed' OR x.sample_count <> h.n
-           OR x.median_value IS NULL)
-),
-weeks AS (
-    SELECT a.sensor_id, date_trunc('week', a.metric_date)::date AS week_start,
-           sum(a.sample_count) AS n
-    FROM bi.daily_sensor_agg AS a
-    WHERE a.metric_date >= :week_lo AND a.metric_date < :week_hi
-      AND a.origin = 'computed'  -- imported days never feed the weekly level
-      AND a.sensor_id IN (SELECT sensor_id FROM days WHERE sensor_id IS NOT NULL)
-    GROUP BY 1, 2
-),
-week_problems AS (
-    SELECT w.week_start AS day, dv.device_code AS device, s.field,
-           CASE WHEN x.sensor_id IS NULL THEN 'no weekly rollup'
-                WHEN x.sample_count <> w.n THEN 'weekly rollup counts differ from its days'
-                ELSE 'weekly median missing' END AS reason
-    FROM weeks AS w
-    JOIN iot.sensors AS s ON s.id = w.sensor_id
-    JOIN iot.devices AS dv ON dv.id = s.device_id
-    LEFT JOIN bi.weekly_sensor_agg AS x
-      ON x.sensor_id = w.sensor_id AND x.week_start = w.week_start
-    WHERE x.sensor_id IS NULL OR x.sample_count <> w.n OR x.median_value IS NULL
-)
-SELECT 'day' AS scope, day, reason, count(*) AS series, min(device || '/' || field) AS example
-FROM problems GROUP BY 1, 2, 3
-UNION ALL
-SELECT 'week', day, reason, count(*), min(device || '/' || field)
-FROM week_problems GROUP BY 1, 2, 3
-ORDER BY 1, 2, 3
-"""
+    WHERE c.sensor_id IS NULL OR c.reading_count <> d.n"""[1:]
 
 
 def _day_start(day: date, zone: ZoneInfo) -> datetime:
@@ -243,6 +201,160 @@ def _day_start(day: date, zone: ZoneInfo) -> datetime:
 
 def _week_start(day: date) -> date:
     return day - timedelta(days=day.weekday())
+
+
+def raw_holders(settings: Settings) -> tuple[hierarchy.Level, ...]:
+    """The levels raw for a day waits for (``hierarchy.holds_raw``): staged from raw, or
+    with a median from raw that is switched on (rollup_monthly's AGG_PIPELINE_MONTHLY_
+    MEDIAN off: its months are merged from daily alone, and do not wait)."""
+    return tuple(
+        lv
+        for lv in hierarchy.DERIVED
+        if hierarchy.holds_raw(lv)
+        and (lv.median_setting is None or bool(getattr(settings, lv.median_setting)))
+    )
+
+
+def _is_period(level: hierarchy.Level) -> bool:
+    """A level of several local days (week, month), summed from a date-keyed parent."""
+    return level.bucket in (hierarchy.Bucket.WEEK, hierarchy.Bucket.MONTH)
+
+
+def period_bounds(level: hierarchy.Level, day: date) -> tuple[date, date]:
+    """[first day, day after the last) of the ``level`` bucket holding ``day``."""
+    if level.bucket is hierarchy.Bucket.WEEK:
+        start = _week_start(day)
+        return start, start + timedelta(days=7)
+    if level.bucket is hierarchy.Bucket.MONTH:
+        start = day.replace(day=1)
+        return start, (start + timedelta(days=32)).replace(day=1)
+    if level.bucket is hierarchy.Bucket.LOCAL_DAY:
+        return day, day + timedelta(days=1)
+    raise ValueError(f"level {level.key!r}: {level.bucket} is no bucket of local days")
+
+
+def _case(checks: list[tuple[str, str]]) -> str:
+    """CASE over (condition, reason) in order; the last reason is the ELSE."""
+    whens = " ".join(f"WHEN {c} THEN '{r}'" for c, r in checks[:-1])
+    return f"CASE {whens} ELSE '{checks[-1][1]}' END"
+
+
+def _row_checks(level: hierarchy.Level, missing: str, versus: str) -> list[tuple[str, str]]:
+    checks = [("x.sensor_id IS NULL", missing)]
+    if level.imported_history:
+        checks.append(
+            ("x.origin <> 'computed'", f"{level.key} rollup imported, not computed from raw")
+        )
+    checks.append(("x.sample_count <> h.n", f"{level.key} rollup counts differ {versus}"))
+    if level.median is not hierarchy.Median.NONE:
+        checks.append(("x.median_value IS NULL", f"{level.key} median missing"))
+    return checks
+
+
+def _unit(step: timedelta) -> str:
+    """'an hour', 'a minute', 'a 5-minute window': what one bucket of ``step`` is called."""
+    text = levels.interval_literal(step)
+    n, unit = text.split()
+    if n == "1":
+        return ("an " if unit[0] in "aeiouh" else "a ") + unit
+    return f"a {n}-{unit.rstrip('s')} window"
+
+
+def _level_problems(level: hierarchy.Level, base: timedelta, i: int) -> str:
+    """Per (day, device, field) what ``level`` lacks against raw (rows of ``problems``);
+    rows before its retention (:from_<i>) are not asked for."""
+    t, col = statements.quote_ident(level.table), statements.quote_ident(level.bucket_column)
+    if level.bucket is hierarchy.Bucket.FIXED:
+        assert level.step is not None
+        if level.step % base:
+            raise ValueError(f"level {level.key!r}: its step is no multiple of {base}")
+        step = levels.interval_literal(level.step)
+        source = (
+            f"(SELECT device, field, sensor_id, day, date_bin('{step}', bin, :origin) AS b, "
+            "sum(n) AS n FROM bins GROUP BY 1, 2, 3, 4, 5)"
+        )
+        checks = _row_checks(level, f"{_unit(level.step)} has no {level.key} rollup", "from raw")
+    elif level.bucket is hierarchy.Bucket.LOCAL_DAY:
+        source = "(SELECT device, field, sensor_id, day, day AS b, n FROM days)"
+        checks = _row_checks(level, f"no {level.key} rollup", "from raw")
+    else:
+        raise ValueError(f"level {level.key!r}: no raw-release check for {level.bucket}")
+    conds = " OR ".join(c for c, _ in checks)
+    return (
+        f"    SELECT h.day, h.device, h.field, {_case(checks)} AS reason\n"
+        f"    FROM {source} AS h\n"
+        f"    LEFT JOIN {t} AS x ON x.sensor_id = h.sensor_id AND x.{col} = h.b\n"
+        f"    WHERE h.day >= :from_{i} AND ({conds})"
+    )
+
+
+def _period_problems(level: hierarchy.Level, i: int) -> str:
+    """Per (bucket start, device, field) what a week / month level lacks against the sum
+    of its computed days (rows of ``period_problems``) over [:plo_<i>, :phi_<i>)."""
+    parent = hierarchy.parent_of(level)
+    if not parent.key_is_date:
+        raise ValueError(f"level {level.key!r}: a period level needs a date-keyed parent")
+    pt, pc = statements.quote_ident(parent.table), statements.quote_ident(parent.bucket_column)
+    t, col = statements.quote_ident(level.table), statements.quote_ident(level.bucket_column)
+    # Imported days never feed the level above (levels.parts_sql).
+    computed = " AND a.origin = 'computed'" if parent.imported_history else ""
+    checks = _row_checks(level, f"no {level.key} rollup", "from its days")
+    conds = " OR ".join(c for c, _ in checks)
+    return (
+        f"    SELECT '{level.key}' AS level, h.b AS day, dv.device_code AS device, s.field,\n"
+        f"           {_case(checks)} AS reason\n"
+        f"    FROM (SELECT a.sensor_id, {levels.bucket_sql(level, f'a.{pc}')} AS b,\n"
+        f"                 sum(a.sample_count) AS n\n"
+        f"          FROM {pt} AS a WHERE a.{pc} >= :plo_{i} AND a.{pc} < :phi_{i}{computed}\n"
+        "            AND a.sensor_id IN (SELECT sensor_id FROM days WHERE sensor_id IS NOT NULL)\n"
+        "          GROUP BY 1, 2) AS h\n"
+        "    JOIN iot.sensors AS s ON s.id = h.sensor_id\n"
+        "    JOIN iot.devices AS dv ON dv.id = s.device_id\n"
+        f"    LEFT JOIN {t} AS x ON x.sensor_id = h.sensor_id AND x.{col} = h.b\n"
+        f"    WHERE {conds}"
+    )
+
+
+def verdict_sql(raw: _Raw, holders: Sequence[hierarchy.Level]) -> str:
+    """The raw-release verdict over ``holders`` (``raw_holders``): rows of (scope 'day' or
+    'period', level key, day or bucket start, reason, series, example series)."""
+    steps = [lv.step for lv in holders if lv.bucket is hierarchy.Bucket.FIXED and lv.step]
+    base = min(steps, default=timedelta(hours=1))
+    day_parts, period_parts = [], []
+    for i, lv in enumerate(holders):
+        if _is_period(lv):
+            period_parts.append(_period_problems(lv, i))
+        else:
+            day_parts.append(_level_problems(lv, base, i))
+            if lv.with_conditions:
+                day_parts.append(_CONDITIONS_PROBLEMS)
+    if not day_parts:
+        day_parts.append("    SELECT NULL::date, NULL::text, NULL::text, NULL::text WHERE false")
+    if not period_parts:
+        period_parts.append(
+            "    SELECT NULL::text, NULL::date, NULL::text, NULL::text, NULL::text WHERE false"
+        )
+    bins = _RAW_BINS.format(
+        raw=raw.table,
+        time=raw.time,
+        device=raw.device,
+        field=raw.field,
+        value=raw.value,
+        base=levels.interval_literal(base),
+    )
+    union = "\n    UNION ALL\n"
+    return (
+        f"WITH {bins},\nproblems (day, device, field, reason) AS (\n{union.join(day_parts)}\n),\n"
+        f"period_problems (level, day, device, field, reason) AS (\n"
+        f"{union.join(period_parts)}\n)\n"
+        "SELECT 'day' AS scope, '' AS level, day, reason, count(*) AS series,\n"
+        "       min(device || '/' || field) AS example\n"
+        "FROM problems GROUP BY 1, 2, 3, 4\n"
+        "UNION ALL\n"
+        "SELECT 'period', level, day, reason, count(*), min(device || '/' || field)\n"
+        "FROM period_problems GROUP BY 1, 2, 3, 4\n"
+        "ORDER BY 1, 2, 3, 4"
+    )
 
 
 @dataclass(frozen=True)
@@ -299,53 +411,77 @@ def raw_verdicts(
     catalogue: Catalogue,
     settings: Settings,
     candidates: Sequence[date],
-    hourly_from: date,
+    retained_from: Mapping[str, date],
     bands: Callable[[sa.Connection, list[date]], Iterable[tuple[date, str]]],
     origin: datetime,
 ) -> dict[date, list[str]]:
-    """Why each candidate day may not be deleted yet (an empty list: it may)."""
+    """Why each candidate day may not be deleted yet (an empty list: it may).
+
+    ``retained_from`` gives per level key the first day its rows are kept (a level with
+    no entry keeps every day): a day before it is not asked of that level."""
     source = catalogue.source
     assert isinstance(source, PostgresSource)
     raw, zone = _Raw.of(source), settings.zone
-    week_lo = _week_start(min(candidates))
-    week_hi = _week_start(max(candidates)) + timedelta(days=7)
-    week_days = [week_lo + timedelta(days=i) for i in range((week_hi - week_lo).days)]
-    band_keys = sorted(bands(conn, week_days))
-    sql = _RAW_VERDICT.format(
-        raw=raw.table, time=raw.time, device=raw.device, field=raw.field, value=raw.value
-    )
+    first, last = min(candidates), max(candidates)
+    wanted = raw_holders(settings)
+    periods = [lv for lv in wanted if _is_period(lv)]
+    # Every day of the candidates' weeks / months: one of them not rolled up blocks the
+    # bucket's median, so every day of it.
+    scan_lo = min([first, *(period_bounds(p, first)[0] for p in periods)])
+    scan_hi = max([last + timedelta(days=1), *(period_bounds(p, last)[1] for p in periods)])
+    holders = [lv for lv in wanted if retained_from.get(lv.key, date.min) < scan_hi]
+    periods = [lv for lv in holders if _is_period(lv)]
+    scan_days = [scan_lo + timedelta(days=i) for i in range((scan_hi - scan_lo).days)]
+    band_keys = sorted(bands(conn, scan_days))
+    bounds: dict[str, object] = {}
+    for i, lv in enumerate(holders):
+        bounds[f"from_{i}"] = retained_from.get(lv.key, date.min)
+        if _is_period(lv):
+            bounds[f"plo_{i}"] = period_bounds(lv, first)[0]
+            bounds[f"phi_{i}"] = period_bounds(lv, last)[1]
     rows = conn.execute(
-        sa.text(sql),
+        sa.text(verdict_sql(raw, holders)),
         {
             **catalogue.bounds_arrays(),
             **statements.name_params(),
+            **bounds,
             "band_days": [d for d, _ in band_keys],
             "band_fields": [f for _, f in band_keys],
             "tz": settings.timezone,
             "origin": origin,
-            "scan_start": _day_start(week_lo, zone),
-            "scan_end": _day_start(week_hi, zone),
-            "hourly_from": hourly_from,
-            "week_lo": week_lo,
-            "week_hi": week_hi,
+            "scan_start": _day_start(scan_lo, zone),
+            "scan_end": _day_start(scan_hi, zone),
         },
     ).all()
-    by_week: dict[date, list[str]] = defaultdict(list)
+    by_period: dict[tuple[str, date], list[str]] = defaultdict(list)
     own: dict[date, list[str]] = defaultdict(list)
-    for scope, day, reason, series, example in rows:
+    for scope, key, day, reason, series, example in rows:
         text = f"{reason} ({series} series, e.g. {example})"
-        if scope == "week":
-            by_week[day].append(f"week of {day}: {text}")
+        if scope == "period":
+            by_period[(key, day)].append(f"{hierarchy.BY_KEY[key].bucket.value} of {day}: {text}")
         else:
             own[day].append(text)
-            # A day of the week not rolled up blocks the week's median: every day of it.
-            by_week[_week_start(day)].append(f"{day}: {text}")
+            for p in periods:
+                by_period[(p.key, period_bounds(p, day)[0])].append(f"{day}: {text}")
     verdicts = {}
     for day in candidates:
         reasons = list(own.get(day, []))
-        reasons += [r for r in by_week.get(_week_start(day), []) if not r.startswith(f"{day}:")]
+        for p in periods:
+            for r in by_period.get((p.key, period_bounds(p, day)[0]), []):
+                if not r.startswith(f"{day}:") and r not in reasons:
+                    reasons.append(r)
         verdicts[day] = reasons
     return verdicts
+
+
+def retained_from(policy: Policy, today: date) -> dict[str, date]:
+    """Per aged level key, the first day ``policy`` keeps its rows (0 days: forever)."""
+    out = {}
+    for lv in hierarchy.DERIVED:
+        if lv.retention_setting is not None:
+            days = getattr(policy, _policy_field(lv.retention_setting))
+            out[lv.key] = today - timedelta(days=days) if days else date.min
+    return out
 
 
 _BOUND = re.compile(r"^FOR VALUES FROM \('([^']+)'\) TO \('([^']+)'\)$")
@@ -430,7 +566,7 @@ def raw_readings(
     assert isinstance(source, PostgresSource)
     raw, zone = _Raw.of(source), settings.zone
     cutoff = today - timedelta(days=policy.raw_days)
-    hourly_from = today - timedelta(days=policy.hourly_days)
+    kept_from = retained_from(policy, today)
     result = TableResult(cutoff=str(cutoff))
     with engine.connect() as conn:
         candidates = _candidate_days(conn, raw, cutoff, zone)
@@ -449,7 +585,7 @@ def raw_readings(
             conn.execute(
                 sa.text("SELECT set_config('lock_timeout', :v, true)"), {"v": LOCK_TIMEOUT}
             )
-            verdicts = raw_verdicts(conn, catalogue, settings, days, hourly_from, bands, origin)
+            verdicts = raw_verdicts(conn, catalogue, settings, days, kept_from, bands, origin)
             already = released_days(conn, source.table, days)
             safe = []
             for day in days:

@@ -115,3 +115,8 @@ def bucket_expression(grain: str, time_column: str) -> str:
     if grain == "month":
         return f"date_trunc('month', {col} AT TIME ZONE :tz)::date"
     raise ValueError(f"unknown grain {grain!r}")
+
+
+# The start of the window of length :step (aligned on :o) open at the database's now():
+# a level written for closed windows only has nothing at or after it yet.
+CLOSED_WINDOW_START = "SELECT date_bin(CAST(:step AS interval), now(), CAST(:o AS timestamptz))"

@@ -156,7 +156,7 @@ def test_schedules_and_sensors_run_by_default():
 
 
 def test_every_materialized_asset_has_freshness_checks_and_automation():
-    from agg_pipeline.warehouse import healing
+    from agg_pipeline.defs.events.levels import HEALING_GRAPH
 
     graph = defs.resolve_asset_graph()
     for key in graph.get_all_asset_keys():
@@ -170,7 +170,7 @@ def test_every_materialized_asset_has_freshness_checks_and_automation():
         # automation conditions raced it and lost triggers, so no asset carries one).
         assert node.automation_condition is None, key
         if not scheduled_only and not key.to_user_string().startswith("pattern_"):
-            assert key.to_user_string() in healing.BY_ASSET, key
+            assert key.to_user_string() in HEALING_GRAPH.by_asset, key
     check_keys = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     for asset in ("readings_1m", "readings_5m", "rollup_hourly", "rollup_daily", "rollup_weekly"):
         assert (asset, "stats_valid") in check_keys
@@ -178,6 +178,11 @@ def test_every_materialized_asset_has_freshness_checks_and_automation():
     assert ("rollup_hourly", "matches_readings_1m") in check_keys
     assert ("rollup_daily", "matches_hourly_sensor_agg") in check_keys
     assert ("rollup_weekly", "matches_daily_sensor_agg") in check_keys
+    assert ("rollup_monthly", "matches_daily_sensor_agg") in check_keys
+    # consistent_with_parents: derived from the hierarchy (issue 12), so rollup_monthly
+    # carries it too (added deliberately); the 1m / 5m levels do not (open windows).
+    consistent = {a for a, n in check_keys if n == "consistent_with_parents"}
+    assert consistent == {"rollup_hourly", "rollup_daily", "rollup_weekly", "rollup_monthly"}
     assert ("readings_1m", "coverage") in check_keys
     assert ("conditions_daily", "shares_valid") in check_keys
     # partition-aware freshness checks for the per-partition deadlines

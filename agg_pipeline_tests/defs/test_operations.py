@@ -201,6 +201,8 @@ def run_retention(url: str, dry_run: bool) -> dict:
 
 
 def test_retention_keeps_days_whose_rollups_are_incomplete(warehouse_url, engine, monkeypatch):
+    # The month's wait (AGG_PIPELINE_MONTHLY_MEDIAN on) is faults/test_retention.py's.
+    monkeypatch.setenv("AGG_PIPELINE_MONTHLY_MEDIAN", "false")
     data.seed(engine, days=2)
     _materialize_history(warehouse_url)
     with engine.begin() as conn:  # 11-02 stays fully rolled up; 11-03 loses its daily rollup

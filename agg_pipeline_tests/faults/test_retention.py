@@ -20,14 +20,15 @@ import sqlalchemy as sa
 
 from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.config.settings import get_settings
-from agg_pipeline.defs.assets import daily_rollup_and_conditions, rollup_weekly
+from agg_pipeline.defs.assets import daily_rollup_and_conditions, rollup_monthly, rollup_weekly
 from agg_pipeline.defs.operations.maintenance import retention_cleanup
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse import realtime
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.faults.checksums import checksums
-from agg_pipeline_tests.warehouse.test_rollups import run_hours, run_partition
+from agg_pipeline_tests.warehouse.test_monthly import expected_months, monthly_rows
+from agg_pipeline_tests.warehouse.test_rollups import assert_matches, run_hours, run_partition
 
 CATALOGUE = load_catalogue("hydroponics")
 ROLLUPS = [
@@ -37,6 +38,15 @@ ROLLUPS = [
     "bi.daily_sensor_conditions",
 ]
 DAY = date(2026, 11, 2)  # a Monday
+
+
+@pytest.fixture(autouse=True)
+def _monthly_median_off(monkeypatch) -> None:
+    # With the monthly median on, a raw day also waits for its month's rollup: the
+    # tests below prove the day and week rules and roll up no months; the month's rule
+    # has its own tests (test_a_day_waits_for_its_month...).
+    monkeypatch.setenv("AGG_PIPELINE_MONTHLY_MEDIAN", "false")
+    get_settings.cache_clear()
 
 
 def _retention(url: str, instance: dg.DagsterInstance | None = None, **config) -> dict:
@@ -189,6 +199,45 @@ def test_a_run_over_a_released_day_keeps_its_rollups(warehouse_url, engine, monk
         in (summary["raw.readings"]["days_kept"]["2026-11-02"])
     )
     assert _raw_count(engine) == 1
+
+
+def test_a_day_waits_for_its_month_while_the_monthly_median_reads_raw(
+    warehouse_url, engine, monkeypatch
+):
+    monkeypatch.setenv("AGG_PIPELINE_MONTHLY_MEDIAN", "true")
+    data.seed(engine, days=1)
+    _materialize_day(warehouse_url, DAY)  # hours, day and week: not yet the month
+    _short_retention(monkeypatch)
+    want = expected_months(engine, "UTC")  # from raw, while it is all there
+    before = _raw_count(engine)
+
+    summary = _retention(warehouse_url)
+
+    assert _raw_count(engine) == before  # rollup_monthly still needs it for its median
+    why = summary["raw.readings"]["days_kept"]["2026-11-02"]
+    assert f"month of 2026-11-01: no monthly rollup ({len(want)} series" in why
+    assert "no daily rollup" not in why and "no weekly rollup" not in why
+
+    assert run_partition(warehouse_url, [rollup_monthly], "2026-11-01").success
+    assert _retention(warehouse_url)["raw.readings"]["rows"] == before
+    assert _raw_count(engine) == 0
+    # The month kept exactly what raw said, median included; a run now keeps it.
+    assert_matches(monthly_rows(engine), want)
+    assert run_partition(warehouse_url, [rollup_monthly], "2026-11-01").success
+    assert_matches(monthly_rows(engine), want)
+
+
+def test_with_the_monthly_median_off_a_day_does_not_wait_for_its_month(
+    warehouse_url, engine, monkeypatch
+):
+    data.seed(engine, days=1)  # AGG_PIPELINE_MONTHLY_MEDIAN=false (the fixture)
+    _materialize_day(warehouse_url, DAY)
+    _short_retention(monkeypatch)
+    before = _raw_count(engine)
+    assert _retention(warehouse_url)["raw.readings"]["rows"] == before
+    assert _raw_count(engine) == 0
+    with engine.connect() as conn:  # the month was never rolled up, and need not be
+        assert conn.execute(sa.text("SELECT count(*) FROM bi.monthly_sensor_agg")).scalar() == 0
 
 
 def _partition_raw_table(engine: sa.Engine, bounds: list[tuple[date, date]]) -> None:

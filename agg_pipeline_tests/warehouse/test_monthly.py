@@ -14,12 +14,12 @@ import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 
-from agg_pipeline.config.settings import get_settings
+from agg_pipeline.config.settings import Settings, get_settings
 from agg_pipeline.core.windows import Window, local_midnight
 from agg_pipeline.defs import automation
 from agg_pipeline.defs.assets import daily_rollup_and_conditions, rollup_monthly
 from agg_pipeline.influx.client import InfluxResource
-from agg_pipeline.warehouse import healing
+from agg_pipeline.warehouse import consistency, healing
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline.warehouse.writes import readings as writers
 from agg_pipeline_tests import data, reference
@@ -68,14 +68,24 @@ def test_monthly_through_dagster_across_a_month_boundary(warehouse_url, engine, 
         )
         assert result.success
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-        assert checks == {"stats_valid": True, "matches_daily_sensor_agg": True}
+        assert checks == {
+            "stats_valid": True,
+            "matches_daily_sensor_agg": True,
+            "consistent_with_parents": True,  # derived from the hierarchy since issue 12
+        }
         return result
 
-    run_months()
+    result = run_months()
     first = monthly_rows(engine)
     want = expected_months(engine, "UTC")
     assert set(want["bucket"]) == {date(2026, 1, 1), date(2026, 2, 1)}
     assert_matches(first, want)
+    # Each month's own figures (defs/common.py, keyed as a local date like every level).
+    mats = {
+        m.partition: m.metadata for m in result.asset_materializations_for_node("rollup_monthly")
+    }
+    for key, md in mats.items():
+        assert md["partition_rows_written"].value == (want["bucket"].astype(str) == key).sum()
 
     run_months()  # idempotent: the same rows, not twice as many
     pd.testing.assert_frame_equal(monthly_rows(engine), first)
@@ -124,3 +134,42 @@ def test_monthly_partitions_for_the_healer_and_the_schedule():
     assert got == [local_midnight(date(2025, m, 1), zone) for m in (1, 2, 3, 4)]
     assert automation.previous_month(datetime(2026, 3, 1, 3, 30, tzinfo=UTC)) == "2026-02-01"
     assert automation.previous_month(datetime(2026, 1, 1, 3, 30, tzinfo=UTC)) == "2025-12-01"
+
+
+def test_monthly_consistency_against_its_days(warehouse_url, engine):
+    """consistency.py's pair and NULL-median query for the monthly level come from the
+    registry: a month agrees with its days, a changed count or a lost median is found."""
+    zone = ZoneInfo(BERLIN)
+    data.seed(engine, start=datetime(2025, 3, 30, tzinfo=UTC), days=1, devices=1, hz=0.01)
+    ctx = context(warehouse_url, timezone=BERLIN)
+    days = Window(local_midnight(date(2025, 3, 30), zone), local_midnight(date(2025, 4, 1), zone))
+    writers.write_readings_1m(ctx, days)
+    writers.write_merged_level(ctx, writers.LEVEL_HOURLY, days)
+    writers.write_daily(ctx, days)
+    march = Window(local_midnight(date(2025, 3, 1), zone), local_midnight(date(2025, 4, 1), zone))
+    writers.write_merged_level(ctx, writers.LEVEL_MONTHLY, march)
+    origin = local_midnight(date(2025, 1, 1), zone)
+    bounds = consistency.params(march.start, march.end, origin, zone, BERLIN, 10**8)
+    raw = ("raw.readings", "time")
+
+    def monthly(settings: Settings = ctx.settings) -> list[tuple[str, date, int]]:
+        with engine.connect() as conn:
+            found = consistency.find(conn, bounds, raw, settings, ("rollup_monthly",))
+        return [(f.what, f.bucket, f.sensors) for f in found]
+
+    assert monthly() == []
+    with engine.begin() as conn:
+        sensors = conn.execute(sa.text(f"SELECT count(*) FROM {MONTHLY}")).scalar_one()
+        conn.execute(sa.text(f"UPDATE {MONTHLY} SET sample_count = sample_count + 1"))
+    assert monthly() == [("rollup_monthly vs rollup_daily", date(2025, 3, 1), sensors)]
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(f"UPDATE {MONTHLY} SET sample_count = sample_count - 1, median_value = NULL")
+        )
+    what = f"{MONTHLY}: NULL medians that raw readings could fill"
+    assert monthly() == [(what, date(2025, 3, 1), sensors)]
+    # The median switched off: a NULL median is what the level holds, not a finding.
+    assert monthly(Settings(timezone=BERLIN, monthly_median=False)) == []
+    assert consistency.Finding("rollup_monthly", what, date(2025, 3, 1), 1).start(zone) == (
+        march.start
+    )

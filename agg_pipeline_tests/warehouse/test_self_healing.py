@@ -32,6 +32,7 @@ from agg_pipeline.defs.assets import (
     rollup_weekly,
 )
 from agg_pipeline.defs.automation import JOBS, self_healing_sensor
+from agg_pipeline.defs.events.levels import HEALING_GRAPH
 from agg_pipeline.defs.operations import self_healing
 from agg_pipeline.defs.readings.raw import observe_late_hours
 from agg_pipeline.influx.client import InfluxResource
@@ -217,7 +218,7 @@ def late_rows(at: datetime, n: int = 3, device: str = "arduino_001") -> list[tup
 
 def test_every_healed_edge_is_the_asset_graph():
     graph = defs.resolve_asset_graph()
-    for node in healing.NODES:
+    for node in HEALING_GRAPH.nodes:
         parents = {p.to_user_string() for p in graph.get(dg.AssetKey(node.asset)).parent_keys}
         assert set(node.parents) == parents, node.asset
         pdef = graph.get(dg.AssetKey(node.asset)).partitions_def
@@ -230,7 +231,7 @@ def test_every_healed_edge_is_the_asset_graph():
         for k in graph.materializable_asset_keys
         if graph.get(k).partitions_def is not None and graph.get(k).parent_keys
     }
-    assert computed == set(healing.BY_ASSET)
+    assert computed == set(HEALING_GRAPH.by_asset)
 
 
 def test_first_fill_then_parent_and_child_stale_in_one_tick_child_run_first(env):
@@ -747,7 +748,7 @@ def test_an_inconsistent_partition_is_recomputed_a_few_times_then_reported():
             ("conditions_daily", day, 3, 9, None, 0, None),
             ("rollup_daily", day, 3, 9, 3, runs, None),  # ... but the day's write is flagged
         ]
-        return healing.plan(healing.Versions(rows), NOW, settings, origin)
+        return healing.plan(healing.Versions(rows), NOW, settings, origin, healing.BASE)
 
     (request,) = plan_with(1).requests
     assert request.assets == DAILY

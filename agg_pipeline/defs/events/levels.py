@@ -59,7 +59,11 @@ SOURCE_TABLES: dict[str, tuple[str, str]] = {
     for name, src in EVENTS_CATALOGUE.sources.items()
     if any(lv.spec.source == name for lv in LEVELS)
 }
-healing.register_events(healing.event_nodes(LEVELS, EVENTS_CATALOGUE), SOURCE_TABLES)
+# What the healer heals: the fixed nodes and these levels over their raw event tables
+# (passed to healing.assess / find_stale by the sensor and `status`).
+HEALING_GRAPH: healing.Graph = healing.BASE.with_nodes(
+    healing.event_nodes(LEVELS, EVENTS_CATALOGUE), SOURCE_TABLES
+)
 # The healer's run groups: the grain's job and the assets it selects.
 HEALING_JOBS = {
     f"events_{g.value}": (job, [lv.asset for lv in LEVELS if lv.grain is g])

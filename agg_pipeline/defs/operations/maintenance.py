@@ -1,9 +1,8 @@
 """Maintenance: dashboard view refresh (an asset) and retention cleanup (a job)."""
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import dagster as dg
-import sqlalchemy as sa
 from pydantic import Field
 
 from agg_pipeline.config.catalogue import get_catalogue
@@ -11,7 +10,7 @@ from agg_pipeline.config.settings import get_settings
 from agg_pipeline.defs import partitions
 from agg_pipeline.defs.events import levels as event_levels
 from agg_pipeline.defs.readings.downsample import readings_1m
-from agg_pipeline.warehouse import retention
+from agg_pipeline.warehouse import matviews, retention
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline.warehouse.writes import readings as writers
 
@@ -37,31 +36,7 @@ def dashboard_views(
     CONCURRENTLY where the view has a unique index (readers are never blocked), otherwise
     a plain refresh. Scheduled every 15 minutes.
     """
-    refreshed = {}
-    engine = warehouse.get_engine()
-    with engine.connect() as conn:
-        views = conn.execute(
-            sa.text(
-                "SELECT m.matviewname, m.ispopulated, EXISTS (SELECT 1 FROM pg_index i "
-                "JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = "
-                "c.relnamespace WHERE n.nspname = 'bi' AND c.relname = m.matviewname "
-                "AND i.indisunique) FROM pg_matviews m WHERE m.schemaname = 'bi' ORDER BY 1"
-            )
-        ).all()
-    for name, populated, unique in views:
-        concurrently = "CONCURRENTLY " if unique and populated else ""
-        start = datetime.now(UTC)
-        with engine.begin() as conn:
-            # `name` comes from the catalog and is quoted as an identifier.
-            quoted = conn.dialect.identifier_preparer.quote(name)
-            conn.execute(sa.text(f"REFRESH MATERIALIZED VIEW {concurrently}bi.{quoted}"))
-            rows = conn.execute(sa.text(f"SELECT count(*) FROM bi.{quoted}")).scalar_one()
-        refreshed[f"bi.{name}"] = {
-            "rows": rows,
-            "seconds": round((datetime.now(UTC) - start).total_seconds(), 3),
-            "concurrently": bool(concurrently),
-        }
-        context.log.info(f"refreshed bi.{name}: {rows} rows")
+    refreshed = matviews.refresh_all(warehouse.get_engine(), context.log.info)
     return dg.MaterializeResult(metadata={"views": dg.MetadataValue.json(refreshed)})
 
 

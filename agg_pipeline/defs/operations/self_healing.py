@@ -20,7 +20,7 @@ from agg_pipeline.config.catalogue import get_catalogue
 from agg_pipeline.config.settings import get_settings
 from agg_pipeline.core import clock
 from agg_pipeline.defs import partitions
-from agg_pipeline.defs.events import levels as event_levels  # registers the event nodes
+from agg_pipeline.defs.events import levels as event_levels
 from agg_pipeline.defs.readings.raw import observe_late_hours
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.warehouse import healing, late_data
@@ -38,6 +38,7 @@ PDEFS = {
     "weekly": partitions.weekly,
     "monthly": partitions.monthly,
 }
+GRAPH = event_levels.HEALING_GRAPH  # every healed asset, the event rollups' included
 FAILURE_BACKOFF = timedelta(minutes=5)
 _IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -46,7 +47,6 @@ _IN_FLIGHT = [
     dg.DagsterRunStatus.STARTED,
     dg.DagsterRunStatus.CANCELING,
 ]
-_WEEKLY_JOBS = {"weekly_rollup"}
 
 
 def origin() -> datetime:
@@ -64,15 +64,13 @@ def _run_window(run: dg.DagsterRun) -> healing.InFlight | None:
     assets = (
         frozenset(k.to_user_string() for k in run.asset_selection) if run.asset_selection else None
     )
-    grains = {healing.GRAIN_OF.get(a) for a in assets} if assets else set()
+    grains = {GRAPH.grain_of.get(a) for a in assets} if assets else set()
     if len(first) > 10:
         grain = "hourly"
-    elif run.job_name in _WEEKLY_JOBS or grains == {"weekly"}:
-        grain = "weekly"
-    elif run.job_name in _JOB_GRAIN:  # one job per grain (the event rollups)
+    elif run.job_name in _JOB_GRAIN:  # a job of one grain: every scheduled / healing job
         grain = _JOB_GRAIN[run.job_name]
-    elif grains == {"monthly"}:
-        grain = "monthly"
+    elif len(grains) == 1 and None not in grains:  # e.g. assets materialized from the UI
+        grain = next(iter(grains))
     else:
         grain = "daily"
     pdef = PDEFS[grain]
@@ -145,7 +143,7 @@ def tick(
         raw = (catalogue.source.table, catalogue.source.time_column)
         probes.insert(0, (healing.RAW, *raw))
     healing.scan(engine, now, settings, origin(), raw)  # mismatches -> flagged stale
-    plan = healing.assess(engine, now, settings, origin(), in_flight(instance), probes)
+    plan = healing.assess(engine, now, settings, origin(), GRAPH, in_flight(instance), probes)
     return plan, [rr for r in plan.requests if (rr := run_request(r)) is not None]
 
 

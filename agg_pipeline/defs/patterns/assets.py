@@ -22,6 +22,7 @@ from agg_pipeline.influx import sink as influx_sink
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.serving import patterns
 from agg_pipeline.warehouse import healing, versions
+from agg_pipeline.warehouse import pattern_inputs as inputs
 from agg_pipeline.warehouse.engine import WarehouseResource
 
 _settings = SETTINGS  # (defs/loaded.py)
@@ -90,27 +91,10 @@ def load_day(
     zone = _settings.zone
     start = datetime.combine(day, datetime.min.time(), tzinfo=zone)
     end = start + timedelta(days=1)
-    events = []
-    # A server-side cursor for this statement only: bounded memory per round trip.
-    result = conn.execute(
-        sa.text(
-            "SELECT time, entity_id, domain, area_id, state, id FROM raw.events "
-            "WHERE time >= :s AND time < :e ORDER BY id"
-        ).execution_options(stream_results=True, yield_per=CHUNK_ROWS),
-        {"s": start, "e": end},
-    )
-    for row in result:
-        events.append(detect.Event(*row))
+    events = [detect.Event(*row) for row in inputs.day_events(conn, start, end, CHUNK_ROWS)]
     carried = {
         row[1]: detect.Event(*row)
-        for row in conn.execute(
-            sa.text(
-                "SELECT DISTINCT ON (entity_id) time, entity_id, domain, area_id, state, id "
-                "FROM raw.events WHERE time < :s AND time >= :s - make_interval(days => :carry) "
-                "ORDER BY entity_id, time DESC, id DESC"
-            ),
-            {"s": start, "carry": healing.PATTERN_CARRY_DAYS},
-        )
+        for row in inputs.last_events_before(conn, start, healing.PATTERN_CARRY_DAYS)
     }
     return events, carried
 
@@ -154,7 +138,7 @@ def pattern_detectors(
         day_rows: dict[str, list[dict]] = {}
         with engine.begin() as conn:
             computed_from = versions.watermark(conn)  # before any event is read
-            now = conn.execute(sa.text("SELECT now()")).scalar_one()
+            now = inputs.database_now(conn)
             latest = now + timedelta(seconds=_settings.future_tolerance_seconds)
             events, carried = load_day(conn, day, latest)
             prepared = detect.prepare(events, day, zone, r, carried, latest)
@@ -226,13 +210,7 @@ def pattern_anomaly_daily(
         window = [day - timedelta(days=i) for i in range(BASELINE_DAYS + 1)]
         with engine.begin() as conn:
             computed_from = versions.watermark(conn)  # before the baseline is read
-            rows = conn.execute(
-                sa.text(
-                    "SELECT day, entity_id, occurrences FROM bi.pattern_time_based_daily "
-                    "WHERE day = ANY (CAST(:days AS date[]))"
-                ),
-                {"days": window},
-            ).all()
+            rows = inputs.time_based_counts(conn, window)
             by_day: dict[date, dict[str, int]] = {}
             for d, entity, n in rows:
                 by_day.setdefault(d, {})[entity] = n

@@ -13,7 +13,8 @@ single-run backfills unchecked.)
   agree with the level the rows were merged from.
 - ``coverage`` (WARN): share of expected readings present, below
   ``AGG_PIPELINE_COVERAGE_WARN_PCT``.
-- ``consistent_with_parents`` (hourly, daily, weekly rollups; not blocking): the partitions
+- ``consistent_with_parents`` (``consistency.CHECKED``: every rollup level not written
+  for open windows, from the hierarchy; not blocking): the partitions
   written, inside the healing window, against their parents *as they are now*
   (``consistency.py``: count sums, min / max, a day's valid raw count, NULL medians raw
   could fill) and not stale by data version (nor any ancestor partition they cover).
@@ -35,13 +36,7 @@ from agg_pipeline.config.settings import get_settings
 from agg_pipeline.core import clock, hierarchy
 from agg_pipeline.core.windows import Window
 from agg_pipeline.defs import partitions
-from agg_pipeline.warehouse import consistency, healing, levels
-
-# Rollup tables that hold imported history too (migration 015).
-_WITH_ORIGIN = {level.table for level in hierarchy.LEVELS if level.imported_history}
-
-# Means are merged in floating point: allow a relative hair around min and max.
-_EPS = "1e-9 * greatest(abs(min_value), abs(max_value), 1e-300)"
+from agg_pipeline.warehouse import consistency, healing, levels, quality
 
 
 @dataclass(frozen=True)
@@ -117,9 +112,9 @@ CONSISTENT = "consistent_with_parents"
 def _ancestors(asset: str) -> set[str]:
     out, todo = set(), [asset]
     while todo:
-        node = healing.BY_ASSET.get(todo.pop())
+        node = healing.BASE.by_asset.get(todo.pop())
         for p in node.parents if node else ():
-            if p not in out and p in healing.BY_ASSET:
+            if p not in out and p in healing.BASE.by_asset:
                 out.add(p)
                 todo.append(p)
     return out
@@ -151,15 +146,16 @@ def consistent_with_parents(engine: sa.Engine, asset: str, window: Window) -> dg
         lo, window.end, origin, zone, settings.timezone, settings.median_max_readings
     )
     with engine.begin() as conn:
-        found = consistency.find(conn, bounds, raw, (asset,))
+        found = consistency.find(conn, bounds, raw, settings, (asset,))
         starts = sorted({f.start(zone) for f in found})
         consistency.clear(conn, asset, inside, starts)
         consistency.flag(conn, asset, starts)  # the healer recomputes them
-        vs = healing.Versions.load(conn, lo)
+        vs = healing.Versions.load(conn, lo, healing.BASE)
     judged = {asset} | _ancestors(asset)
     stale = [
         s
-        for s in healing.find_stale(vs, now, settings, origin)
+        # The readings' nodes suffice: every asset judged is a level or one of its parents.
+        for s in healing.find_stale(vs, now, settings, origin, healing.BASE)
         if s.asset in judged and inside.start <= s.start < inside.end
     ]
     return dg.AssetCheckResult(
@@ -202,36 +198,11 @@ def _bounds(level: Level, window: Window, tz: str) -> dict:
 
 
 def _stats_valid(conn: sa.Connection, level: Level, params: dict) -> dg.AssetCheckResult:
-    t, k, mean = level.table, level.key, level.mean
-    spread = (
-        "m2 >= 0"
-        if level.mean == "mean_value"
-        else (
-            "m2 >= 0 AND (stddev_value >= 0 OR (stddev_value IS NULL AND sample_count = 1)) "
-            f"AND (median_value IS NULL OR (median_value >= min_value - {_EPS} "
-            f"AND median_value <= max_value + {_EPS}))"
-        )
-    )
-    bad = conn.execute(
-        sa.text(
-            f"SELECT {k}::text AS bucket, count(*) AS rows FROM {t} "
-            f"WHERE {k} >= :lo AND {k} < :hi AND NOT ("
-            f"sample_count > 0 AND min_value <= {mean} + {_EPS} "
-            f"AND {mean} <= max_value + {_EPS} AND {spread}) "
-            "GROUP BY 1 ORDER BY 1 LIMIT 20"
-        ),
-        params,
-    ).all()
-    # One row per (sensor_id, key): every table's primary key guarantees it, so it is
-    # asserted once (tests), not re-counted with a sort over the window on every run.
-    total = conn.execute(
-        sa.text(f"SELECT count(*) FROM {t} WHERE {k} >= :lo AND {k} < :hi"), params
-    ).scalar_one()
-    passed = not bad
+    bad, total = quality.invalid_buckets(conn, hierarchy.BY_ASSET[level.asset], params)
     return dg.AssetCheckResult(
         asset_key=level.asset,
         check_name="stats_valid",
-        passed=passed,
+        passed=not bad,
         metadata={
             "rows_checked": total,
             "one_row_per_key": "primary key",
@@ -241,39 +212,15 @@ def _stats_valid(conn: sa.Connection, level: Level, params: dict) -> dg.AssetChe
 
 
 def _matches_below(conn: sa.Connection, level: Level, params: dict) -> dg.AssetCheckResult:
-    below_table, below_key, bucket = level.below
-    t, k = level.table, level.key
-    below_range = (
-        f"b.{below_key} >= :start_date AND b.{below_key} < :end_date"
-        if below_key == "metric_date"
-        else f"b.{below_key} >= :start AND b.{below_key} < :end"
-    )
-    params = {**params, "start_date": params["lo"], "end_date": params["hi"]}
-    # Imported history (origin 'imported', sql/015) has no level below to match.
-    computed = " AND origin = 'computed'" if t in _WITH_ORIGIN else ""
-    below_computed = " AND b.origin = 'computed'" if below_table in _WITH_ORIGIN else ""
-    rows = conn.execute(
-        sa.text(
-            f"WITH below AS (SELECT b.sensor_id, {bucket} AS bucket, sum(b.sample_count) AS n, "
-            f"min(b.min_value) AS mn, max(b.max_value) AS mx FROM {below_table} AS b "
-            f"WHERE {below_range}{below_computed} GROUP BY 1, 2), "
-            f"here AS (SELECT sensor_id, {k} AS bucket, sample_count AS n, min_value AS mn, "
-            f"max_value AS mx FROM {t} WHERE {k} >= :lo AND {k} < :hi{computed}) "
-            "SELECT coalesce(h.bucket, b.bucket)::text AS bucket, b.bucket IS NULL AS gone, "
-            "count(*) AS series FROM here AS h "
-            "FULL JOIN below AS b USING (sensor_id, bucket) "
-            "WHERE h.n IS DISTINCT FROM b.n OR h.mn IS DISTINCT FROM b.mn "
-            "OR h.mx IS DISTINCT FROM b.mx GROUP BY 1, 2 ORDER BY 1"
-        ),
-        params,
-    ).all()
+    assert level.below is not None
+    rows = quality.mismatches_below(conn, hierarchy.BY_ASSET[level.asset], params)
     # Rows whose source level was since removed by retention cannot be compared: they are
     # reported, not failed.
     mismatched = [f"{b} ({n} series)" for b, gone, n in rows if not gone]
     gone = sum(n for _, g, n in rows if g)
     return dg.AssetCheckResult(
         asset_key=level.asset,
-        check_name=f"matches_{below_table.split('.')[1]}",
+        check_name=f"matches_{level.below[0].split('.')[1]}",
         passed=not mismatched,
         metadata={
             "mismatched_buckets": mismatched[:20],
@@ -299,15 +246,7 @@ def coverage_result(
     """
     now = datetime.now(UTC)
     elapsed = (min(window.end, now) - window.start).total_seconds()
-    present, sensors = conn.execute(
-        sa.text(
-            f"SELECT (SELECT coalesce(sum(sample_count), 0) FROM {table} "
-            f"WHERE {key} >= :s AND {key} < :e), "
-            "(SELECT count(DISTINCT sensor_id) FROM bi.readings_1m "
-            "WHERE window_start >= :e - interval '1 day' AND window_start < :e)"
-        ),
-        {"s": window.start, "e": window.end},
-    ).one()
+    present, sensors = quality.coverage_counts(conn, table, key, window.start, window.end)
     expected = sensors * max(elapsed, 0) / interval_s
     pct = 100.0 * float(present) / expected if expected > 0 else None
     passed = pct is None or pct >= warn_pct
@@ -332,13 +271,11 @@ def evaluate(
     level = LEVELS[asset]
     params = _bounds(level, window, tz)
     with engine.connect() as conn:
-        if asset == "readings_5m":
-            # An open 5-minute window is not written yet (writers._closed_part): compare
-            # only the closed ones with their minutes.
-            closed = conn.execute(
-                sa.text("SELECT date_bin('5 minutes', now(), CAST(:o AS timestamptz))"),
-                {"o": window.start},
-            ).scalar_one()
+        written = hierarchy.BY_ASSET[asset]
+        if written.closed_windows_only and written.step is not None:
+            # An open window is not written yet (writers._closed_part): compare only the
+            # closed ones (with the level below).
+            closed = quality.closed_window_start(conn, written.step, window.start)
             params["hi"] = params["end"] = max(window.start, min(window.end, closed))
         yield _stats_valid(conn, level, params)
         if level.below:

@@ -27,6 +27,7 @@ from agg_pipeline.defs.readings import checks
 from agg_pipeline.defs.readings.raw import raw_readings
 from agg_pipeline.defs.readings.rollups import STATS, rollup_hourly
 from agg_pipeline.influx.client import InfluxResource
+from agg_pipeline.warehouse import quality
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline.warehouse.writes import readings as writers
 
@@ -83,21 +84,7 @@ CONDITION_CHECKS = [
 
 
 def _shares_valid(conn: sa.Connection, lo: date, hi: date) -> dg.AssetCheckResult:
-    bad = conn.execute(
-        sa.text(
-            "SELECT metric_date::text, count(*) FROM bi.daily_sensor_conditions "
-            "WHERE metric_date >= :lo AND metric_date < :hi AND NOT ("
-            "reading_count > 0 AND optimal_pct_by_count BETWEEN 0 AND 100 "
-            "AND critical_pct_by_count BETWEEN 0 AND 100 "
-            "AND optimal_pct_by_count + critical_pct_by_count <= 100 + 1e-9 "
-            "AND coalesce(time_in_optimal_pct, 0) BETWEEN 0 AND 100 + 1e-9 "
-            "AND coalesce(time_in_critical_pct, 0) BETWEEN 0 AND 100 + 1e-9 "
-            "AND coalesce(time_in_optimal_pct + time_in_critical_pct, 0) <= 100 + 1e-9 "
-            "AND critical_below <= optimal_min AND optimal_max <= critical_above) "
-            "GROUP BY 1 ORDER BY 1"
-        ),
-        {"lo": lo, "hi": hi},
-    ).all()
+    bad = quality.invalid_condition_days(conn, lo, hi)
     return dg.AssetCheckResult(
         asset_key="conditions_daily",
         check_name="shares_valid",
@@ -107,14 +94,7 @@ def _shares_valid(conn: sa.Connection, lo: date, hi: date) -> dg.AssetCheckResul
 
 
 def _coverage(conn: sa.Connection, lo: date, hi: date) -> dg.AssetCheckResult:
-    rows = conn.execute(
-        sa.text(
-            "SELECT metric_date::text, round(avg(coverage_pct)::numeric, 2) AS pct "
-            "FROM bi.daily_sensor_conditions WHERE metric_date >= :lo AND metric_date < :hi "
-            "GROUP BY 1 ORDER BY 1"
-        ),
-        {"lo": lo, "hi": hi},
-    ).all()
+    rows = quality.condition_coverage(conn, lo, hi)
     low = [f"{d}: {p}%" for d, p in rows if p is not None and p < get_settings().coverage_warn_pct]
     return dg.AssetCheckResult(
         asset_key="conditions_daily",

@@ -1,0 +1,58 @@
+"""Per-partition figures of a multi-partition run, read back from what a table holds
+(``defs/common.materialize_result`` records them on each partition): rows, series and
+first / last reading per bucket, and the late rows recorded per raw hour."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import sqlalchemy as sa
+
+from agg_pipeline.core.hierarchy import DERIVED
+from agg_pipeline.warehouse.statements import quote_ident
+
+# (bucket column, series column, has first/last reading times, bucket is a local date):
+# every level of the hierarchy, and the other families' tables.
+PARTITION_FIGURES: dict[str, tuple[str, str, bool, bool]] = {
+    **{lv.table: (lv.bucket_column, "sensor_id", True, lv.key_is_date) for lv in DERIVED},
+    "bi.daily_sensor_conditions": ("metric_date", "sensor_id", False, True),
+    "bi.device_metrics_hourly": ("hour_start", "device_id", False, False),
+    "bi.diagnostic_summary_daily": ("metric_date", "device_id", False, True),
+}
+
+
+def bucket_figures(
+    conn: sa.Connection,
+    table: str,
+    lo: date | datetime,
+    hi: date | datetime,
+    origin: datetime,
+) -> list[tuple[object, int, int, datetime | None, datetime | None]]:
+    """(bucket, rows, series, first reading, last reading) of ``table`` (one of
+    ``PARTITION_FIGURES``) in [lo, hi): by local date, or by hour from ``origin``."""
+    key, series, timed, is_date = PARTITION_FIGURES[table]
+    k = quote_ident(key)
+    bucket = k if is_date else f"date_bin('1 hour', {k}, :origin)"
+    times = "min(first_reading_at), max(last_reading_at)" if timed else "NULL, NULL"
+    rows = conn.execute(
+        sa.text(
+            f"SELECT {bucket} AS b, count(*), count(DISTINCT {quote_ident(series)}), "
+            f"{times} FROM {quote_ident(table)} WHERE {k} >= :lo AND {k} < :hi GROUP BY 1"
+        ),
+        {"lo": lo, "hi": hi, "origin": origin},
+    ).all()
+    return [(b, int(n), int(m), t0, t1) for b, n, m, t0, t1 in rows]
+
+
+def late_hours(
+    conn: sa.Connection, start: datetime, end: datetime
+) -> list[tuple[datetime, int, datetime]]:
+    """(hour, late rows, last late arrival) recorded for the raw hours in [start, end)."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT hour_start, late_rows, last_late_at FROM raw.readings_late_hours "
+            "WHERE hour_start >= :s AND hour_start < :e ORDER BY hour_start"
+        ),
+        {"s": start, "e": end},
+    )
+    return [(hour, int(n), last) for hour, n, last in rows]
