@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -41,6 +40,7 @@ from dagster._core.utils import make_new_backfill_id
 from dagster._daemon.controller import get_daemon_statuses
 
 from agg_pipeline import status as status_mod
+from agg_pipeline.config.catalogue import get_catalogue
 from agg_pipeline.config.settings import project_root
 from agg_pipeline.serving.api.etl import DagsterSide, PlannedStep, RunAnswer, RunRequest
 
@@ -256,14 +256,13 @@ def execute(
 
 
 def _influx_connected() -> bool | None:
-    url = os.environ.get("INFLUXDB_URL")
-    if not url:
-        return None
+    """The same finding as `agg-pipeline status`: None when the catalogue uses no InfluxDB,
+    else whether its /health answers within 2 s (never raises)."""
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=2) as answer:
-            return answer.status == 200
-    except OSError:
-        return False
+        catalogue = get_catalogue()
+    except Exception:  # a broken catalogue is status' finding to report, not this field's
+        return None
+    return status_mod.influx_connection(catalogue)[0]
 
 
 class InstanceBackend:
