@@ -309,8 +309,9 @@ def test_every_level_matches_pandas_and_is_idempotent(warehouse_url, engine):
     assert by_reason["duplicate"] >= 2  # the simulator's redeliveries and ours
     # credit_consumption_daily merges every figure from the hours (no raw read, nothing
     # judged): its bad events are the hourly run's.
-    for table, grain, node in (("raw.user_activity", "daily", "user_activity_daily"),
-                               ("raw.credit_usage", "hourly", "credit_consumption_hourly")):  # fmt: skip
+    judged_by = (("raw.user_activity", "daily", "user_activity_daily"),
+                 ("raw.credit_usage", "hourly", "credit_consumption_hourly"))  # fmt: skip
+    for table, grain, node in judged_by:
         meta = results[grain].asset_materializations_for_node(node)[0].metadata
         got = {k: v for k, v in meta["rejected_by_reason"].value.items() if v}
         hours = Window(START, datetime(2026, 4, 2, tzinfo=UTC))
