@@ -432,9 +432,10 @@ def finer_is_current(
 ) -> bool:
     """Whether ``finer``'s rows inside ``chunk`` can be merged: every one of its partitions
     there was written (versions.py), none before the latest change the late-data drain
-    recorded for the raw hours of the chunk, and with its partials (not rows from before
-    sql/022). A change not drained yet is healed as for readings: the drain gives its hour
-    a new version, and self-healing recomputes the finer level and then this one."""
+    recorded for the raw hours of the chunk, no change logged there and not drained yet,
+    and with its partials (not rows from before sql/022). A change committed while this
+    chunk runs is healed as for readings: the drain gives its hour a new version, and
+    self-healing recomputes the finer level and then this one."""
     starts = sorted(set(partition_starts(finer.grain, chunk, zone)))
     if not starts:
         return False
@@ -451,6 +452,17 @@ def finer_is_current(
         {"a": finer.asset, "s": starts, "e": ends, "src": "raw_" + asset_name(finer.source.table)},
     ).one()
     if written != len(starts) or not current:
+        return False
+    # A change logged but not drained yet (raw.source_change_log, sql/018 and 021): the
+    # finer rows may predate it, so the chunk is read from raw (exact either way).
+    pending = conn.execute(
+        sa.text(
+            "SELECT EXISTS (SELECT 1 FROM raw.source_change_log WHERE source = :src "
+            "AND bucket_start >= :lo AND bucket_start < :hi)"
+        ),
+        {"src": "raw_" + asset_name(finer.source.table), "lo": chunk.start, "hi": chunk.end},
+    ).scalar_one()
+    if pending:
         return False
     # (__mean and __m2 are NULL without values; __n is 0 then, NULL only before sql/022.)
     hidden = [c for n in level.measures for c in partials(n, level.measures[n])[:1]]

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from agg_pipeline.config import events as spec
 from agg_pipeline.core.windows import Window
 from agg_pipeline.warehouse import events as sql
+from agg_pipeline.warehouse import late_data
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import reference_events as ref
 
@@ -139,6 +140,7 @@ def _assert_matches(actual: pd.DataFrame, wanted: pd.DataFrame) -> None:
 def durations(engine: sa.Engine) -> dict[str, spec.RollupLevel]:
     _tables(engine)
     _events(engine)
+    late_data.drain_sources(engine, START)  # the healer's tick: the raw hours' versions
     catalogue = spec.parse_events_catalogue(CATALOGUE, "durations.yaml")
     return {lv.grain.value: lv for lv in spec.levels(catalogue)}
 
@@ -166,20 +168,21 @@ def test_merged_levels_match_pandas_from_raw_including_stddev(warehouse_url, eng
     naive = np.sqrt((np.sum(d * d) - np.sum(d) ** 2 / len(d)) / (len(d) - 1))
     assert abs(naive / np.std(d, ddof=1) - 1) > 1e-6
 
-    # Stale hours (a late event after they ran, the drain saw it): the day is read from
-    # raw again, not merged.
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text("INSERT INTO raw.executions VALUES "
-                    "(123456, '2026-03-31 10:30+00', 'ws-0', 'u', 'failed', 1000004, 1)")
-        )  # fmt: skip
-    from agg_pipeline.warehouse import late_data
-
-    late_data.drain_sources(engine, START)
+    # A late event after the hours ran: logged, not drained yet, then drained (its hour's
+    # version is newer than the hours'): either way the day is read from raw, not merged.
     day = Window(START, START + timedelta(days=1))
-    again = sql.write_level(warehouse, daily, day, UTC_ZONE, 300, finer=hourly)
-    assert again.merged_chunks == 0
-    _assert_matches(_written(engine, daily), _expected(engine, "daily"))
+    for late_id, drained in ((123456, False), (123457, True)):
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("INSERT INTO raw.executions VALUES "
+                        "(:i, '2026-03-31 10:30+00', 'ws-0', 'u', 'failed', 1000004, 1)"),
+                {"i": late_id},
+            )  # fmt: skip
+        if drained:
+            late_data.drain_sources(engine, START)
+        again = sql.write_level(warehouse, daily, day, UTC_ZONE, 300, finer=hourly)
+        assert again.merged_chunks == 0
+        _assert_matches(_written(engine, daily), _expected(engine, "daily"))
 
 
 def test_a_day_without_its_hours_is_read_from_raw(warehouse_url, engine, durations):
