@@ -21,7 +21,9 @@ from typing import Protocol, TypeVar
 import dagster as dg
 import sqlalchemy as sa
 
+from agg_pipeline.config import events as events_spec
 from agg_pipeline.config.catalogue import Catalogue, InfluxSource, get_catalogue
+from agg_pipeline.config.events import get_events_catalogue
 from agg_pipeline.core import hierarchy
 from agg_pipeline.core.cron import previous_tick
 from agg_pipeline.influx.client import InfluxResource
@@ -48,6 +50,9 @@ class AssetStatus:
     freshness: str = "UNKNOWN"  # PASS | WARN | FAIL | UNKNOWN
     freshness_detail: str = ""
     missing_partitions: list[str] = field(default_factory=list)
+    # Event rollups: partitions of the last N days whose raw events table has no event in
+    # their window - nothing to compute, so not missing (written as empty when they run).
+    nothing_to_compute: list[str] = field(default_factory=list)
     failed_partitions: list[str] = field(default_factory=list)
     failing_checks: list[str] = field(default_factory=list)
     warning_checks: list[str] = field(default_factory=list)
@@ -324,16 +329,28 @@ def collect(
     check_keys = sorted(graph.asset_check_keys, key=str) if graph is not None else []
     asset_keys = graph.materializable_asset_keys if graph is not None else []
     assets: list[AssetStatus] = []
+    events: dict[str, list[tuple[str, str]]] = _guarded(
+        problems, "events catalogue", event_sources, {}
+    )
+    tables = {**TABLES, **_guarded(problems, "events catalogue", event_tables, {})}
     if instance is None:
         problems.append("Dagster instance unavailable (set DAGSTER_HOME)")
     else:
         for key in sorted(asset_keys, key=lambda k: k.to_user_string()):
-            st = asset_status(instance, graph.get(key), check_keys, days, now)
-            if reachable and st.asset in TABLES:
+            node = graph.get(key)
+            st = asset_status(instance, node, check_keys, days, now)
+            if reachable and st.asset in events:
+                _guarded(
+                    st.unreadable,
+                    "raw events",
+                    lambda n=node, s=st: judge_event_asset(engine, n, s, events[s.asset]),
+                    None,
+                )
+            if reachable and st.asset in tables:
                 st.rows = _guarded(
                     st.unreadable,
-                    f"rows of {TABLES[st.asset]}",
-                    lambda t=TABLES[st.asset]: _table_rows(engine, t),
+                    f"rows of {tables[st.asset]}",
+                    lambda t=tables[st.asset]: _table_rows(engine, t),
                     None,
                 )
             assets.append(st)
@@ -372,6 +389,76 @@ def collect(
         influx_connected=influx_ok,
         influx_detail=influx_detail,
     )
+
+
+def event_sources() -> dict[str, list[tuple[str, str]]]:
+    """Per event asset (a rollup level, or ``analytics_views``): the raw event tables it is
+    computed from, with their time column; and every event level's table."""
+    catalogue = get_events_catalogue()
+    out: dict[str, list[tuple[str, str]]] = {}
+    for level in events_spec.levels(catalogue):
+        out[level.asset] = [(level.source.table, level.source.time_column)]
+    out["analytics_views"] = sorted({(s.table, s.time_column) for s in catalogue.sources.values()})
+    return out
+
+
+def event_tables() -> dict[str, str]:
+    return {lv.asset: lv.table for lv in events_spec.levels(get_events_catalogue())}
+
+
+def _with_events(
+    engine: sa.Engine, sources: list[tuple[str, str]], windows: list[tuple[str, datetime, datetime]]
+) -> set[str]:
+    """The keys of ``windows`` (key, start, end) in which one of ``sources`` has an event
+    (an index probe per window on the time column)."""
+    found: set[str] = set()
+    if not windows:
+        return found
+    keys, starts, ends = (list(x) for x in zip(*windows, strict=True))
+    with engine.connect() as conn:
+        for table, time_column in sources:
+            t = f'"{time_column}"'
+            schema, name = table.split(".")
+            found |= set(
+                conn.execute(
+                    sa.text(
+                        "SELECT w.k FROM unnest(CAST(:k AS text[]), CAST(:s AS timestamptz[]), "
+                        f"CAST(:e AS timestamptz[])) AS w(k, s, e) WHERE EXISTS (SELECT 1 FROM "
+                        f'"{schema}"."{name}" r WHERE r.{t} >= w.s AND r.{t} < w.e)'
+                    ),
+                    {"k": keys, "s": starts, "e": ends},
+                ).scalars()
+            )
+    return found
+
+
+def _any_event(engine: sa.Engine, sources: list[tuple[str, str]]) -> bool:
+    with engine.connect() as conn:
+        return any(
+            conn.execute(sa.text(f'SELECT EXISTS (SELECT 1 FROM "{s}"."{n}")')).scalar_one()
+            for s, n in (table.split(".") for table, _ in sources)
+        )
+
+
+def judge_event_asset(
+    engine: sa.Engine, node: AssetNode, st: AssetStatus, sources: list[tuple[str, str]]
+) -> None:
+    """An event rollup is expected only where there are events: a partition without any in
+    its window is not missing, and an asset over tables holding no event at all is not
+    stale for never having run (the readings' assets, by contrast, always have a source)."""
+    pdef = node.partitions_def
+    if st.missing_partitions and isinstance(pdef, dg.TimeWindowPartitionsDefinition):
+        windows = [
+            (k, tw.start, tw.end)
+            for k in st.missing_partitions
+            for tw in [pdef.time_window_for_partition_key(k)]
+        ]
+        due = _with_events(engine, sources, windows)
+        st.nothing_to_compute = [k for k in st.missing_partitions if k not in due]
+        st.missing_partitions = [k for k in st.missing_partitions if k in due]
+    if st.last_materialized_at is None and not _any_event(engine, sources):
+        names = ", ".join(table for table, _ in sources)
+        st.freshness, st.freshness_detail = "PASS", f"nothing to compute yet: no events in {names}"
 
 
 def healing_problems(engine: sa.Engine, now: datetime) -> list[str]:

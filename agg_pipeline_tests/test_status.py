@@ -95,3 +95,39 @@ def test_status_command_exits_non_zero_with_json(warehouse_url, tmp_path):
     )
     assert unreachable.returncode == 1
     assert "UNREACHABLE" in unreachable.stdout and "secret" not in unreachable.stdout
+
+
+def test_event_levels_are_expected_only_where_there_are_events(engine, dagster_instance):
+    now = datetime.now(UTC)
+
+    def collect() -> dict[str, status_mod.AssetStatus]:
+        result = status_mod.collect(defs, dagster_instance, engine, "test", days=1, now=now)
+        return {a.asset: a for a in result.assets}
+
+    # No events anywhere: nothing to compute, nothing missing, nothing stale.
+    empty = collect()
+    for asset in ("execution_metrics_hourly", "execution_metrics_daily", "analytics_views",
+                  "user_activity_hourly", "credit_consumption_monthly"):  # fmt: skip
+        st = empty[asset]
+        assert st.missing_partitions == [] and st.freshness == "PASS", (asset, st)
+        assert "nothing to compute" in st.freshness_detail
+    assert empty["execution_metrics_hourly"].nothing_to_compute  # the day's past hours
+    assert empty["readings_1m"].missing_partitions  # the readings' levels: unchanged
+
+    # One execution five hours ago: its hour is due (missing until it runs), the other
+    # hours are not; the executions' levels are stale (never run), user activity's not.
+    at = now - timedelta(hours=5)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO raw.executions VALUES (1, :t, 'ws', 'u', 'success', 5, 1)"),
+            {"t": at},
+        )
+    later = collect()
+    hour_key = at.strftime("%Y-%m-%d-%H:00")
+    hourly = later["execution_metrics_hourly"]
+    assert hourly.missing_partitions == [hour_key]
+    assert hour_key not in hourly.nothing_to_compute and hourly.nothing_to_compute
+    assert hourly.freshness == "FAIL" and hourly.rows == 0
+    assert later["user_activity_hourly"].missing_partitions == []
+    assert later["user_activity_hourly"].freshness == "PASS"
+    assert later["analytics_views"].freshness == "FAIL"  # events to show, never refreshed

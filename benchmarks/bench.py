@@ -601,6 +601,7 @@ def ratios(r: dict) -> dict:
     events = r.get("events") or {}
     out["events_pipeline_over_floor"] = events.get("pipeline_over_floor")
     out["events_old_way_over_pipeline"] = events.get("old_way_over_pipeline")
+    out["events_graph_sql_over_floor"] = events.get("graph_sql_over_floor")  # no Dagster
     return out
 
 

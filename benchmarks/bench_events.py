@@ -22,6 +22,13 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import sqlalchemy as sa
 
+from agg_pipeline.config import events as spec
+from agg_pipeline.config.settings import get_settings
+from agg_pipeline.core.windows import Window
+from agg_pipeline.warehouse import events as events_sql
+from agg_pipeline.warehouse import late_data
+from agg_pipeline.warehouse.engine import WarehouseResource
+
 GENERATE = """
 INSERT INTO raw.executions
 SELECT i, CAST(:start AS timestamptz) + random() * :seconds * interval '1 second',
@@ -101,6 +108,28 @@ def pipeline_runs(
     return runs
 
 
+def graph_sql(env, runs_by_grain: dict) -> dict[str, dict]:
+    """The same windows through ``warehouse.events.write_level`` in this process, as the
+    assets call it (finer level and all): the graph's own work without Dagster's fixed
+    costs (a process start, one materialization event per partition)."""
+    catalogue = spec.load_events_catalogue("analytics")
+    levels = {
+        lv.grain.value: lv for lv in spec.levels(catalogue) if lv.rollup == "execution_metrics"
+    }
+    warehouse = WarehouseResource(database_url=env.warehouse_url)
+    settings = get_settings()
+    out = {}
+    for grain, (_, lo, hi) in runs_by_grain.items():
+        level = levels[grain]
+        finer = events_sql.finer_level(level, list(levels.values()))
+        begin = time.perf_counter()
+        report = events_sql.write_level(warehouse, level, Window(lo, hi), settings.zone,
+                                        settings.future_tolerance_seconds, finer)  # fmt: skip
+        out[grain] = {"seconds": time.perf_counter() - begin, "chunks": report.chunks,
+                      "merged_chunks": report.merged_chunks}  # fmt: skip
+    return out
+
+
 def old_way_hour(engine: sa.Engine, hour: datetime) -> float:
     """One hourly Celery task: the hour's rows into pandas, aggregates in Python, inserts."""
     begin = time.perf_counter()
@@ -138,8 +167,16 @@ def measure_events(env, args, start: datetime, reps: int) -> dict:
     days = args.event_days
     end = start + timedelta(days=days)
     progress(f"events: generating {args.event_executions:,} executions over {days:g} days")
+    began = time.perf_counter()
     rows = generate(env.engine, start, days, args.event_executions, args.event_workspaces,
                     args.event_users)  # fmt: skip
+    # Ingest, not the graph: includes the triggers' upkeep (the change log, and the
+    # repeated-id ledger that spares every later run the duplicate probe per event).
+    generate_s = time.perf_counter() - began
+    # The self-healing sensor's tick would have drained the inserts' change log into
+    # raw-hour versions by the time the schedules run (an undrained change keeps a level
+    # from merging the one below it).
+    late_data.drain_sources(env.engine, start)
     runs_by_grain = pipeline_runs(start, end)
     floor: dict[str, float] = {}
     for grain, (_, lo, hi) in runs_by_grain.items():
@@ -158,6 +195,8 @@ def measure_events(env, args, start: datetime, reps: int) -> dict:
         result = run_dagster(env, "agg_pipeline.definitions", select, partition_args)
         runs.append({"assets": select, **result})
         total += result["seconds"]
+    progress("events: the graph's SQL alone (write_level in this process, no Dagster)")
+    sql_only = graph_sql(env, runs_by_grain)
     hours = int(days * 24)
     step = max(1, hours // max(1, args.event_old_way_hours))
     picked = [start + timedelta(hours=h) for h in range(0, hours, step)][: args.event_old_way_hours]
@@ -172,6 +211,7 @@ def measure_events(env, args, start: datetime, reps: int) -> dict:
             "days": days,
             "start": start.isoformat(),
         },
+        "generate_s": generate_s,
         "floor_s": floor,
         "floor_total_s": floor_total,
         "pipeline_runs": runs,
@@ -179,6 +219,8 @@ def measure_events(env, args, start: datetime, reps: int) -> dict:
         "old_way_per_hour_s": per_hour,
         "old_way_total_s_scaled": per_hour * hours,
         "old_way_note": f"{len(picked)} of {hours} hourly runs measured, total scaled by {hours}",
+        "graph_sql_s": sql_only,
+        "graph_sql_over_floor": sum(v["seconds"] for v in sql_only.values()) / floor_total,
         "pipeline_over_floor": total / floor_total,
         "old_way_over_pipeline": per_hour * hours / total,
     }
@@ -192,6 +234,58 @@ def render(e: dict) -> list[str]:
         + " + ".join(f"{g} {s:.2f} s" for g, s in e["floor_s"].items())
         + f" = {e['floor_total_s']:.2f} s; graph "
         + " + ".join(f"{r['assets']} {r['seconds']:.2f} s" for r in e["pipeline_runs"])
-        + f" = {e['pipeline_total_s']:.2f} s; old way {e['old_way_per_hour_s']:.2f} s per hour "
-        f"x {int(d['days'] * 24)} = {e['old_way_total_s_scaled']:.1f} s ({e['old_way_note']})",
+        + f" = {e['pipeline_total_s']:.2f} s; the graph's SQL alone "
+        + " + ".join(
+            f"{g} {v['seconds']:.2f} s ({v['merged_chunks']}/{v['chunks']} merged)"
+            for g, v in e.get("graph_sql_s", {}).items()
+        )
+        + f" = {e.get('graph_sql_over_floor', float('nan')):.2f} x floor; "
+        f"old way {e['old_way_per_hour_s']:.2f} s per hour "
+        f"x {int(d['days'] * 24)} = {e['old_way_total_s_scaled']:.1f} s ({e['old_way_note']}); "
+        f"ingest (generate, triggers included) {e.get('generate_s', float('nan')):.1f} s",
     ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The event metrics part of ``make bench`` alone (a quicker run at a chosen size)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from agg_pipeline.warehouse import migrate
+    from benchmarks.bench import BenchEnv, machine, progress
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_events")
+    parser.add_argument("--event-executions", type=int, default=5_000_000)
+    parser.add_argument("--event-days", type=float, default=30.0)
+    parser.add_argument("--event-workspaces", type=int, default=200)
+    parser.add_argument("--event-users", type=int, default=2000)
+    parser.add_argument("--event-old-way-hours", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of the floor")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args(argv)
+    first = (datetime.now(UTC).date().replace(day=1) - timedelta(days=1)).replace(day=1)
+    env = BenchEnv(args.keep)
+    try:
+        progress(f"databases {env.names}; migrating")
+        migrate.migrate(env.engine)
+        result = measure_events(
+            env, args, datetime.combine(first, datetime.min.time(), tzinfo=UTC), args.reps
+        )
+        result["machine"] = machine()
+    finally:
+        env.close()
+    print("\n".join(render(result)))
+    print(f"graph / floor {result['pipeline_over_floor']:.2f}; graph SQL / floor "
+          f"{result['graph_sql_over_floor']:.2f}; "
+          f"old way / graph {result['old_way_over_pipeline']:.1f}")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -16,9 +16,11 @@ Measures (``agg``):
 - ``ratio_pct``: ``100 * numerator / denominator`` of two other measures of the rollup
   (NULL when the denominator is 0).
 
-Each bucket is computed from the raw events of that bucket in one set-based statement, so
-every measure is exact at every grain - including percentiles and distinct counts, which
-no merge of finer rows could give.
+Each bucket is computed in one set-based statement, exact at every grain: ``count``,
+``sum``, ``avg``, ``min``, ``max`` and ``stddev`` merge from the level below when its rows
+are current (avg and stddev keep hidden partials, ``<name>__n`` / ``__mean`` / ``__m2``,
+for that: Chan's parallel formula), the rest from the raw events of the bucket -
+percentiles and distinct counts, which no merge of finer rows could give.
 
 Filters and reject rules are boolean expressions parsed with Python's own parser; only
 these nodes are accepted, nothing is ever evaluated as code: comparisons ``= == != < <= >
@@ -314,6 +316,10 @@ class EventsCatalogue(_Strict):
                 at = f"{where}.measures.{mname}"
                 if mname in rollup.dimensions or mname in BUCKET_COLUMNS.values():
                     raise ValueError(f"{at}: the name is a key column")
+                if "__" in mname:
+                    raise ValueError(f"{at}: '__' is kept for the partial columns (<name>__n)")
+                if m.agg in ("avg", "stddev") and len(mname) > 58:
+                    raise ValueError(f"{at}: at most 58 characters (its partials add '__mean')")
                 if m.column is not None and m.column not in known:
                     raise ValueError(f"{at}.column: unknown column {m.column!r}")
                 if m.filter is not None:

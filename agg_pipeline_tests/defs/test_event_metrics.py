@@ -22,6 +22,7 @@ from agg_pipeline.core.windows import Window, day_window, local_midnight
 from agg_pipeline.defs.events import assets as event_assets
 from agg_pipeline.demo import activity
 from agg_pipeline.warehouse import events as sql
+from agg_pipeline.warehouse import late_data
 from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import reference_events as ref
 
@@ -268,7 +269,7 @@ START = datetime(2026, 3, 30, tzinfo=UTC)  # a Monday; March ends two days later
 BAD_AT = datetime(2026, 3, 31, 11, tzinfo=UTC)
 GRAIN_RUNS = {
     "hourly": ("2026-03-30-00:00", "2026-04-01-23:00"),
-    "daily": ("2026-03-30", "2026-04-01"),
+    "daily": ("2026-03-01", "2026-04-30"),  # whole months: the weeks and months merge
     "weekly": ("2026-03-30", "2026-03-30"),
     "monthly": ("2026-03-01", "2026-04-01"),
 }
@@ -276,6 +277,7 @@ GRAIN_RUNS = {
 
 def test_every_level_matches_pandas_and_is_idempotent(warehouse_url, engine):
     seed(engine, START, 3, BAD_AT)
+    late_data.drain_sources(engine, START)  # the healer's tick: the raw hours' versions
     now = datetime.now(UTC)
     results = {}
     for grain, (first, last) in GRAIN_RUNS.items():
@@ -305,11 +307,24 @@ def test_every_level_matches_pandas_and_is_idempotent(warehouse_url, engine):
         "nan_credits",
     }
     assert by_reason["duplicate"] >= 2  # the simulator's redeliveries and ours
-    for table, node in (("raw.user_activity", "user_activity_daily"),
-                        ("raw.credit_usage", "credit_consumption_daily")):  # fmt: skip
-        meta = results["daily"].asset_materializations_for_node(node)[0].metadata
+    # credit_consumption_daily merges every figure from the hours (no raw read, nothing
+    # judged): its bad events are the hourly run's.
+    judged_by = (("raw.user_activity", "daily", "user_activity_daily"),
+                 ("raw.credit_usage", "hourly", "credit_consumption_hourly"))  # fmt: skip
+    for table, grain, node in judged_by:
+        meta = results[grain].asset_materializations_for_node(node)[0].metadata
         got = {k: v for k, v in meta["rejected_by_reason"].value.items() if v}
-        assert got == reasons(engine, table, window, now) != {}
+        hours = Window(START, datetime(2026, 4, 2, tzinfo=UTC))
+        assert got == reasons(engine, table, hours, now) != {}
+    # The coarser levels merged from the one below where it was written and current: the
+    # days with their hours (the 3 days of events), every week and month.
+    for grain in ("daily", "weekly", "monthly"):
+        for mat in results[grain].get_asset_materialization_events():
+            meta = mat.materialization.metadata
+            merged = 3 if grain == "daily" else meta["chunks"].value
+            assert meta["merged_chunks"].value == merged, mat.asset_key
+    credit = results["daily"].asset_materializations_for_node("credit_consumption_daily")
+    assert credit[0].metadata["events_read"].value == 0
     # Idempotent: the same runs again leave exactly the same rows.
     before = {name: written(engine, lv) for name, lv in LEVELS.items()}
     again = run(warehouse_url, [a for a, lv in LEVELS.items() if lv.grain.value == "daily"],
@@ -331,14 +346,19 @@ def test_every_level_matches_pandas_and_is_idempotent(warehouse_url, engine):
                 "(990001, '2026-03-31 10:30+00', 'ws-000', 'late', 'success', 7, 1)"
             )
         )
+    # The healer's tick records the raw hour's change: the hours under the day are older
+    # than it, so the daily run reads the raw events instead of merging them.
+    late_data.drain_sources(engine, START)
     daily = [a for a, lv in LEVELS.items() if lv.grain.value == "daily"]
     stale = run(warehouse_url, daily, *GRAIN_RUNS["daily"]).get_asset_check_evaluations()
     behind = [e for e in stale if e.asset_key.to_user_string() == "execution_metrics_daily"]
     assert not behind[0].passed and behind[0].metadata["keys_mismatched"].value == 1
     hourly = [a for a, lv in LEVELS.items() if lv.grain.value == "hourly"]
     assert run(warehouse_url, hourly, "2026-03-31-10:00", "2026-03-31-10:00").success
-    healed = run(warehouse_url, daily, *GRAIN_RUNS["daily"]).get_asset_check_evaluations()
-    assert all(e.passed for e in healed)
+    healed_run = run(warehouse_url, daily, *GRAIN_RUNS["daily"])
+    assert all(e.passed for e in healed_run.get_asset_check_evaluations())
+    meta = healed_run.asset_materializations_for_node("execution_metrics_daily")[0].metadata
+    assert meta["merged_chunks"].value == 3  # the days with hours: current again
     for name in ("execution_metrics_hourly", "execution_metrics_daily"):
         level = LEVELS[name]
         assert_frames(written(engine, level), expected(engine, level, whole, "UTC", now),

@@ -63,8 +63,10 @@ def _describe(level: RollupLevel) -> str:
     measures = ", ".join(f"{n} ({m.agg})" for n, m in level.measures.items())
     return (
         f"Event rollup `{level.rollup}`, {level.grain.value}: `{level.table}` keyed ({keys}) "
-        f"from `{level.source.table}`: {measures}. Exact from the raw events at every grain; "
-        "bad events (duplicate, future, the source's reject rules) counted by reason."
+        f"from `{level.source.table}`: {measures}. Exact at every grain: count, sum, avg, min, "
+        "max and stddev merged from the level below when its partitions are current, "
+        "percentiles and distinct counts always from the raw events; bad events (duplicate, "
+        "future, the source's reject rules) counted by reason when the raw events are read."
     )
 
 
@@ -85,6 +87,7 @@ def _metadata(
             {r: report.rejected.get(r, 0) for r in reasons}
         ),
         "chunks": dg.MetadataValue.int(report.chunks),
+        "merged_chunks": dg.MetadataValue.int(report.merged_chunks),
         **({"notes": dg.MetadataValue.md("\n".join(report.notes))} if report.notes else {}),
     }
 
@@ -142,7 +145,7 @@ def _rollup_asset(level: RollupLevel) -> dg.AssetsDefinition:
         report = write_with_retries(
             context,
             lambda: sql.write_level(
-                warehouse, level, window, settings.zone, settings.future_tolerance_seconds
+                warehouse, level, window, settings.zone, settings.future_tolerance_seconds, finer
             ),
         )
         for note in report.notes:
