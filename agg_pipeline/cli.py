@@ -447,7 +447,7 @@ def _seed_demo(args: argparse.Namespace) -> None:
         )
     if _table_empty("raw.events"):
         cmd_seed_events(
-            argparse.Namespace(days=int(math.ceil(args.seed_days)) + 1, start=first, seed=42)
+            argparse.Namespace(days=int(math.ceil(args.seed_days)), start=first, seed=42)
         )
     cmd_seed_activity(
         argparse.Namespace(

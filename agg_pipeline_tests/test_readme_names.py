@@ -29,8 +29,11 @@ def readme_names(text: str) -> dict[str, set[str]]:
         if not line.startswith("|"):
             kind = None
         elif kind:
-            cell = line.split("|")[1]
-            found[kind].update(n for n in re.findall(r"`([a-z0-9_]+)`", cell))
+            names = re.findall(r"`([a-z0-9_]+)`", line.split("|")[1])
+            # "`execution_metrics_hourly` / `_daily`": a suffix replaces the first name's
+            for name in names:
+                full = names[0].rsplit("_", 1)[0] + name if name.startswith("_") else name
+                found[kind].add(full)
     for kind in KINDS:
         for name in re.findall(rf"\b{kind}s? `([a-z0-9_]+)`", text, re.I):
             found[kind].add(name)

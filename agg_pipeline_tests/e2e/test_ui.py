@@ -275,6 +275,16 @@ def launch_backfill(page: Page, ui: Ui, selection: str, partitions: str, count: 
     return page.url
 
 
+def page_text_matching(page: Page, pattern: str, timeout: float = 30) -> str:
+    """The page's text once ``pattern`` is found in it (AssertionError naming it if not)."""
+    return wait_for(
+        lambda: re.search(pattern, text := page.inner_text("body")) and text,
+        timeout=timeout,
+        what=f"the page to show {pattern!r}",
+        interval=0.5,
+    )
+
+
 def expected_valid(engine: sa.Engine):
     raw = reference.load_raw(engine, data.DAY0, data.DAY0 + timedelta(days=1))
     catalogue = load_catalogue("hydroponics")
@@ -326,18 +336,23 @@ def test_daily_backfill_from_the_ui(ui: Ui, hourly_backfilled: str, page: Page):
 
 def test_partition_page_shows_the_metadata(ui: Ui, hourly_backfilled: str, page: Page):
     """The hour that had bad readings: its page shows rows written, the rejected rows by
-    reason (as pandas counts them over the run) and the preview table."""
+    reason (as pandas counts them over the run) and the preview table; the hourly rollup's
+    page shows the chart of the day (24 hours: 24 bars a line)."""
     raw, _, catalogue = expected_valid(ui.engine)
     rejected = reference.rejected_by_reason(raw, catalogue, datetime.now(UTC))
     with shot_on_failure(page, ui, "partition-page"):
         page.goto(f"{ui.base}/assets/readings_1m?view=partitions&partition={BAD_HOUR}")
-        page.get_by_text("rejected_by_reason", exact=True).wait_for()
-        body = page.inner_text("body")
+        # Markdown values (the preview) render a moment after the rest.
+        body = page_text_matching(page, r"device\s+field\s+bucket\s+n\s+mean")
         for name in ("rows_written", "partition_rows_written", "preview", "raw_rows_read"):
             assert re.search(rf"^{name}$", body, re.M), f"{name} not on the page"
         shown = re.search(r"rejected_by_reason\s+(\{.*?\})", body, re.S)
         assert shown, "rejected_by_reason has no value on the page"
         assert json.loads(shown.group(1)) == rejected
         assert rejected["out_of_bounds"] > 0 and rejected["nan"] > 0  # the bad hour's rows
-        assert re.search(r"device\s+field\s+bucket\s+n\s+mean", body), "no preview table"
+
+        # The hourly rollup's partition page carries the chart (defs/readings/charts.py).
+        page.goto(f"{ui.base}/assets/rollup_hourly?view=partitions&partition={BAD_HOUR}")
+        page_text_matching(page, r"temperature\s+[▁▂▃▄▅▆▇█]{24}\s+[▁▂▃▄▅▆▇█]{24}")
+        assert page.get_by_text("chart", exact=True).count() == 1
         picture(page, ui, "partition-page", full_page=True)
