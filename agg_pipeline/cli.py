@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
@@ -50,6 +51,7 @@ from agg_pipeline.warehouse.engine import (
     masked,
     resolve_url,
 )
+from agg_pipeline.warehouse.statements import quote_ident
 
 if TYPE_CHECKING:  # dagster is imported only by the commands that need it
     import dagster as dg
@@ -261,46 +263,29 @@ class Child:
 
 
 def _dev_children(args: argparse.Namespace, root: Path) -> list[Child]:
-    """What `dev` runs side by side (one entry per process)."""
-    bin_dir = Path(sys.executable).parent
-    dagster = shutil.which("dagster", path=str(bin_dir)) or "dagster"
+    """What `dev` runs side by side, one entry per process."""
+    bin_dir = str(Path(sys.executable).parent)
+    dagster = shutil.which("dagster", path=bin_dir) or "dagster"
+    workspace = str(root / "workspace.yaml")
     children = [
-        Child(
-            "dagster",
-            [
-                dagster,
-                "dev",
-                "-w",
-                str(root / "workspace.yaml"),
-                "-h",
-                args.host,
-                "-p",
-                str(args.port),
-            ],
-        ),  # fmt: skip
+        Child("dagster", [dagster, "dev", "-w", workspace, "-h", args.host, "-p", str(args.port)])
     ]
-    if _feed_on(args):
-        me = shutil.which("agg-pipeline", path=str(bin_dir)) or "agg-pipeline"
-        children.append(
-            Child("feed", [me, "feed", "--interval", str(args.feed_interval),
-                           "--devices", str(args.seed_devices), "--hz", str(args.seed_hz)])
-        )  # fmt: skip
+    if not args.no_feed and get_settings().dev_feed:
+        me = shutil.which("agg-pipeline", path=bin_dir) or "agg-pipeline"
+        feed = ["--interval", str(args.feed_interval), "--devices", str(args.seed_devices)]
+        children.append(Child("feed", [me, "feed", *feed, "--hz", str(args.seed_hz)]))
     return children
 
 
-def _feed_on(args: argparse.Namespace) -> bool:
-    if args.no_feed:
-        return False
-    return os.environ.get("AGG_PIPELINE_DEV_FEED", "true").strip().lower() not in (
-        "0", "false", "no", "off",
-    )  # fmt: skip
-
-
-def _demo_start(zone: object) -> date | None:
-    """The local day of the first demo reading: where `dev` starts the partitions."""
+def _demo_start(zone: ZoneInfo) -> date | None:
+    """The local day of the first raw reading: where `dev` starts the partitions."""
+    src = get_catalogue().source
     with _warehouse_engine().connect() as conn:
-        first = conn.execute(sa.text("SELECT min(time) FROM raw.readings")).scalar()
-    return first.astimezone(zone).date() if first else None  # type: ignore[arg-type]
+        # Identifiers come validated from the catalogue.
+        first = conn.execute(
+            sa.text(f"SELECT min({quote_ident(src.time_column)}) FROM {quote_ident(src.table)}")
+        ).scalar()
+    return first.astimezone(zone).date() if first else None
 
 
 _BACKFILLS = (
@@ -356,9 +341,10 @@ def _stop_group(proc: subprocess.Popen, sig: int) -> None:
 
 
 def _run_children(children: list[Child], cwd: Path, grace: float = 5.0) -> int:
-    """Run every child until Ctrl-C (or one of them ends), then stop them all: SIGTERM to
-    each process group, SIGKILL to what is left after ``grace`` seconds. (`dagster dev`
-    alone, stopped by Ctrl-C, took ~35 s to let its daemon and code server go.)"""
+    """Run every child until Ctrl-C (or until the first, Dagster, ends; another that ends
+    is reported), then stop them all: SIGTERM to each process group, SIGKILL to what is
+    left after ``grace`` seconds. (`dagster dev` alone, stopped by Ctrl-C, took ~35 s to
+    let its daemon and code server go.)"""
     procs = {c.name: subprocess.Popen(c.argv, cwd=cwd, start_new_session=True) for c in children}
     stopping = threading.Event()
 
@@ -366,8 +352,13 @@ def _run_children(children: list[Child], cwd: Path, grace: float = 5.0) -> int:
         stopping.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    main, reported = procs[children[0].name], set()
     try:
-        while not stopping.is_set() and all(p.poll() is None for p in procs.values()):
+        while not stopping.is_set() and main.poll() is None:
+            for name, proc in procs.items():
+                if proc.poll() is not None and name not in reported:
+                    reported.add(name)
+                    print(f"{name} ended (exit {proc.returncode}); the rest keeps running")
             stopping.wait(0.5)
     finally:
         started = time.monotonic()
@@ -381,10 +372,7 @@ def _run_children(children: list[Child], cwd: Path, grace: float = 5.0) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
         print(f"stopped {', '.join(procs)} in {time.monotonic() - started:.1f} s")
-    ended = [
-        n for n, p in procs.items() if p.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL)
-    ]
-    return 1 if ended and not stopping.is_set() else 0
+    return 0 if stopping.is_set() or main.returncode == 0 else 1
 
 
 def cmd_dev(args: argparse.Namespace) -> int:

@@ -216,7 +216,13 @@ def shot_on_failure(page: Page, ui: Ui, name: str) -> Iterator[None]:
 
 
 def picture(page: Page, ui: Ui, name: str, **kwargs: object) -> None:
+    """A README picture (with AGG_PIPELINE_SCREENSHOTS): no dialog over it, nothing loading."""
     if ui.pictures is not None:
+        welcome = page.get_by_text("Join the Dagster community")
+        if welcome.is_visible():
+            page.get_by_role("button", name="Skip", exact=True).click()
+            welcome.wait_for(state="hidden")
+        page.get_by_text("Loading…").first.wait_for(state="hidden")
         ui.pictures.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ui.pictures / f"{name}.png"), **kwargs)
 
@@ -301,7 +307,6 @@ def hourly_backfilled(ui: Ui, browser: object) -> str:
             page.goto(f"{ui.base}/locations/agg_pipeline/asset-groups/rollups")
             page.get_by_text("rollup_hourly", exact=True).first.wait_for()
             page.get_by_text("rollup_daily", exact=True).first.wait_for()
-            picture(page, ui, "asset-graph")
             url = launch_backfill(
                 page,
                 ui,
@@ -356,3 +361,9 @@ def test_partition_page_shows_the_metadata(ui: Ui, hourly_backfilled: str, page:
         page_text_matching(page, r"temperature\s+[▁▂▃▄▅▆▇█]{24}\s+[▁▂▃▄▅▆▇█]{24}")
         assert page.get_by_text("chart", exact=True).count() == 1
         picture(page, ui, "partition-page", full_page=True)
+
+    # The README's graph: the rollups group after the backfills.
+    if ui.pictures is not None:
+        page.goto(f"{ui.base}/locations/agg_pipeline/asset-groups/rollups")
+        page.get_by_text("rollup_hourly", exact=True).first.wait_for()
+        picture(page, ui, "asset-graph")
