@@ -41,9 +41,13 @@ def test_a_feed_tick_writes_readings_a_bad_and_a_late_one(engine: sa.Engine):
     assert rejected["nan"] + rejected["out_of_bounds"] >= 1
     late = raw[raw["time"] < until - timedelta(hours=1)]
     assert len(late) == 1  # two hours back: an hour that closed long ago
+    hour = late["time"].iloc[0].floor("1h").to_pydatetime()
     with engine.connect() as conn:
-        logged = conn.execute(sa.text("SELECT count(*) FROM raw.readings_late_hours")).scalar()
-    assert logged >= 1  # the late-data trigger saw it: the healer will correct its hour
+        logged = conn.execute(
+            sa.text("SELECT count(*) FROM raw.readings_change_log WHERE bucket_start = :h"),
+            {"h": hour},
+        ).scalar()
+    assert logged == 1  # the change log has its hour: late_data_sensor and the healer act
     assert feed.last_reading(engine, catalogue) >= until - timedelta(seconds=2)
 
 
