@@ -385,6 +385,19 @@ def run_failure_alerts(context: dg.RunFailureSensorContext) -> None:
         context.log.warning(f"alert webhook failed: {type(exc).__name__}: {exc}"[:300])
 
 
+def _when_complete(
+    pdef: dg.TimeWindowPartitionsDefinition, checks: list[dg.AssetChecksDefinition]
+) -> list[dg.AssetChecksDefinition]:
+    """``checks``, if ``pdef`` has a complete partition when the definitions load.
+
+    Dagster 1.13's partition freshness check fails its run ("Expected non-None value")
+    while its asset has no complete partition yet: a start date in the current week or
+    month (as `make dev`'s, at the demo's first day) would show a failed run every minute.
+    The check joins at the next load of the code location after the first one completes.
+    """
+    return checks if pdef.get_last_partition_key() is not None else []
+
+
 FRESHNESS_CHECKS = [
     *dg.build_time_partition_freshness_checks(
         assets=[rollup_hourly], deadline_cron="30 * * * *", timezone=TZ
@@ -395,17 +408,23 @@ FRESHNESS_CHECKS = [
         timezone=TZ,
         severity=dg.AssetCheckSeverity.ERROR,
     ),
-    *dg.build_time_partition_freshness_checks(
-        assets=[rollup_weekly],
-        deadline_cron="0 4 * * 1",
-        timezone=TZ,
-        severity=dg.AssetCheckSeverity.ERROR,
+    *_when_complete(
+        partitions.weekly,
+        dg.build_time_partition_freshness_checks(
+            assets=[rollup_weekly],
+            deadline_cron="0 4 * * 1",
+            timezone=TZ,
+            severity=dg.AssetCheckSeverity.ERROR,
+        ),
     ),
-    *dg.build_time_partition_freshness_checks(
-        assets=[rollup_monthly],
-        deadline_cron="0 6 1 * *",
-        timezone=TZ,
-        severity=dg.AssetCheckSeverity.ERROR,
+    *_when_complete(
+        partitions.monthly,
+        dg.build_time_partition_freshness_checks(
+            assets=[rollup_monthly],
+            deadline_cron="0 6 1 * *",
+            timezone=TZ,
+            severity=dg.AssetCheckSeverity.ERROR,
+        ),
     ),
 ]
 freshness_checks_sensor = dg.build_sensor_for_freshness_checks(

@@ -99,6 +99,14 @@ def tick(
     return written
 
 
+def whole_periods(since: datetime, now: datetime, hz: float) -> datetime:
+    """The end of the whole sampling periods since ``since``: the simulator samples at
+    ``since + k / hz``, and a window 10.01 s long would hold two samples per sensor; the
+    microsecond less keeps the last tick for the next window."""
+    n = int((now - since).total_seconds() * hz)
+    return since + timedelta(seconds=n / hz) - timedelta(microseconds=1) if n else since
+
+
 def run(
     engine: sa.Engine,
     catalogue: Catalogue,
@@ -114,7 +122,7 @@ def run(
     since = max(newest, now - MAX_CATCH_UP) if newest else now - timedelta(seconds=spec.interval)
     done = 0
     while ticks is None or done < ticks:
-        until = datetime.now(UTC)
+        until = whole_periods(since, datetime.now(UTC), spec.hz)
         if until > since:
             written = tick(engine, catalogue, spec, since, until, rng)
             log(f"feed {until:%H:%M:%S}: " + ", ".join(f"{n} {k}" for k, n in written.items()))
