@@ -28,8 +28,10 @@ from agg_pipeline_tests import reference
 def test_a_feed_tick_writes_readings_a_bad_and_a_late_one(engine: sa.Engine):
     catalogue = load_catalogue("hydroponics")
     spec = feed.FeedSpec(devices=2, hz=0.1, bad_every=1, late_every=1)  # both, every tick
-    until = datetime.now(UTC)
-    since = until - timedelta(seconds=60)
+    now = datetime.now(UTC)
+    since = now - timedelta(seconds=60)
+    until = feed.whole_periods(since, now, spec.hz)  # 6 periods of 10 s
+    assert until == since + timedelta(seconds=60, microseconds=-1)
     written = feed.tick(engine, catalogue, spec, since, until, random.Random(1))
     assert written["bad"] == 1 and written["late"] == 1
 
@@ -41,13 +43,13 @@ def test_a_feed_tick_writes_readings_a_bad_and_a_late_one(engine: sa.Engine):
     assert rejected["nan"] + rejected["out_of_bounds"] >= 1
     late = raw[raw["time"] < until - timedelta(hours=1)]
     assert len(late) == 1  # two hours back: an hour that closed long ago
-    hour = late["time"].iloc[0].floor("1h").to_pydatetime()
+    quarter = late["time"].iloc[0].floor("15min").to_pydatetime()  # the log's 15-min bins
     with engine.connect() as conn:
         logged = conn.execute(
-            sa.text("SELECT count(*) FROM raw.readings_change_log WHERE bucket_start = :h"),
-            {"h": hour},
+            sa.text("SELECT count(*) FROM raw.readings_change_log WHERE bucket_start = :q"),
+            {"q": quarter},
         ).scalar()
-    assert logged == 1  # the change log has its hour: late_data_sensor and the healer act
+    assert logged == 1  # in the change log: late_data_sensor and the healer act on it
     assert feed.last_reading(engine, catalogue) >= until - timedelta(seconds=2)
 
 
