@@ -222,7 +222,8 @@ def picture(page: Page, ui: Ui, name: str, **kwargs: object) -> None:
         if welcome.is_visible():
             page.get_by_role("button", name="Skip", exact=True).click()
             welcome.wait_for(state="hidden")
-        page.get_by_text("Loading…").first.wait_for(state="hidden")
+        loading = page.get_by_text(re.compile(r"^Loading"))
+        wait_for(lambda: loading.count() == 0, timeout=30, what="the page to load", interval=0.5)
         ui.pictures.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ui.pictures / f"{name}.png"), **kwargs)
 
@@ -239,7 +240,9 @@ def new_page(browser: object) -> Page:
     return page
 
 
-def launch_backfill(page: Page, ui: Ui, selection: str, partitions: str, count: int) -> str:
+def launch_backfill(
+    page: Page, ui: Ui, selection: str, partitions: str, count: int, shot: str | None = None
+) -> str:
     """From the global lineage: filter to ``selection``, Materialize all -> the dialog's
     custom partition range -> Launch backfill; open the backfill from the toast; return
     the backfill page's URL once its status reads Succeeded."""
@@ -260,7 +263,8 @@ def launch_backfill(page: Page, ui: Ui, selection: str, partitions: str, count: 
     field.fill(partitions)
     field.press("Enter")
     dialog.get_by_text(re.compile(rf"^{count} partitions?$")).wait_for()
-    picture(page, ui, "backfill-dialog")
+    if shot:
+        picture(page, ui, shot)
     dialog.get_by_role("button", name="Launch backfill").click()
     # The toast: "Created backfill <id>" with a View link to the backfill's page.
     page.get_by_text(re.compile(r"Created backfill \w+")).wait_for()
@@ -313,6 +317,7 @@ def hourly_backfilled(ui: Ui, browser: object) -> str:
                 " or ".join(f"key:{k}" for k in HOURLY),
                 f"[{DAY}-00:00...{DAY}-23:00]",
                 24,
+                shot="backfill-dialog",
             )
     finally:
         page.context.close()
@@ -359,8 +364,10 @@ def test_partition_page_shows_the_metadata(ui: Ui, hourly_backfilled: str, page:
         # The hourly rollup's partition page carries the chart (defs/readings/charts.py).
         page.goto(f"{ui.base}/assets/rollup_hourly?view=partitions&partition={BAD_HOUR}")
         page_text_matching(page, r"temperature\s+[▁▂▃▄▅▆▇█]{24}\s+[▁▂▃▄▅▆▇█]{24}")
-        assert page.get_by_text("chart", exact=True).count() == 1
-        picture(page, ui, "partition-page", full_page=True)
+        chart = page.get_by_text("chart", exact=True)
+        assert chart.count() == 1
+        chart.scroll_into_view_if_needed()  # the metadata scrolls inside the page
+        picture(page, ui, "partition-page")
 
     # The README's graph: the rollups group after the backfills.
     if ui.pictures is not None:
