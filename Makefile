@@ -5,15 +5,16 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: dev test lint bench db-stop clean
+.PHONY: dev test lint bench db-stop clean screenshots
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ required")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# Playwright (a test extra) drives Debian's chromium package: it never downloads a browser.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
 dev: $(VENV)/.installed
@@ -33,6 +34,12 @@ $(FLUXCHECK): agg_pipeline_tests/flux/package.json
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed $(FLUXCHECK)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# The README's pictures (docs/screenshots/*.png), taken by the browser tests in headless
+# Chromium (apt-get install -y chromium) against `dagster dev` on a day of demo data.
+screenshots: $(VENV)/.installed
+	AGG_PIPELINE_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -p no:cacheprovider \
+		-q agg_pipeline_tests/e2e/test_ui.py
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check agg_pipeline agg_pipeline_tests benchmarks

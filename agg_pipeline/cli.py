@@ -13,9 +13,10 @@
                                                   `dev` starts it too, --api-port 8000)
     agg-pipeline run hourly|daily|full|backfill|cleanup [--dry-run] [--wait]
                                                   the old run_etl.py commands, as backfills
+    agg-pipeline feed [--interval 10]             a live feed of simulated readings (Ctrl-C stops)
     agg-pipeline status [--json] [--days N]       what is stale, missing, failed or failing
     agg-pipeline influx ensure-buckets|compare|tasks   the InfluxDB sink and the old Flux tasks
-    agg-pipeline dev [--port 3000]                all of the above, then `dagster dev`
+    agg-pipeline dev [--port 3000] [--no-feed]    all of the above, then `dagster dev` + the feed
 
 Every command honours DATABASE_URL (the warehouse) and, for `dev`, DAGSTER_PG_URL (the
 Dagster instance storage); unset, both live on the local embedded server.
@@ -24,14 +25,22 @@ Dagster instance storage); unset, both live on the local embedded server.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -49,6 +58,7 @@ from agg_pipeline.warehouse.engine import (
     masked,
     resolve_url,
 )
+from agg_pipeline.warehouse.statements import quote_ident
 
 if TYPE_CHECKING:  # dagster is imported only by the commands that need it
     import dagster as dg
@@ -236,6 +246,149 @@ def _dagster_home(home: Path) -> Path:
     return dagster_home
 
 
+def cmd_feed(args: argparse.Namespace) -> int:
+    from agg_pipeline.demo import feed
+
+    catalogue = get_catalogue()
+    if not catalogue.raw_in_postgres:
+        print(f"error: the feed writes to PostgreSQL; catalogue {catalogue.name!r} reads "
+              f"{catalogue.source.describe()}", file=sys.stderr)  # fmt: skip
+        return 2
+    spec = feed.FeedSpec(devices=args.devices, hz=args.hz, interval=args.interval)
+    print(f"live feed: {args.devices} devices every {args.interval:g} s (Ctrl-C stops)")
+    with contextlib.suppress(KeyboardInterrupt):
+        feed.run(_warehouse_engine(), catalogue, spec, log=lambda m: print(m, flush=True))
+    return 0
+
+
+@dataclass(frozen=True)
+class Child:
+    """One process `agg-pipeline dev` runs until it is stopped, in its own process group
+    (so stopping it stops everything it started)."""
+
+    name: str
+    argv: list[str]
+
+
+def _dev_children(args: argparse.Namespace, root: Path) -> list[Child]:
+    """What `dev` runs side by side, one entry per process."""
+    bin_dir = str(Path(sys.executable).parent)
+    dagster = shutil.which("dagster", path=bin_dir) or "dagster"
+    workspace = str(root / "workspace.yaml")
+    children = [
+        Child("dagster", [dagster, "dev", "-w", workspace, "-h", args.host, "-p", str(args.port)])
+    ]
+    me = shutil.which("agg-pipeline", path=bin_dir) or "agg-pipeline"
+    if args.api_port:
+        api = ["serve", "--host", args.host, "--port", str(args.api_port)]
+        children.append(Child("api", [me, *api]))
+    if not args.no_feed and get_settings().dev_feed:
+        feed = ["--interval", str(args.feed_interval), "--devices", str(args.seed_devices)]
+        children.append(Child("feed", [me, "feed", *feed, "--hz", str(args.seed_hz)]))
+    return children
+
+
+def _demo_start(zone: ZoneInfo) -> date | None:
+    """The local day of the first raw reading: where `dev` starts the partitions."""
+    src = get_catalogue().source
+    with _warehouse_engine().connect() as conn:
+        # Identifiers come validated from the catalogue.
+        first = conn.execute(
+            sa.text(f"SELECT min({quote_ident(src.time_column)}) FROM {quote_ident(src.table)}")
+        ).scalar()
+    return first.astimezone(zone).date() if first else None
+
+
+_BACKFILLS = (
+    "{ partitionBackfillsOrError(limit: 1) { ... on PartitionBackfills { results { id } } } }"
+)
+_ASSETS = "{ assetNodes { assetKey { path } isPartitioned isMaterializable } }"
+_LAUNCH = """mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
+
+
+def _graphql(url: str, query: str, variables: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["data"]
+
+
+def _submit_demo_backfill(url: str, stop: threading.Event) -> None:
+    """Once the webserver answers: one backfill of every partitioned asset over all its
+    partitions (the demo window, as the partitions start at the demo's first day), run by
+    the daemon. Not again on a later `dev` (the instance already has a backfill)."""
+    while not stop.is_set():
+        try:
+            nodes = _graphql(url, _ASSETS)["assetNodes"]
+            break
+        except Exception:  # not up yet
+            stop.wait(2)
+    else:
+        return
+    if _graphql(url, _BACKFILLS)["partitionBackfillsOrError"].get("results"):
+        return
+    keys = [
+        {"path": n["assetKey"]["path"]}
+        for n in nodes
+        if n["isPartitioned"] and n["isMaterializable"]
+    ]
+    params = {"assetSelection": keys, "allPartitions": True, "title": "make dev: the demo window"}
+    result = _graphql(url, _LAUNCH, {"params": params})["launchPartitionBackfill"]
+    if result["__typename"] == "LaunchBackfillSuccess":
+        print(f"submitted backfill {result['backfillId']} of the demo window ({len(keys)} assets): "
+              "Overview -> Backfills", flush=True)  # fmt: skip
+    else:
+        print(f"could not submit the demo backfill: {result.get('message', result)}", flush=True)
+
+
+def _stop_group(proc: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+def _run_children(children: list[Child], cwd: Path, grace: float = 3.0) -> int:
+    """Run every child until Ctrl-C (or until the first, Dagster, ends; another that ends
+    is reported), then stop them all: SIGTERM to each process group, SIGKILL to what is
+    left after ``grace`` seconds. (`dagster dev` alone, stopped by Ctrl-C, took ~35 s to
+    let its daemon and code server go.)"""
+    procs = {c.name: subprocess.Popen(c.argv, cwd=cwd, start_new_session=True) for c in children}
+    stopping = threading.Event()
+    asked = [0.0]
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        asked[0] = asked[0] or time.monotonic()
+        stopping.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    main, reported = procs[children[0].name], set()
+    try:
+        while not stopping.is_set() and main.poll() is None:
+            for name, proc in procs.items():
+                if proc.poll() is not None and name not in reported:
+                    reported.add(name)
+                    print(f"{name} ended (exit {proc.returncode}); the rest keeps running")
+            stopping.wait(0.5)
+    finally:
+        started = time.monotonic()
+        for proc in procs.values():
+            _stop_group(proc, signal.SIGTERM)
+        for proc in procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, grace - (time.monotonic() - started)))
+            _stop_group(proc, signal.SIGKILL)  # whatever the group still holds
+            proc.wait()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        since = asked[0] or started
+        print(f"stopped {', '.join(procs)} {time.monotonic() - since:.1f} s after the signal")
+    return 0 if stopping.is_set() or main.returncode == 0 else 1
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     settings = get_settings()
     root = project_root()
@@ -252,60 +405,65 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     cmd_migrate(args)
     if not args.no_seed:
-        seed_args = argparse.Namespace(
-            days=args.seed_days,
-            start=None,
-            devices=args.seed_devices,
-            hz=args.seed_hz,
-            seed=42,
-            fields=None,
-            if_empty=True,
-            no_demo_crops=False,
-        )
-        if cmd_seed(seed_args) == 0 and _table_empty("raw.diagnostics"):
-            cmd_seed_diagnostics(
-                argparse.Namespace(
-                    days=args.seed_days,
-                    start=None,
-                    devices=args.seed_devices,
-                    per_day=24.0,
-                    seed=42,
-                )
-            )
-        cmd_seed_activity(
-            argparse.Namespace(
-                days=args.seed_days,
-                start=None,
-                workspaces=5,
-                users=4,
-                per_hour=20.0,
-                seed=42,
-                if_empty=True,
-            )
-        )
-    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
-    argv = [
-        dagster,
-        "dev",
-        "-w",
-        str(root / "workspace.yaml"),
-        "-h",
-        args.host,
-        "-p",
-        str(args.port),
-    ]
+        _seed_demo(args)
+    # The partitions start at the demo's first day (not 2025-01-01): the graph fills.
+    first = _demo_start(settings.zone)
+    if first and "AGG_PIPELINE_START_DATE" not in os.environ:
+        os.environ["AGG_PIPELINE_START_DATE"] = first.isoformat()
+        print(f"partitions start {first} (the demo's first day; AGG_PIPELINE_START_DATE)")
+    children = _dev_children(args, root)
     home = os.environ["DAGSTER_HOME"]
     if args.api_port:
-        # Same terminal, same process group: Ctrl-C stops both (dagster replaces us below).
-        me = shutil.which("agg-pipeline", path=str(Path(sys.executable).parent))
-        serve = [me] if me else [sys.executable, "-m", "agg_pipeline.cli"]
-        subprocess.Popen([*serve, "serve", "--host", args.host, "--port", str(args.api_port)])
         print(f"starting the HTTP API at http://{args.host}:{args.api_port}/docs")
-    print(f"starting Dagster at http://{args.host}:{args.port} (DAGSTER_HOME={home})")
+    print(f"starting Dagster at http://{args.host}:{args.port} (DAGSTER_HOME={home}); "
+          f"running: {', '.join(c.name for c in children)}; Ctrl-C stops all")  # fmt: skip
     sys.stdout.flush()
-    os.chdir(root)
-    os.execv(dagster, argv)
-    return 0  # not reached
+    stop = threading.Event()
+    if not args.no_seed:
+        url = f"http://{args.host}:{args.port}/graphql"
+        threading.Thread(target=_submit_demo_backfill, args=(url, stop), daemon=True).start()
+    try:
+        return _run_children(children, root)
+    finally:
+        stop.set()
+
+
+def _seed_demo(args: argparse.Namespace) -> None:
+    """Readings, diagnostics, home events and event metrics, each only into an empty table."""
+    seed_args = argparse.Namespace(
+        days=args.seed_days,
+        start=None,
+        devices=args.seed_devices,
+        hz=args.seed_hz,
+        seed=42,
+        fields=None,
+        if_empty=True,
+        no_demo_crops=False,
+    )
+    if cmd_seed(seed_args) != 0:
+        return
+    first = _demo_start(get_settings().zone)
+    if _table_empty("raw.diagnostics"):
+        cmd_seed_diagnostics(
+            argparse.Namespace(
+                days=args.seed_days, start=None, devices=args.seed_devices, per_day=24.0, seed=42
+            )
+        )
+    if _table_empty("raw.events"):
+        cmd_seed_events(
+            argparse.Namespace(days=int(math.ceil(args.seed_days)), start=first, seed=42)
+        )
+    cmd_seed_activity(
+        argparse.Namespace(
+            days=args.seed_days,
+            start=first,
+            workspaces=5,
+            users=4,
+            per_hour=20.0,
+            seed=42,
+            if_empty=True,
+        )
+    )
 
 
 def _dagster_instance() -> dg.DagsterInstance | None:
@@ -686,7 +844,19 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--seed-days", type=float, default=3.0)
     dev.add_argument("--seed-devices", type=int, default=4)
     dev.add_argument("--seed-hz", type=float, default=0.1)
+    dev.add_argument(
+        "--no-feed",
+        action="store_true",
+        help="no live feed of simulated readings (also AGG_PIPELINE_DEV_FEED=false)",
+    )
+    dev.add_argument("--feed-interval", type=float, default=10.0, help="seconds (default 10)")
     dev.set_defaults(func=cmd_dev)
+
+    fd = sub.add_parser("feed", help="write simulated readings every few seconds until stopped")
+    fd.add_argument("--interval", type=float, default=10.0, help="seconds (default 10)")
+    fd.add_argument("--devices", type=int, default=4)
+    fd.add_argument("--hz", type=float, default=0.1)
+    fd.set_defaults(func=cmd_feed)
     return parser
 
 

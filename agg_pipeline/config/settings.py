@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         "or a path to a YAML file.",
     )
 
+    dev_feed: bool = Field(
+        default=True,
+        description="`agg-pipeline dev` (make dev) runs a live feed of simulated readings "
+        "beside Dagster (`agg-pipeline feed`, every 10 s); false: none (also --no-feed).",
+    )
+
     # --- partitions --------------------------------------------------------------------
     start_date: date = Field(
         default=date(2025, 1, 1),

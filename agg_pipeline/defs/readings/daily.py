@@ -23,7 +23,7 @@ from agg_pipeline.defs.common import (
     write_with_retries,
 )
 from agg_pipeline.defs.loaded import TIMEZONE
-from agg_pipeline.defs.readings import checks
+from agg_pipeline.defs.readings import charts, checks
 from agg_pipeline.defs.readings.raw import raw_readings
 from agg_pipeline.defs.readings.rollups import STATS, rollup_hourly
 from agg_pipeline.influx.client import InfluxResource
@@ -142,6 +142,13 @@ def daily_rollup_and_conditions(
         )
     if "rollup_daily" in reports:
         results = list(checks.evaluate(engine, "rollup_daily", window, ctx.settings.timezone))
-        yield materialize_result(
+        result = materialize_result(
             context, reports["rollup_daily"], warehouse, results, "rollup_daily"
+        )
+        lo, hi = window.local_dates(get_settings().zone)
+        picture = charts.rollup_chart(engine, reports["rollup_daily"].table, "metric_date", lo, hi)
+        yield dg.MaterializeResult(
+            asset_key="rollup_daily",
+            metadata={**(result.metadata or {}), "chart": picture},
+            check_results=result.check_results,
         )

@@ -13,7 +13,7 @@ from agg_pipeline.defs.common import (
     write_with_retries,
 )
 from agg_pipeline.defs.loaded import TIMEZONE
-from agg_pipeline.defs.readings import checks
+from agg_pipeline.defs.readings import charts, checks
 from agg_pipeline.defs.readings.downsample import readings_1m
 from agg_pipeline.defs.readings.raw import raw_readings
 from agg_pipeline.influx.client import InfluxResource
@@ -35,11 +35,20 @@ def _run(
     influx: InfluxResource,
     asset: str,
     level: writers.Level,
+    chart: bool = False,
 ) -> dg.MaterializeResult:
     ctx, window = write_context(warehouse, influx), partition_window(context)
     report = write_with_retries(context, lambda: writers.write_merged_level(ctx, level, window))
     results = checks.evaluate(warehouse.get_engine(), asset, window, ctx.settings.timezone)
-    return materialize_result(context, report, warehouse, list(results))
+    result = materialize_result(context, report, warehouse, list(results))
+    if not chart:
+        return result
+    picture = charts.rollup_chart(
+        warehouse.get_engine(), level.table, "hour_start", window.start, window.end
+    )
+    return dg.MaterializeResult(
+        metadata={**(result.metadata or {}), "chart": picture}, check_results=result.check_results
+    )
 
 
 @dg.asset(
@@ -60,7 +69,7 @@ def _run(
 def rollup_hourly(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, influx: InfluxResource
 ) -> dg.MaterializeResult:
-    return _run(context, warehouse, influx, "rollup_hourly", writers.LEVEL_HOURLY)
+    return _run(context, warehouse, influx, "rollup_hourly", writers.LEVEL_HOURLY, chart=True)
 
 
 @dg.asset(
