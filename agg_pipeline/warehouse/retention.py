@@ -95,9 +95,12 @@ class TableResult:
     days_kept: dict[str, str] = field(default_factory=dict)
     partitions_dropped: list[str] = field(default_factory=list)
     skipped: str | None = None
+    ids_forgotten: int = 0  # repeated-id ledger entries of released events (sql/022)
 
     def as_dict(self) -> dict:
         out: dict = {"cutoff": self.cutoff, "rows": self.rows}
+        if self.ids_forgotten:
+            out["ids_forgotten"] = self.ids_forgotten
         if self.days_kept:
             out["days_kept"] = self.days_kept
         if self.partitions_dropped:
@@ -536,19 +539,73 @@ def _day_rows(conn: sa.Connection, raw: _Raw, day: date, zone: ZoneInfo) -> int:
 
 def _delete_day(conn: sa.Connection, raw: _Raw, day: date, zone: ZoneInfo, batch_rows: int) -> int:
     """Delete one local day by key range, in time slices of about ``batch_rows`` rows."""
-    start, end = _day_start(day, zone), _day_start(day + timedelta(days=1), zone)
-    total = _day_rows(conn, raw, day, zone)
-    slices = max(1, -(-total // batch_rows))
-    step = (end - start) / slices
-    deleted = 0
-    for i in range(slices):
-        s = start + step * i
-        e = end if i == slices - 1 else start + step * (i + 1)
-        deleted += conn.execute(
+    return sum(
+        conn.execute(
             sa.text(f"DELETE FROM {raw.table} WHERE {raw.time} >= :s AND {raw.time} < :e"),
             {"s": s, "e": e},
         ).rowcount
-    return deleted
+        for s, e in _day_slices(conn, raw, day, zone, batch_rows)
+    )
+
+
+def _day_slices(
+    conn: sa.Connection, raw: _Raw, day: date, zone: ZoneInfo, batch_rows: int
+) -> list[tuple[datetime, datetime]]:
+    """One local day cut into time slices of about ``batch_rows`` rows each."""
+    start, end = _day_start(day, zone), _day_start(day + timedelta(days=1), zone)
+    slices = max(1, -(-_day_rows(conn, raw, day, zone) // batch_rows))
+    step = (end - start) / slices
+    return [
+        (start + step * i, end if i == slices - 1 else start + step * (i + 1))
+        for i in range(slices)
+    ]
+
+
+# The repeated-id ledger (raw.event_ids_seen, sql/022) notes every id its triggers saw;
+# without this it would grow with every event ever written. An id is forgotten once no
+# row of it is left in the raw table: its copies in later days keep it (a copy that
+# arrives after all of them went is then counted, as it would be without the ledger).
+LEDGER = "raw.event_ids_seen"
+
+
+def _delete_day_and_forget_ids(
+    conn: sa.Connection, raw: _Raw, source: str, id_column: str, day: date, zone: ZoneInfo,
+    batch_rows: int,
+) -> tuple[int, int]:  # fmt: skip
+    """``_delete_day``, noting the ids it deleted (a temporary table of the id column's
+    own type, so the last check is an index probe of (id, time)), then forgetting those
+    of them with no row left; (rows deleted, ids forgotten), in the caller's transaction."""
+    i = statements.quote_ident(id_column)
+    conn.execute(
+        sa.text(
+            f"CREATE TEMP TABLE released_ids ON COMMIT DROP AS "
+            f"SELECT {i} AS id FROM {raw.table} WITH NO DATA"
+        )
+    )
+    deleted = 0
+    for s, e in _day_slices(conn, raw, day, zone, batch_rows):
+        deleted += conn.execute(
+            sa.text(
+                f"WITH gone AS (DELETE FROM {raw.table} WHERE {raw.time} >= :s "
+                f"AND {raw.time} < :e RETURNING {i} AS id), "
+                "noted AS (INSERT INTO released_ids SELECT id FROM gone WHERE id IS NOT NULL) "
+                "SELECT count(*) FROM gone"
+            ),
+            {"s": s, "e": e},
+        ).scalar_one()
+    forgotten = conn.execute(
+        sa.text(
+            f"DELETE FROM {LEDGER} l USING (SELECT DISTINCT id FROM released_ids) g "
+            "WHERE l.source = :source AND l.id = g.id::text "
+            f"AND NOT EXISTS (SELECT 1 FROM {raw.table} e WHERE e.{i} = g.id)"
+        ),
+        {"source": source},
+    ).rowcount
+    return deleted, forgotten
+
+
+def _has_ledger(conn: sa.Connection) -> bool:
+    return conn.execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": LEDGER}).scalar_one()
 
 
 def raw_readings(
@@ -672,9 +729,11 @@ def raw_by_materialized_days(
     consumers: str,
     dry_run: bool,
     batch_rows: int,
+    id_column: str | None = None,
 ) -> TableResult:
     """Delete whole local days of ``table`` past ``days_kept`` whose consumers
-    (``materialized()``: the days every consuming asset has materialized) have run."""
+    (``materialized()``: the days every consuming asset has materialized) have run;
+    with ``id_column``, the deleted ids leave the repeated-id ledger too."""
     cutoff = today - timedelta(days=days_kept)
     result = TableResult(cutoff=str(cutoff))
     raw = _Raw(statements.quote_ident(table), statements.quote_ident(time_column), "", "", "")
@@ -695,6 +754,13 @@ def raw_by_materialized_days(
         with engine.connect() as conn:  # one transaction per day
             if dry_run:
                 n = _day_rows(conn, raw, day, zone)
+            elif id_column and _has_ledger(conn):
+                n, forgotten = _delete_day_and_forget_ids(
+                    conn, raw, table, id_column, day, zone, batch_rows
+                )
+                result.ids_forgotten += forgotten
+                _record_release(conn, table, day, n, "delete")
+                conn.commit()
             else:
                 n = _delete_day(conn, raw, day, zone, batch_rows)
                 _record_release(conn, table, day, n, "delete")
@@ -851,6 +917,7 @@ def cleanup(
     materialized: Callable[[tuple[str, ...]], set[date]],
     event_raw: Mapping[str, tuple[str, Callable[[], set[date]]]] | None = None,
     event_hourly: Sequence[tuple[str, str]] = (),
+    event_ids: Mapping[str, str] | None = None,
 ) -> dict[str, TableResult]:
     """Apply ``policy``: raw readings (safe days only), the consumed raw tables, the raw
     event tables, the derived tables by age, orphaned staging rows; the result per table,
@@ -860,7 +927,8 @@ def cleanup(
     ``materialized(assets)`` the days every one of ``assets`` has materialized;
     ``event_raw`` per raw event table its time column and the days every event rollup
     level over it has materialized (``analytics_raw_days``); ``event_hourly`` the hourly
-    event rollup tables and their key (``analytics_hourly_days``).
+    event rollup tables and their key (``analytics_hourly_days``); ``event_ids`` the id
+    column of the raw event tables that have one (their released ids leave the ledger).
     """
     zone = settings.zone
     results: dict[str, TableResult] = {}
@@ -900,6 +968,7 @@ def cleanup(
             "every event rollup level over it",
             dry_run,
             policy.batch_rows,
+            (event_ids or {}).get(table),
         )
     for table, key in event_hourly:
         results[table] = aged_table(

@@ -578,8 +578,19 @@ def test_retention_keeps_what_no_level_holds(warehouse_url, engine, dagster_inst
     d0 = datetime.now(UTC).date() - timedelta(days=100)
     start = datetime.combine(d0, datetime.min.time(), tzinfo=UTC)
     seed(engine, start, 2, start + timedelta(hours=12))
+    with engine.begin() as conn:
+        # A copy on day 1 of a day-0 id: the ledger must keep that id after day 0 goes.
+        kept_id = conn.execute(
+            sa.text(
+                "INSERT INTO raw.executions (id, time, workspace_id, user_id, status, "
+                "duration_ms, credits) SELECT id, time + interval '1 day', workspace_id, "
+                "user_id, status, duration_ms, credits FROM raw.executions "
+                "WHERE time < :d1 ORDER BY id LIMIT 1 RETURNING id::text"
+            ),
+            {"d1": start + timedelta(days=1)},
+        ).scalar_one()
     with engine.connect() as conn:
-        before = pd.read_sql(sa.text("SELECT time FROM raw.executions"), conn)["time"]
+        before = pd.read_sql(sa.text("SELECT id, time FROM raw.executions"), conn)
         activity_rows = conn.execute(sa.text("SELECT count(*) FROM raw.user_activity")).scalar()
     # Every execution level over day 0; day 1 has its daily row but not its hours.
     h0, day, week = f"{d0}-00:00", d0.isoformat(), d0 - timedelta(days=d0.weekday())
@@ -603,14 +614,25 @@ def test_retention_keeps_what_no_level_holds(warehouse_url, engine, dagster_inst
     )
     summary = result.output_for_node("retention_cleanup_op")
     with engine.connect() as conn:
-        after = pd.read_sql(sa.text("SELECT time FROM raw.executions"), conn)["time"]
+        left = pd.read_sql(sa.text("SELECT id, time FROM raw.executions"), conn)
+        ledger = set(
+            conn.execute(
+                sa.text("SELECT id FROM raw.event_ids_seen WHERE source = 'raw.executions'")
+            ).scalars()
+        )
+        after = left["time"]
         hourly = conn.execute(
             sa.text("SELECT count(*) FROM analytics.execution_metrics_hourly")
         ).scalar()
         activity_after = conn.execute(sa.text("SELECT count(*) FROM raw.user_activity")).scalar()
     day_of = lambda t: pd.to_datetime(t, utc=True).dt.date  # noqa: E731
     assert set(day_of(after)) == {d0 + timedelta(days=1)}  # day 0 released, day 1 kept
-    assert summary["raw.executions"]["rows"] == int((day_of(before) == d0).sum())
+    before_day = day_of(before["time"])
+    assert summary["raw.executions"]["rows"] == int((before_day == d0).sum())
+    # The ledger forgot exactly the released ids with no copy left (not the kept one).
+    assert ledger == set(left["id"].astype(str)) and kept_id in ledger
+    released = set(before.loc[before_day == d0, "id"].astype(str))
+    assert summary["raw.executions"]["ids_forgotten"] == len(released - {kept_id}) > 0
     assert "not yet" in summary["raw.executions"]["days_kept"][d1]
     assert activity_after == activity_rows  # no level over user activity ran: all kept
     assert hourly == 0  # 100 days old, 95 kept

@@ -110,6 +110,11 @@ def time_column_of(table: str) -> str:
     return next(s.time_column for s in EVENTS_CATALOGUE.sources.values() if s.table == table)
 
 
+def id_columns() -> dict[str, str]:
+    """The raw event tables with an id column, and that column (retention's ledger prune)."""
+    return {s.table: s.id_column for s in EVENTS_CATALOGUE.sources.values() if s.id_column}
+
+
 def hourly_tables() -> list[tuple[str, str]]:
     """Hourly event rollup tables and their key (aged by AGG_PIPELINE_RETENTION_ANALYTICS_
     HOURLY_DAYS; daily and coarser are kept forever)."""

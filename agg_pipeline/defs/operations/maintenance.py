@@ -145,6 +145,7 @@ def retention_cleanup_op(
             for table, rolled_up in event_levels.raw_tables_and_their_days(context.instance).items()
         },
         event_levels.hourly_tables(),
+        event_levels.id_columns(),
     )
 
     verb = "would delete" if config.dry_run else "deleted"
@@ -156,7 +157,8 @@ def retention_cleanup_op(
         dropped = (
             f", {len(res.partitions_dropped)} partitions dropped" if res.partitions_dropped else ""
         )
-        context.log.info(f"{table}: {verb} {res.rows} rows (cutoff {res.cutoff}){dropped}")
+        forgot = f", {res.ids_forgotten} ids left the id ledger" if res.ids_forgotten else ""
+        context.log.info(f"{table}: {verb} {res.rows} rows (cutoff {res.cutoff}){dropped}{forgot}")
         for day, why in res.days_kept.items():
             kept[f"{table} {day}"] = why
             context.log.warning(f"{table}: {day} kept: {why}")
