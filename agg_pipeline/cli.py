@@ -642,6 +642,9 @@ def _influx_compare(args: argparse.Namespace, influx: InfluxResource) -> int:
     from agg_pipeline.influx import sink as influx_sink
 
     end = args.end or datetime.now(UTC).replace(second=0, microsecond=0)
+    if end <= args.start:
+        print(f"--end ({end.isoformat()}) must be after --start ({args.start.isoformat()})")
+        return 2
     window = Window(args.start, end)
     engine = engine_for(resolve_url(get_settings().database_url))
     ok = True

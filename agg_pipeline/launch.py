@@ -279,12 +279,11 @@ class InstanceBackend:
         self.warehouse_label = warehouse_label
 
     def dagster_side(self) -> DagsterSide:
-        influx = _influx_connected()
         if self.instance is None:
             return DagsterSide(
                 dagster_reachable=False,
                 scheduler_running=None,
-                influx_connected=influx,
+                influx_connected=_influx_connected(),
                 problems=["Dagster instance unavailable (set DAGSTER_HOME)"],
             )
         found = status_mod.collect(self.defs, self.instance, self.engine, self.warehouse_label)
@@ -302,7 +301,7 @@ class InstanceBackend:
         return DagsterSide(
             dagster_reachable=reachable,
             scheduler_running=scheduler,
-            influx_connected=influx,
+            influx_connected=found.influx_connected,  # collect() pinged it once already
             ok=found.ok,
             problems=found.problems,
             stale=[a.asset for a in found.assets if a.freshness == "FAIL"],

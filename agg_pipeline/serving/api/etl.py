@@ -203,10 +203,14 @@ def _dagster(backend: EtlBackend | None, timeout: float, state: State) -> Dagste
         if cached is not None and time.monotonic() - cached[0] < state.status_ttl:
             return cached[1]
         future = getattr(state, "dagster_pending", None)
-        if future is None:
+        started = future is None
+        if started:
             future = _executor.submit(backend.dagster_side)
             state.dagster_pending = future
-            future.add_done_callback(lambda done: _remember(state, done))
+    if started:
+        # Outside the lock: a future already done runs its callback right here, and
+        # _remember takes the lock (inside it, this thread would wait on itself forever).
+        future.add_done_callback(lambda done: _remember(state, done))
     try:
         return future.result(timeout=timeout)
     except FutureTimeout:
