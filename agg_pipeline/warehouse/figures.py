@@ -56,3 +56,33 @@ def late_hours(
         {"s": start, "e": end},
     )
     return [(hour, int(n), last) for hour, n, last in rows]
+
+
+def chart_bins(
+    engine: sa.Engine, table: str, bucket: str, lo: datetime | date, hi: datetime | date,
+    points: int,
+) -> list[tuple[str, int, datetime | date, float, float, float]]:  # fmt: skip
+    """The rollup chart's points (defs/readings/charts.py): per field, up to ``points``
+    bins of ``table``'s buckets in [lo, hi) (``ntile``: a year-long backfill costs one
+    grouped query), each (field, bin, first bucket, mean of means, min, max)."""
+    col = quote_ident(bucket)
+    with engine.connect() as conn:
+        return [
+            tuple(row)
+            for row in conn.execute(
+                sa.text(
+                    "WITH per_bucket AS ("
+                    f"  SELECT s.field, t.{col} AS b, avg(t.avg_value) AS mean, "
+                    "   min(t.min_value) AS lo, max(t.max_value) AS hi "
+                    f"  FROM {quote_ident(table)} AS t "
+                    "   JOIN iot.sensors AS s ON s.id = t.sensor_id "
+                    f"  WHERE t.{col} >= :lo AND t.{col} < :hi GROUP BY 1, 2), "
+                    "binned AS (SELECT *, "
+                    "  ntile(:points) OVER (PARTITION BY field ORDER BY b) AS bin "
+                    "  FROM per_bucket) "
+                    "SELECT field, bin, min(b), avg(mean), min(lo), max(hi) FROM binned "
+                    "GROUP BY field, bin ORDER BY field, bin"
+                ),
+                {"lo": lo, "hi": hi, "points": points},
+            )
+        ]

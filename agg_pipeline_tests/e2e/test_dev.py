@@ -120,10 +120,20 @@ def test_dev_stops_every_child_within_seconds(tmp_path: Path):
         assert not running_in_group(pgid), f"process group {pgid} still runs"
 
 
-def test_the_feed_switch(monkeypatch, tmp_path: Path):
+def test_the_feed_and_api_switches(monkeypatch, tmp_path: Path):
     args = argparse.Namespace(
-        host="127.0.0.1", port=1, no_feed=False, feed_interval=10.0, seed_devices=4, seed_hz=0.1
+        host="127.0.0.1",
+        port=1,
+        api_port=8000,
+        no_feed=False,
+        feed_interval=10.0,
+        seed_devices=4,
+        seed_hz=0.1,
     )
+    children = cli._dev_children(args, tmp_path)
+    assert [c.name for c in children] == ["dagster", "api", "feed"]
+    assert children[1].argv[-4:] == ["--host", "127.0.0.1", "--port", "8000"]
+    args.api_port = 0  # --api-port 0: no API
     assert [c.name for c in cli._dev_children(args, tmp_path)] == ["dagster", "feed"]
     monkeypatch.setenv("AGG_PIPELINE_DEV_FEED", "false")
     cli.get_settings.cache_clear()

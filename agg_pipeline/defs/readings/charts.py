@@ -2,8 +2,8 @@
 
 Per field, three text sparklines on one scale (max, mean, min over the sensors, bucket by
 bucket): the band between the max and min lines is the range, the middle line the mean.
-Computed in SQL from the rows just written, in at most POINTS bins (``ntile`` over the
-buckets, so a year-long backfill costs one grouped query), and drawn as a Markdown table
+Computed in SQL from the rows just written (``warehouse.figures.chart_bins``), in at
+most POINTS bins, and drawn as a Markdown table
 of Unicode bars: Dagster renders Markdown but neither images nor HTML in metadata.
 """
 
@@ -14,7 +14,7 @@ from datetime import date, datetime
 import dagster as dg
 import sqlalchemy as sa
 
-from agg_pipeline.warehouse import statements
+from agg_pipeline.warehouse import figures
 
 # Bins per field at most: a day of hours, a month of days. Dagster shows a Markdown value
 # inline only below 1000 characters (else behind "[Show Markdown]"): 24 points keep a
@@ -34,23 +34,7 @@ def rollup_chart(
     engine: sa.Engine, table: str, bucket: str, lo: datetime | date, hi: datetime | date
 ) -> dg.MetadataValue:
     """Markdown: per field, max / mean / min sparklines of ``table`` in [lo, hi)."""
-    col = statements.quote_ident(bucket)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "WITH per_bucket AS ("
-                f"  SELECT s.field, t.{col} AS b, avg(t.avg_value) AS mean, "
-                "   min(t.min_value) AS lo, max(t.max_value) AS hi "
-                f"  FROM {statements.quote_ident(table)} AS t "
-                "   JOIN iot.sensors AS s ON s.id = t.sensor_id "
-                f"  WHERE t.{col} >= :lo AND t.{col} < :hi GROUP BY 1, 2), "
-                "binned AS (SELECT *, ntile(:points) OVER (PARTITION BY field ORDER BY b) AS bin "
-                "  FROM per_bucket) "
-                "SELECT field, bin, min(b), avg(mean), min(lo), max(hi) FROM binned "
-                "GROUP BY field, bin ORDER BY field, bin"
-            ),
-            {"lo": lo, "hi": hi, "points": POINTS},
-        ).all()
+    rows = figures.chart_bins(engine, table, bucket, lo, hi, POINTS)
     if not rows:
         return dg.MetadataValue.md("_no rows in the window_")
     fields: dict[str, list[tuple]] = {}
