@@ -155,6 +155,13 @@ class Settings(BaseSettings):
         description="Connections that share each pass over raw readings, split by device "
         "(default: CPU cores, at most 4). 1 = one statement; at most 16.",
     )
+    plain_1m: bool = Field(
+        default=True,
+        description="The 1-minute pass takes one plain GROUP BY over raw readings and proves "
+        "each minute free of duplicate (device, field, time) rows; only the hours it cannot "
+        "prove are re-read through the exact de-duplicating pass. Off: every hour takes the "
+        "exact pass. The rows written are the same either way.",
+    )
     chunk_days: int = Field(
         default=1,
         ge=1,

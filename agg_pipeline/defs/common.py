@@ -63,7 +63,12 @@ def write_context(
 ) -> WriteContext:
     catalogue, settings = get_catalogue(), get_settings()
     source = readings_source(
-        catalogue, warehouse.get_engine(), settings.parallelism, warehouse.work_mem, influx
+        catalogue,
+        warehouse.get_engine(),
+        settings.parallelism,
+        warehouse.work_mem,
+        influx,
+        plain_1m=settings.plain_1m,
     )
     return WriteContext(warehouse, source, catalogue, settings)
 
@@ -329,6 +334,9 @@ def materialize_result(
         metadata["new_sensors_registered"] = dg.MetadataValue.int(report.new_sensors)
     if report.median_status:
         metadata["median_status"] = dg.MetadataValue.json(dict(report.median_status))
+    if report.stage_paths:
+        metadata["stage_1m_paths"] = dg.MetadataValue.json(dict(report.stage_paths))
+        context.log.info(f"1-minute pass per chunk: {dict(report.stage_paths)}")
     if report.info:
         metadata["condition_ranges"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in report.info))
         for line in report.info:
