@@ -52,6 +52,7 @@ from benchmarks import bench_events, bench_heal
 SECTIONS = (
     "floor",
     "pipeline",
+    "parallel",
     "old_way",
     "backfill",
     "reads",
@@ -313,6 +314,49 @@ def measure_pipeline(
         "runs": best[2],
         "samples_s": [s[0] for s in samples],
         "env": extra_env,
+    }
+
+
+def _launch(env: BenchEnv, select: str, partition_args: list[str]) -> subprocess.Popen:
+    dagster = str(Path(sys.executable).parent / "dagster")
+    argv = [dagster, "asset", "materialize", "-m", "agg_pipeline.definitions", "--select"]
+    return subprocess.Popen(
+        [*argv, select, *partition_args],
+        env=env.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=PACKAGE_DIR.parent,
+    )
+
+
+def measure_parallel(env: BenchEnv, start: datetime, end: datetime, runs: int) -> dict:
+    """The hourly run of the window as one run, then split into ``runs`` runs of whole days
+    launched at once: what BackfillPolicy.multi_run with that many runs in flight gives on
+    this machine (the per-day advisory locks never meet: the ranges are disjoint)."""
+    select, args = pipeline_runs(start, end)[0]
+    one = run_dagster(env, "agg_pipeline.definitions", select, args)["seconds"]
+    days = max(1, int((end - start).total_seconds() // 86400))
+    cuts = [start + timedelta(days=days * k // runs) for k in range(runs)] + [end]
+    ranges = [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+    began = time.perf_counter()
+    procs = [
+        _launch(
+            env,
+            select,
+            ["--partition-range", f"{a:%Y-%m-%d-%H:00}...{b - timedelta(hours=1):%Y-%m-%d-%H:00}"],
+        )
+        for a, b in ranges
+    ]
+    codes = [p.wait() for p in procs]
+    split = time.perf_counter() - began
+    if any(codes):
+        raise RuntimeError(f"a parallel run failed: exit codes {codes}")
+    return {
+        "runs": len(ranges),
+        "one_run_s": one,
+        "concurrent_runs_s": split,
+        "speedup": one / split,
+        "assets": select,
     }
 
 
@@ -665,6 +709,8 @@ def ratios(r: dict) -> dict:
         "pattern_write_1000_s": pw.get("postgres_s"),
         "pattern_write_1000_influx_s": pw.get("influx_line_protocol_s"),
     }
+    if r.get("parallel"):
+        out["parallel_backfill_speedup"] = r["parallel"]["speedup"]
     exact = r.get("pipeline_exact_1m")
     if exact and floor:
         out["pipeline_exact_1m_over_floor"] = exact["total_s"] / floor["total_s"]
@@ -751,6 +797,13 @@ def render(result: dict) -> str:
         for x in pe["runs"]:
             steps = ", ".join(f"{k} {v:.2f} s" for k, v in x.get("steps_s", {}).items())
             lines.append(f"  {x['assets'].split(',')[0]} run {x['seconds']:.2f} s: {steps}")
+    par = result.get("parallel")
+    if par:
+        lines.append(
+            f"parallel backfill: hourly run {par['one_run_s']:.2f} s as one run, "
+            f"{par['concurrent_runs_s']:.2f} s as {par['runs']} concurrent runs "
+            f"(speedup {par['speedup']:.2f}x)"
+        )
     if o:
         lines.append(
             f"old way: {o['per_hour_s']:.2f} s per hourly run x {o['hours']} = "
@@ -815,6 +868,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--reps", type=int, default=3, help="repetitions of the costly steps")
     parser.add_argument("--read-reps", type=int, default=60)
+    parser.add_argument(
+        "--parallel-runs", type=int, default=2, help="concurrent runs in the parallel section"
+    )
     parser.add_argument("--old-way-hours", type=int, default=3)
     parser.add_argument("--backfill-partitions", type=int, default=2160)
     parser.add_argument("--backfill-sample-runs", type=int, default=3)
@@ -895,6 +951,9 @@ def main(argv: list[str] | None = None) -> int:
                     result["pipeline_exact_1m"] = measured
                 else:
                     result["pipeline"] = measured
+        if want("parallel"):
+            progress(f"parallel: the hourly run vs {args.parallel_runs} concurrent runs")
+            result["parallel"] = measure_parallel(env, start, end, args.parallel_runs)
         if want("old_way"):
             progress(f"old way: {args.old_way_hours} hourly pandas runs")
             result["old_way"] = measure_old_way(env, start, end, args.old_way_hours)

@@ -15,6 +15,7 @@ from agg_pipeline.config.catalogue import get_catalogue
 from agg_pipeline.config.settings import get_settings
 from agg_pipeline.core.windows import Window
 from agg_pipeline.defs import partitions
+from agg_pipeline.defs.loaded import BACKFILL_PARTITIONS_PER_RUN
 from agg_pipeline.influx import sink as influx_sink
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.sources import readings_source
@@ -32,8 +33,14 @@ from agg_pipeline.warehouse.writes.readings import WriteContext, WriteReport
 # A backfill over many partitions is one run, and each run writes its whole window with a
 # few set-based statements (one transaction per chunk of days): the per-run overhead of
 # Dagster (~2.5-3 s) is paid once, not once per partition. `--partition-range` on the CLI
-# requires exactly this policy.
-BACKFILL = dg.BackfillPolicy.single_run()
+# requires exactly this policy. AGG_PIPELINE_BACKFILL_PARTITIONS_PER_RUN=N splits a
+# daemon-launched backfill into runs of N partitions that the run queue runs side by side
+# (README, Performance: parallel backfills).
+BACKFILL = (
+    dg.BackfillPolicy.multi_run(max_partitions_per_run=BACKFILL_PARTITIONS_PER_RUN)
+    if BACKFILL_PARTITIONS_PER_RUN
+    else dg.BackfillPolicy.single_run()
+)
 
 # Transient database errors (connection lost, deadlock, serialization failure: see
 # warehouse.is_transient) are retried with backoff; anything else fails the run at once

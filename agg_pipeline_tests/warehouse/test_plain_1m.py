@@ -37,9 +37,7 @@ def seeded(engine):
 
 
 def _paths(result) -> dict:
-    return result.asset_materializations_for_node("readings_1m")[0].metadata[
-        "stage_1m_paths"
-    ].value
+    return result.asset_materializations_for_node("readings_1m")[0].metadata["stage_1m_paths"].value
 
 
 def _rows(engine: sa.Engine) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -90,9 +88,7 @@ def test_plain_path_matches_pandas_and_the_exact_path(warehouse_url, seeded, mon
     for result, (lo, hi) in ((day0, (DAY0, DAY1)), (day1, (DAY1, DAY1 + timedelta(days=1)))):
         md = result.asset_materializations_for_node("readings_1m")[0].metadata
         part = raw[(raw["time"] >= lo) & (raw["time"] < hi)]
-        assert md["rejected_by_reason"].value == reference.rejected_by_reason(
-            part, CATALOGUE, now
-        )
+        assert md["rejected_by_reason"].value == reference.rejected_by_reason(part, CATALOGUE, now)
         assert md["raw_rows_read"].value == len(part)
 
     plain = _rows(seeded)
