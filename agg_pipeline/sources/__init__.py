@@ -21,7 +21,7 @@ def readings_source(
     shards: int = 1,
     work_mem: str = "256MB",
     influx: InfluxResource | None = None,
-    plain_1m: bool = True,
+    plain_1m: bool = False,
 ) -> ReadingsSource:
     """The source the catalogue describes: a table of ``engine``'s database, or InfluxDB."""
     if catalogue.source.kind == "postgres":

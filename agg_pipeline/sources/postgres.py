@@ -145,7 +145,7 @@ class PostgresReadingsSource:
         engine: sa.Engine,
         shards: int,
         work_mem: str,
-        plain_1m: bool = True,
+        plain_1m: bool = False,
     ) -> None:
         src = catalogue.source
         self.catalogue = catalogue

@@ -66,6 +66,8 @@ def _assert_same(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 
 def test_plain_path_matches_pandas_and_the_exact_path(warehouse_url, seeded, monkeypatch):
+    monkeypatch.setenv("AGG_PIPELINE_PLAIN_1M", "true")
+    get_settings.cache_clear()
     now = datetime.now(UTC)
     # DAY0 holds duplicates in one hour: plain, then those (device, field, hour) groups
     # (water_temp and light of arduino_001 at 05:00) re-read exactly.

@@ -7,15 +7,16 @@
 -- same way, in the same order (bad_device is judged per group, after aggregating).
 --
 -- Exact only when no two valid rows of a group share a time. `clean` proves it per minute:
--- each valid row sets the bit of its 1/128-minute slot (0.47 s), and when as many bits are
--- set as there are valid rows, no slot holds two rows, so no two rows share a time. A
+-- each valid row sets the bit of its slot (a function of its time: which 1/64 of a minute
+-- its second falls in), and when as many bits are set as there are valid rows, no slot
+-- holds two rows, so no two rows share a time (whatever the slot function). A
 -- minute that is not clean (a duplicate, or two readings within one slot) may be wrong
 -- here: the writer re-stages its whole hour through stage_partials_1m.sql (the exact path,
 -- restricted to those hours by :redo_device / :redo_field / :redo_hour), so what is
 -- written is always exact.
 --
 -- kind = 'minute' rows carry the partials, kind = 'hour' the hour's exact median (a
--- second GROUP BY over the same rows), kind = 'rejects' the reject counts per minute group
+-- second hash aggregate over the same rows), kind = 'rejects' the reject counts per minute group
 -- (its window_start is the minute's, so the writer can replace an hour's rows).
 WITH catalogue AS (
     SELECT *
@@ -51,23 +52,17 @@ minutes AS MATERIALIZED (
            count(*) FILTER (WHERE j.t <= :latest_allowed AND j.v = 'NaN'::float8) AS nan,
            count(*) FILTER (WHERE j.t <= :latest_allowed
                               AND j.v IN ('Infinity'::float8, '-Infinity'::float8)) AS inf,
-           bit_or(CASE WHEN j.ok AND j.slot < 64 THEN 1::bigint << j.slot END) AS bits_lo,
-           bit_or(CASE WHEN j.ok AND j.slot >= 64 THEN 1::bigint << (j.slot - 64) END)
-               AS bits_hi
-    FROM (
-        SELECT judged.*,
-               floor(extract(epoch FROM judged.t - date_bin('1 minute', judged.t, :origin))
-                     * 128 / 60)::int AS slot
-        FROM judged
-    ) AS j
+           -- The slot: which 1/64 of its minute (0.94 s) a reading's second falls in.
+           bit_or(1::bigint << floor(date_part('second', j.t) * 64 / 60)::int)
+               FILTER (WHERE j.ok) AS bits
+    FROM judged AS j
     GROUP BY 1, 2, 3, 4
 ),
 judged_minutes AS (
     SELECT m.*,
            (octet_length(m.device) NOT BETWEEN 1 AND :max_name_bytes
             OR m.device ~ :bad_name_pattern) AS bad_name,
-           m.n = coalesce(bit_count(m.bits_lo::bit(64)), 0)
-                 + coalesce(bit_count(m.bits_hi::bit(64)), 0) AS clean
+           m.n = coalesce(bit_count(m.bits::bit(64)), 0) AS clean
     FROM minutes AS m
 )
 SELECT m.device, m.field, m.known, 'minute' AS kind, m.window_start,
@@ -94,14 +89,21 @@ SELECT m.device, m.field, m.known, 'rejects', m.window_start, NULL, NULL, NULL, 
        NULL, TRUE
 FROM judged_minutes AS m
 UNION ALL
-SELECT h.device, h.field, TRUE, 'hour', h.hour, h.n, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, h.median, TRUE
+SELECT h.device, h.field, TRUE, 'hour', h.hour, cardinality(h.vs), NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x.v) FROM unnest(h.vs) AS x (v)),
+       TRUE
 FROM (
-    SELECT j.device, j.field, date_bin('1 hour', j.t, :origin) AS hour, count(*) AS n,
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY j.v) AS median
+    -- The hour's valid values gathered by a hash aggregate, each array sorted on its own:
+    -- measured 1.3 s against 8.7 s for percentile_cont over a sorted GROUP BY (a day of
+    -- 1.3M readings, 2 cores).
+    -- OFFSET 0: judge the names per hour group, after aggregating (the planner would push
+    -- the test down to every row).
+    SELECT j.device, j.field, date_bin('1 hour', j.t, :origin) AS hour, array_agg(j.v) AS vs
     FROM judged AS j
     WHERE j.ok
     GROUP BY 1, 2, 3
-    HAVING NOT (octet_length(j.device) NOT BETWEEN 1 AND :max_name_bytes
-                OR j.device ~ :bad_name_pattern)
+    OFFSET 0
 ) AS h
+WHERE NOT (octet_length(h.device) NOT BETWEEN 1 AND :max_name_bytes
+           OR h.device ~ :bad_name_pattern)
