@@ -779,6 +779,8 @@ def render(result: dict) -> str:
             )
             + f" = {f['total_s']:.2f} s"
         )
+    if result.get("interleaved_ratios"):
+        lines.append(f"pipeline / floor per interleaved pair: {result['interleaved_ratios']}")
     if p:
         lines.append(
             "pipeline: "
@@ -869,6 +871,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="repetitions of the costly steps")
     parser.add_argument("--read-reps", type=int, default=60)
     parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="measure floor and pipeline alternately, --reps pairs; the ratio is the median "
+        "pair's (for a shared machine whose load changes within a run)",
+    )
+    parser.add_argument(
         "--parallel-runs", type=int, default=2, help="concurrent runs in the parallel section"
     )
     parser.add_argument("--old-way-hours", type=int, default=3)
@@ -934,10 +942,22 @@ def main(argv: list[str] | None = None) -> int:
             },
             "machine": machine(),
         }
-        if want("floor"):
+        if args.interleave:
+            # Floor, pipeline, floor, pipeline, ...: each ratio from neighbours in time, so
+            # a load change on a shared machine moves both sides of it.
+            pairs = []
+            for rep in range(args.reps):
+                progress(f"interleaved {rep + 1}/{args.reps}: floor, then pipeline")
+                floor = measure_floor(env, start, end, 1)
+                pipeline = measure_pipeline(env, start, end, 1, {})
+                pairs.append((pipeline["total_s"] / floor["total_s"], floor, pipeline))
+            pairs.sort(key=lambda x: x[0])
+            _, result["floor"], result["pipeline"] = pairs[len(pairs) // 2]
+            result["interleaved_ratios"] = [round(x[0], 3) for x in pairs]
+        if want("floor") and not args.interleave:
             progress("floor: bare 1m GROUP BY and hourly / daily / weekly percentile_cont")
             result["floor"] = measure_floor(env, start, end, args.reps)
-        if want("pipeline"):
+        if want("pipeline") and not args.interleave:
             modes = {
                 "setting": [None],
                 "on": ["true"],
