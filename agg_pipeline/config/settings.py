@@ -161,6 +161,24 @@ class Settings(BaseSettings):
         description="Connections that share each pass over raw readings, split by device "
         "(default: CPU cores, at most 4). 1 = one statement; at most 16.",
     )
+    backfill_partitions_per_run: int = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description="0: a backfill is one run (BackfillPolicy.single_run, which `dagster asset "
+        "materialize --partition-range` requires). N: a backfill launched by the daemon (UI, "
+        "sensor) splits into runs of at most N partitions of each asset's own grain "
+        "(BackfillPolicy.multi_run), which the run queue runs concurrently; per-day advisory "
+        "locks keep two runs from rewriting the same rows. Read when the code location loads.",
+    )
+    plain_1m: bool = Field(
+        default=False,
+        description="On: the 1-minute pass takes plain hash aggregates over raw readings and "
+        "proves each minute free of duplicate (device, field, time) rows; only the hours it "
+        "cannot prove are re-read through the exact de-duplicating pass. Off (default: it "
+        "measured no faster, README Performance): every hour takes the exact pass. The rows "
+        "written are the same either way.",
+    )
     chunk_days: int = Field(
         default=1,
         ge=1,

@@ -15,6 +15,7 @@ from agg_pipeline.config.catalogue import get_catalogue
 from agg_pipeline.config.settings import get_settings
 from agg_pipeline.core.windows import Window
 from agg_pipeline.defs import partitions
+from agg_pipeline.defs.loaded import BACKFILL_PARTITIONS_PER_RUN
 from agg_pipeline.influx import sink as influx_sink
 from agg_pipeline.influx.client import InfluxResource
 from agg_pipeline.sources import readings_source
@@ -33,8 +34,14 @@ from agg_pipeline.warehouse.writes.readings import WriteContext, WriteReport
 # A backfill over many partitions is one run, and each run writes its whole window with a
 # few set-based statements (one transaction per chunk of days): the per-run overhead of
 # Dagster (~2.5-3 s) is paid once, not once per partition. `--partition-range` on the CLI
-# requires exactly this policy.
-BACKFILL = dg.BackfillPolicy.single_run()
+# requires exactly this policy. AGG_PIPELINE_BACKFILL_PARTITIONS_PER_RUN=N splits a
+# daemon-launched backfill into runs of N partitions that the run queue runs side by side
+# (README, Performance: parallel backfills).
+BACKFILL = (
+    dg.BackfillPolicy.multi_run(max_partitions_per_run=BACKFILL_PARTITIONS_PER_RUN)
+    if BACKFILL_PARTITIONS_PER_RUN
+    else dg.BackfillPolicy.single_run()
+)
 
 # Transient database errors (connection lost, deadlock, serialization failure: see
 # warehouse.is_transient) are retried with backoff; anything else fails the run at once
@@ -64,7 +71,12 @@ def write_context(
 ) -> WriteContext:
     catalogue, settings = get_catalogue(), get_settings()
     source = readings_source(
-        catalogue, warehouse.get_engine(), settings.parallelism, warehouse.work_mem, influx
+        catalogue,
+        warehouse.get_engine(),
+        settings.parallelism,
+        warehouse.work_mem,
+        influx,
+        plain_1m=settings.plain_1m,
     )
     return WriteContext(warehouse, source, catalogue, settings)
 
@@ -302,6 +314,9 @@ def materialize_result(
         metadata["new_sensors_registered"] = dg.MetadataValue.int(report.new_sensors)
     if report.median_status:
         metadata["median_status"] = dg.MetadataValue.json(dict(report.median_status))
+    if report.stage_paths:
+        metadata["stage_1m_paths"] = dg.MetadataValue.json(dict(report.stage_paths))
+        context.log.info(f"1-minute pass per chunk: {dict(report.stage_paths)}")
     if report.info:
         metadata["condition_ranges"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in report.info))
         for line in report.info:

@@ -13,6 +13,8 @@ from agg_pipeline.config.settings import Settings, get_settings
 
 SETTINGS: Settings = get_settings()
 TIMEZONE: str = SETTINGS.timezone
+# How a backfill splits into runs (0: one run): every partitioned asset's BackfillPolicy.
+BACKFILL_PARTITIONS_PER_RUN: int = SETTINGS.backfill_partitions_per_run
 # The event rollups declared (AGG_PIPELINE_EVENTS_CATALOGUE): their assets, partitions
 # and schedules are built from it.
 EVENTS_CATALOGUE: EventsCatalogue = get_events_catalogue()

@@ -21,10 +21,11 @@ def readings_source(
     shards: int = 1,
     work_mem: str = "256MB",
     influx: InfluxResource | None = None,
+    plain_1m: bool = False,
 ) -> ReadingsSource:
     """The source the catalogue describes: a table of ``engine``'s database, or InfluxDB."""
     if catalogue.source.kind == "postgres":
-        return PostgresReadingsSource(catalogue, engine, shards, work_mem)
+        return PostgresReadingsSource(catalogue, engine, shards, work_mem, plain_1m)
     if catalogue.source.kind == "influxdb":
         return InfluxReadingsSource(catalogue, influx or InfluxResource())
     raise ValueError(f"unsupported source kind {catalogue.source.kind!r}")

@@ -34,7 +34,10 @@ class StageContext:
 
 
 class ReadingsSource(Protocol):
-    def stage_partials_1m(self, conn: sa.Connection, window: Window, ctx: StageContext) -> None: ...
+    # Returns the path taken, when the source has more than one (shown in run metadata).
+    def stage_partials_1m(
+        self, conn: sa.Connection, window: Window, ctx: StageContext
+    ) -> str | None: ...
 
     def stage_medians(
         self, conn: sa.Connection, window: Window, grain: str, ctx: StageContext

@@ -104,12 +104,52 @@ def _stage(
             cleanup.execute(sa.text(f"DELETE FROM {staging} WHERE batch = :b"), {"b": batch})
 
 
+# The (device, field, hour) groups holding a minute the plain path could not prove free
+# of duplicates.
+_REDO_HOURS = """
+SELECT DISTINCT device, field, date_bin('1 hour', window_start, :origin) AS hour
+FROM stage_1m WHERE kind = 'minute' AND NOT clean
+"""
+_RESTRICT = (
+    "(r.{device}::text, r.{field}::text, date_bin('1 hour', r.{time}, :origin)) IN ("
+    "SELECT * FROM unnest(CAST(:redo_device AS text[]), CAST(:redo_field AS text[]), "
+    "CAST(:redo_hour AS timestamptz[])))"
+)
+# Every row of those groups (minutes, hour median, rejects: each carries its minute or
+# hour in window_start) goes; the exact pass's rows for them come in.
+_DROP_HOURS = """
+DELETE FROM stage_1m AS st
+USING unnest(CAST(:redo_device AS text[]), CAST(:redo_field AS text[]),
+             CAST(:redo_hour AS timestamptz[])) AS redo (device, field, hour)
+WHERE st.device = redo.device AND st.field = redo.field
+  AND date_bin('1 hour', st.window_start, :origin) = redo.hour
+"""
+_ADD_EXACT = """
+INSERT INTO stage_1m (device, field, known, kind, window_start, sample_count, mean_value,
+                      min_value, max_value, m2, first_reading_at, last_reading_at, duplicate,
+                      raw_rows, unknown_field, future, "null", nan, inf, out_of_bounds,
+                      bad_device, median_value, clean)
+SELECT device, field, known, kind, window_start, sample_count, mean_value, min_value,
+       max_value, m2, first_reading_at, last_reading_at, duplicate, raw_rows, unknown_field,
+       future, "null", nan, inf, out_of_bounds, bad_device, median_value, TRUE
+FROM stage_1m_exact
+"""
+
+
 class PostgresReadingsSource:
     """Raw readings in a PostgreSQL table of the warehouse database (the catalogue's source)."""
 
-    def __init__(self, catalogue: Catalogue, engine: sa.Engine, shards: int, work_mem: str) -> None:
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        engine: sa.Engine,
+        shards: int,
+        work_mem: str,
+        plain_1m: bool = False,
+    ) -> None:
         src = catalogue.source
         self.catalogue = catalogue
+        self.plain_1m = plain_1m
         self.engine = engine
         self.shards = shards
         self.work_mem = work_mem
@@ -144,9 +184,36 @@ class PostgresReadingsSource:
             **statements.name_params(),
         }
 
-    def stage_partials_1m(self, conn: sa.Connection, window: Window, ctx: StageContext) -> None:
-        sql = self._render("stage_partials_1m")
-        self._stage(conn, "stage_1m", sql, self._common(window, ctx))
+    def stage_partials_1m(self, conn: sa.Connection, window: Window, ctx: StageContext) -> str:
+        """Fill ``stage_1m``; return the path taken: ``exact`` (every hour through the
+        de-duplicating pass), ``plain`` (one plain GROUP BY, no duplicates possible) or
+        ``plain+exact:N`` (plain, then the N (device, field, hour) groups the plain pass
+        could not prove duplicate-free re-staged exactly)."""
+        params = self._common(window, ctx)
+        if not self.plain_1m:
+            self._stage(
+                conn, "stage_1m", self._render("stage_partials_1m", restrict="TRUE"), params
+            )
+            return "exact"
+        self._stage(conn, "stage_1m", self._render("stage_partials_1m_plain"), params)
+        redo = conn.execute(sa.text(_REDO_HOURS), {"origin": window.start}).all()
+        if not redo:
+            return "plain"
+        # Duplicates (or readings too close to tell apart) in these hours: their rows come
+        # from the exact pass instead, over just those hours.
+        exact = self._render(
+            "stage_partials_1m", restrict=_RESTRICT.format(**self.columns.as_dict())
+        )
+        redo_params = {
+            "origin": window.start,
+            "redo_device": [r[0] for r in redo],
+            "redo_field": [r[1] for r in redo],
+            "redo_hour": [r[2] for r in redo],
+        }
+        self._stage(conn, "stage_1m_exact", exact, {**params, **redo_params})
+        conn.execute(sa.text(_DROP_HOURS), redo_params)
+        conn.execute(sa.text(_ADD_EXACT))
+        return f"plain+exact:{len(redo)}"
 
     def stage_medians(
         self, conn: sa.Connection, window: Window, grain: str, ctx: StageContext

@@ -17,7 +17,9 @@
 -- the same de-duplicated values - so the hourly rollup needs no second raw pass) and
 -- kind = 'rejects' (one per hour group: rows read and rejected, by reason). The reject
 -- counts are count(x.t), not count(*): an aggregate whose filter only names the outer
--- group would belong to the outer query.
+-- group would belong to the outer query. {restrict} is TRUE, or (after the plain path,
+-- stage_partials_1m_plain.sql) limits the pass to the hours that path could not prove
+-- free of duplicates.
 WITH catalogue AS (
     SELECT *
     FROM unnest(CAST(:fields AS text[]), CAST(:lo AS float8[]), CAST(:hi AS float8[]))
@@ -32,6 +34,7 @@ hour_groups AS (
     FROM {raw_table} AS r
     WHERE r.{time} >= :start AND r.{time} < :end
       AND {shard}
+      AND {restrict}
     GROUP BY 1, 2, 3
 ),
 groups AS (

@@ -70,6 +70,9 @@ class WriteReport:
     bad_devices: Counter = field(default_factory=Counter)  # shown name -> rows rejected
     new_sensors: int = 0
     median_status: Counter = field(default_factory=Counter)
+    # The 1-minute pass per chunk: 'plain', 'exact', 'plain+exact' chunks, and
+    # 'exact_hours' (the (device, field, hour) groups re-read exactly after a plain pass).
+    stage_paths: Counter = field(default_factory=Counter)
     first_reading_at: datetime | None = None
     last_reading_at: datetime | None = None
     chunks: int = 0
@@ -223,7 +226,12 @@ def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
                 # Final (raw released): current, so never healed in a loop.
                 versions.record(conn, {"readings_1m": versions.hours_in(chunk)}, computed_from)
                 continue
-            ctx.source.stage_partials_1m(conn, chunk, ctx.stage_context(conn))
+            path = ctx.source.stage_partials_1m(conn, chunk, ctx.stage_context(conn))
+            if path:
+                kind, _, hours = path.partition(":")
+                report.stage_paths[kind] += 1
+                if hours:
+                    report.stage_paths["exact_hours"] += int(hours)
             summary = (
                 conn.execute(
                     sa.text(
