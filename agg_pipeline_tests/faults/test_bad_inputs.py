@@ -58,6 +58,8 @@ def resources(url: str) -> dict:
 # (variable, bad value): for every numeric setting, below its range, above it, and the
 # non-finite values a float parser accepts.
 BAD_SETTINGS = [
+    ("AGG_PIPELINE_BACKFILL_PARTITIONS_PER_RUN", "-1"),
+    ("AGG_PIPELINE_BACKFILL_PARTITIONS_PER_RUN", "100001"),
     ("AGG_PIPELINE_START_DATE", "1969-12-31"),
     ("AGG_PIPELINE_START_DATE", "2999-01-01"),
     ("AGG_PIPELINE_FUTURE_TOLERANCE_SECONDS", "inf"),
