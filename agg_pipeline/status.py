@@ -27,6 +27,7 @@ from agg_pipeline.config.events import get_events_catalogue
 from agg_pipeline.core import hierarchy
 from agg_pipeline.core.cron import previous_tick
 from agg_pipeline.influx.client import InfluxResource
+from agg_pipeline.warehouse import figures
 
 TABLES = {
     **{level.asset: level.table for level in hierarchy.DERIVED},
@@ -140,23 +141,8 @@ def influx_connection(
 
 
 def _table_rows(engine: sa.Engine, table: str) -> int | None:
-    schema, name = table.split(".")
     with engine.connect() as conn:
-        conn.execute(sa.text("SET statement_timeout = '5s'"))
-        try:
-            return conn.execute(sa.text(f'SELECT count(*) FROM "{schema}"."{name}"')).scalar_one()
-        except sa.exc.DBAPIError:
-            conn.rollback()
-            est = conn.execute(
-                sa.text(
-                    "SELECT reltuples::bigint FROM pg_class c JOIN pg_namespace n "
-                    "ON n.oid = c.relnamespace WHERE n.nspname = :s AND c.relname = :t"
-                ),
-                {"s": schema, "t": name},
-            ).scalar()
-            if est is None:
-                raise  # no such table: not a timeout, nothing to estimate
-            return int(est) if est >= 0 else None
+        return figures.table_rows(conn, table, 5.0)
 
 
 def _raw_rows(engine: sa.Engine) -> int | None:

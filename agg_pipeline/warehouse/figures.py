@@ -86,3 +86,29 @@ def chart_bins(
                 {"lo": lo, "hi": hi, "points": points},
             )
         ]
+
+
+def table_rows(conn: sa.Connection, table: str, timeout_s: float) -> int | None:
+    """Rows of ``table`` ("schema.name": ours, not input): exact when the count finishes
+    within ``timeout_s`` (and readable), else the planner's estimate (None: never
+    analyzed). A missing table raises: there is nothing to estimate."""
+    schema, name = table.split(".")
+    try:
+        with conn.begin_nested():  # a failed count rolls back to here; the timeout lasts
+            # until the transaction ends (each status read is its own)
+            conn.execute(
+                sa.text("SELECT set_config('statement_timeout', :ms, true)"),
+                {"ms": f"{int(timeout_s * 1000)}ms"},
+            )
+            return conn.execute(sa.text(f"SELECT count(*) FROM {quote_ident(table)}")).scalar_one()
+    except sa.exc.DBAPIError:  # statement_timeout (QueryCanceled), no privilege, ...
+        est = conn.execute(
+            sa.text(
+                "SELECT reltuples::bigint FROM pg_class c JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE n.nspname = :s AND c.relname = :t"
+            ),
+            {"s": schema, "t": name},
+        ).scalar()
+        if est is None:
+            raise
+        return int(est) if est >= 0 else None

@@ -30,6 +30,7 @@ from starlette.datastructures import State
 
 from agg_pipeline.config.settings import env_name
 from agg_pipeline.core import hierarchy
+from agg_pipeline.warehouse import figures
 
 log = logging.getLogger("agg_pipeline.api")
 
@@ -129,24 +130,6 @@ class StatusAnswer(BaseModel):
     failed: dict[str, list[str]]
 
 
-def _count(conn: sa.Connection, table: str) -> int | None:
-    """Exact rows within 2 s, else the planner's estimate (tables are ours, not input)."""
-    schema, name = table.split(".")
-    try:
-        with conn.begin_nested():
-            conn.execute(sa.text("SET LOCAL statement_timeout = '2s'"))
-            return conn.execute(sa.text(f'SELECT count(*) FROM "{schema}"."{name}"')).scalar_one()
-    except sa.exc.OperationalError:
-        est = conn.execute(
-            sa.text(
-                "SELECT reltuples::bigint FROM pg_class c JOIN pg_namespace n "
-                "ON n.oid = c.relnamespace WHERE n.nspname = :s AND c.relname = :t"
-            ),
-            {"s": schema, "t": name},
-        ).scalar()
-        return int(est) if est is not None and est >= 0 else None
-
-
 def _warehouse(engine: sa.Engine) -> dict[str, Any]:
     out: dict[str, Any] = {
         "pg_connected": False,
@@ -180,7 +163,9 @@ def _warehouse(engine: sa.Engine) -> dict[str, Any]:
             out["watermarks"] = {
                 name: {"timestamp": marks.get(table)} for name, table in WATERMARKS.items()
             }
-            out["row_counts"] = {name: _count(conn, t) for name, t in ROW_COUNTS.items()}
+            out["row_counts"] = {
+                name: figures.table_rows(conn, t, 2.0) for name, t in ROW_COUNTS.items()
+            }
     except sa.exc.SQLAlchemyError as exc:
         log.warning("etl status: warehouse unreadable: %s", type(exc).__name__)
         out["problems"].append("warehouse unreachable")
