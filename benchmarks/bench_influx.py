@@ -69,13 +69,7 @@ def _target() -> Iterator[tuple[InfluxResource, str, str]]:
         try:
             yield live, bucket, f"live InfluxDB at {live.url}"
         finally:
-            from influxdb_client import InfluxDBClient  # only for the live clean-up
-
-            with InfluxDBClient(url=live.url, token=live.token, org=live.org) as client:
-                api = client.buckets_api()
-                found = api.find_bucket_by_name(bucket)
-                if found:
-                    api.delete_bucket(found)
+            live.delete_bucket(bucket)
         return
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the local server's request log
     server = HTTPServer(host="127.0.0.1", port=0)

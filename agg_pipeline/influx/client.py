@@ -295,6 +295,21 @@ class InfluxResource(dg.ConfigurableResource):
             except ApiException as exc:
                 raise InfluxError(f"bucket {name!r}: {_api_message(exc)}") from None
 
+    def delete_bucket(self, name: str) -> bool:
+        """Delete bucket ``name`` if it exists (the live tests' and bench's clean-up);
+        whether it existed."""
+        from influxdb_client.rest import ApiException
+
+        with self._client() as client:
+            api = client.buckets_api()
+            try:
+                found = api.find_bucket_by_name(name)
+                if found is not None:
+                    api.delete_bucket(found)
+                return found is not None
+            except ApiException as exc:
+                raise InfluxError(f"bucket {name!r}: {_api_message(exc)}") from None
+
     # ------------------------------------------------------------------------ tasks
     def list_tasks(self, prefix: str = "aggregate_") -> list[dict]:
         from influxdb_client.rest import ApiException

@@ -500,8 +500,6 @@ def test_live_influxdb_answers_like_pandas(engine):
     statistics computed here by hand; then delete the bucket."""
     import uuid
 
-    from influxdb_client import InfluxDBClient
-
     live = InfluxResource(url=os.environ["INFLUXDB_URL"], token=os.environ["INFLUXDB_TOKEN"],
                           org=os.environ["INFLUXDB_ORG"])  # fmt: skip
     bucket = f"agg_pipeline_test_{uuid.uuid4().hex[:8]}"
@@ -547,11 +545,7 @@ def test_live_influxdb_answers_like_pandas(engine):
                 json.dumps({k: v.astype(str).to_dict("records") for k, v in frames.items()})
             )
     finally:
-        with InfluxDBClient(url=live.url, token=live.token, org=live.org) as client:
-            api = client.buckets_api()
-            found = api.find_bucket_by_name(bucket)
-            if found:
-                api.delete_bucket(found)
+        live.delete_bucket(bucket)
 
 
 # ------------------------------------------------------------- Dagster and the CLI

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from influxdb_client import InfluxDBClient
 
 from agg_pipeline import cli
 from agg_pipeline import status as status_mod
@@ -442,6 +441,10 @@ def test_a_bucket_whose_retention_differs_is_reported_then_corrected(
     assert [r.path for r in patches] == ["/api/v2/buckets/0000000000000009"]
     assert cli.main(["influx", "ensure-buckets"]) == 0
     assert "pattern_aggregates_daily: exists" in capsys.readouterr().out
+    # The clean-up the live tests and the bench use: deletes what exists, once.
+    assert resource(influx).delete_bucket("water-quality") is True
+    assert "water-quality" not in influx.buckets
+    assert resource(influx).delete_bucket("water-quality") is False
 
 
 def _use_catalogue(monkeypatch, fake: FakeInflux, tmp_path: Path, catalogue) -> None:
@@ -522,11 +525,7 @@ def test_live_pattern_bucket_round_trip_and_retention():
         one = patterns.query(reader, "time_based", days[0], days[1], entity_id="light.room_0")
         assert [r.entity_id for r in one.rows] == ["light.room_0"] * 2
     finally:
-        with InfluxDBClient(url=live.url, token=live.token, org=live.org) as client:
-            api = client.buckets_api()
-            found = api.find_bucket_by_name(bucket)
-            if found:
-                api.delete_bucket(found)
+        live.delete_bucket(bucket)
 
 
 # ---------------------------------------------------------------- 5. the walk-through
