@@ -179,6 +179,15 @@ class Settings(BaseSettings):
         "measured no faster, README Performance): every hour takes the exact pass. The rows "
         "written are the same either way.",
     )
+    hour_values: bool = Field(
+        default=True,
+        description="On (default): readings_1m keeps each sensor-hour's valid, de-duplicated "
+        "readings (bi.hour_values, ~16 bytes a reading, deleted with their raw day by "
+        "retention), and the daily, weekly and monthly levels take their exact medians and "
+        "condition shares from there instead of reading raw again, whenever those hours are "
+        "current (else they read raw). Off: nothing is kept; every level reads raw. The rows "
+        "written are the same either way. PostgreSQL sources only.",
+    )
     chunk_days: int = Field(
         default=1,
         ge=1,

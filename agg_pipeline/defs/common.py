@@ -77,6 +77,7 @@ def write_context(
         warehouse.work_mem,
         influx,
         plain_1m=settings.plain_1m,
+        hour_values=settings.hour_values,
     )
     return WriteContext(warehouse, source, catalogue, settings)
 
@@ -314,6 +315,9 @@ def materialize_result(
         metadata["new_sensors_registered"] = dg.MetadataValue.int(report.new_sensors)
     if report.median_status:
         metadata["median_status"] = dg.MetadataValue.json(dict(report.median_status))
+    if report.read_from:
+        # bi.hour_values (no second raw pass) or raw, per chunk: issue 15's one raw pass.
+        metadata["read_from"] = dg.MetadataValue.json(dict(report.read_from))
     if report.stage_paths:
         metadata["stage_1m_paths"] = dg.MetadataValue.json(dict(report.stage_paths))
         context.log.info(f"1-minute pass per chunk: {dict(report.stage_paths)}")

@@ -22,10 +22,11 @@ def readings_source(
     work_mem: str = "256MB",
     influx: InfluxResource | None = None,
     plain_1m: bool = False,
+    hour_values: bool = True,
 ) -> ReadingsSource:
     """The source the catalogue describes: a table of ``engine``'s database, or InfluxDB."""
     if catalogue.source.kind == "postgres":
-        return PostgresReadingsSource(catalogue, engine, shards, work_mem, plain_1m)
+        return PostgresReadingsSource(catalogue, engine, shards, work_mem, plain_1m, hour_values)
     if catalogue.source.kind == "influxdb":
         return InfluxReadingsSource(catalogue, influx or InfluxResource())
     raise ValueError(f"unsupported source kind {catalogue.source.kind!r}")

@@ -39,9 +39,11 @@ class ReadingsSource(Protocol):
         self, conn: sa.Connection, window: Window, ctx: StageContext
     ) -> str | None: ...
 
+    # stage_medians and stage_daily return where they read ('hour_values', 'raw'), when
+    # the source has more than one way (shown in run metadata).
     def stage_medians(
         self, conn: sa.Connection, window: Window, grain: str, ctx: StageContext
-    ) -> None: ...
+    ) -> str | None: ...
 
     def stage_daily(
         self,
@@ -51,4 +53,4 @@ class ReadingsSource(Protocol):
         ctx: StageContext,
         with_medians: bool,
         with_conditions: bool,
-    ) -> None: ...
+    ) -> str | None: ...

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
+from datetime import date, datetime
 
 import sqlalchemy as sa
 
@@ -14,7 +14,7 @@ from agg_pipeline.config.catalogue import Catalogue
 from agg_pipeline.core.conditions import ConditionBand
 from agg_pipeline.core.windows import Window
 from agg_pipeline.sources.base import StageContext
-from agg_pipeline.warehouse import statements
+from agg_pipeline.warehouse import statements, versions
 from agg_pipeline.warehouse.engine import set_lock_timeout
 
 _PLANNER = (
@@ -128,12 +128,41 @@ _ADD_EXACT = """
 INSERT INTO stage_1m (device, field, known, kind, window_start, sample_count, mean_value,
                       min_value, max_value, m2, first_reading_at, last_reading_at, duplicate,
                       raw_rows, unknown_field, future, "null", nan, inf, out_of_bounds,
-                      bad_device, median_value, clean)
+                      bad_device, median_value, clean, hour_rows, times, vals)
 SELECT device, field, known, kind, window_start, sample_count, mean_value, min_value,
        max_value, m2, first_reading_at, last_reading_at, duplicate, raw_rows, unknown_field,
-       future, "null", nan, inf, out_of_bounds, bad_device, median_value, TRUE
+       future, "null", nan, inf, out_of_bounds, bad_device, median_value, TRUE, hour_rows,
+       times, vals
 FROM stage_1m_exact
 """
+
+
+# Hours of [start, end) whose bi.hour_values may stand for raw: stale ones (no readings_1m
+# version, or raw changed after it was computed), the raw rows they were computed from,
+# and the raw rows of the catalogue's fields there now.
+_HOURS_CURRENT = """
+SELECT
+    (SELECT count(*)
+     FROM generate_series(CAST(:start AS timestamptz), CAST(:end AS timestamptz)
+                          - interval '1 hour', interval '1 hour') AS h (t)
+     LEFT JOIN ops.partition_versions AS m ON m.asset = :minutes AND m.partition_start = h.t
+     LEFT JOIN ops.partition_versions AS r ON r.asset = :raw AND r.partition_start = h.t
+     WHERE m.computed_from IS NULL OR r.version > m.computed_from),
+    (SELECT coalesce(sum(raw_rows), 0) FROM bi.hour_values
+     WHERE hour_start >= :start AND hour_start < :end),
+    (SELECT count(*) FROM {raw_table} AS r
+     WHERE r.{time} >= :start AND r.{time} < :end AND r.{field} = ANY (CAST(:fields AS text[])))
+"""
+
+
+def _on_hour(t: datetime) -> bool:
+    return t.timestamp() % 3600 == 0
+
+
+# The hour row's raw row count and its valid, de-duplicated readings in time order
+# (stage_partials_1m.sql; written to bi.hour_values), or NULLs when none are kept.
+_HOUR_VALUES = "cardinality(g.ts), array_agg(d.t ORDER BY d.t), array_agg(d.v ORDER BY d.t)"
+_NO_HOUR_VALUES = "NULL::bigint, NULL::timestamptz[], NULL::float8[]"
 
 
 class PostgresReadingsSource:
@@ -146,10 +175,13 @@ class PostgresReadingsSource:
         shards: int,
         work_mem: str,
         plain_1m: bool = False,
+        hour_values: bool = True,
     ) -> None:
         src = catalogue.source
         self.catalogue = catalogue
         self.plain_1m = plain_1m
+        # Keep each hour's readings for the levels above (the plain path keeps none).
+        self.hour_values = hour_values and not plain_1m
         self.engine = engine
         self.shards = shards
         self.work_mem = work_mem
@@ -191,9 +223,12 @@ class PostgresReadingsSource:
         could not prove duplicate-free re-staged exactly)."""
         params = self._common(window, ctx)
         if not self.plain_1m:
-            self._stage(
-                conn, "stage_1m", self._render("stage_partials_1m", restrict="TRUE"), params
+            sql = self._render(
+                "stage_partials_1m",
+                restrict="TRUE",
+                hour_values=_HOUR_VALUES if self.hour_values else _NO_HOUR_VALUES,
             )
+            self._stage(conn, "stage_1m", sql, params)
             return "exact"
         self._stage(conn, "stage_1m", self._render("stage_partials_1m_plain"), params)
         redo = conn.execute(sa.text(_REDO_HOURS), {"origin": window.start}).all()
@@ -202,7 +237,9 @@ class PostgresReadingsSource:
         # Duplicates (or readings too close to tell apart) in these hours: their rows come
         # from the exact pass instead, over just those hours.
         exact = self._render(
-            "stage_partials_1m", restrict=_RESTRICT.format(**self.columns.as_dict())
+            "stage_partials_1m",
+            restrict=_RESTRICT.format(**self.columns.as_dict()),
+            hour_values=_NO_HOUR_VALUES,
         )
         redo_params = {
             "origin": window.start,
@@ -215,12 +252,38 @@ class PostgresReadingsSource:
         conn.execute(sa.text(_ADD_EXACT))
         return f"plain+exact:{len(redo)}"
 
+    def hours_current(self, conn: sa.Connection, window: Window) -> bool:
+        """Whether ``bi.hour_values`` holds exactly what raw holds for ``window``, so the
+        levels above may read it instead of raw: every hour of the window has a
+        readings_1m version computed after raw's latest change to that hour (versions.py),
+        and the raw rows those hours were computed from are as many as raw holds now (a
+        write the change log has not reported yet, or an hour whose every reading was
+        rejected, sends the window to raw). Hours are UTC hours: a window that does not
+        start and end on one (a zone offset of :30) always reads raw."""
+        if not self.hour_values or not (_on_hour(window.start) and _on_hour(window.end)):
+            return False
+        stale, kept, raw = conn.execute(
+            sa.text(_HOURS_CURRENT.format(**self.columns.as_dict())),
+            {
+                "start": window.start,
+                "end": window.end,
+                "fields": list(self.catalogue.fields),
+                "raw": versions.RAW,
+                "minutes": "readings_1m",
+            },
+        ).one()
+        return stale == 0 and kept == raw
+
     def stage_medians(
         self, conn: sa.Connection, window: Window, grain: str, ctx: StageContext
-    ) -> None:
+    ) -> str:
         bucket = statements.bucket_expression(grain, self.columns.time)
-        sql = self._render("stage_medians", bucket=bucket)
-        self._stage(conn, "stage_medians", sql, self._common(window, ctx))
+        path = "hour_values" if self.hours_current(conn, window) else "raw"
+        name = "stage_medians_hours" if path == "hour_values" else "stage_medians"
+        self._stage(
+            conn, "stage_medians", self._render(name, bucket=bucket), self._common(window, ctx)
+        )
+        return path
 
     def stage_daily(
         self,
@@ -230,7 +293,7 @@ class PostgresReadingsSource:
         ctx: StageContext,
         with_medians: bool,
         with_conditions: bool,
-    ) -> None:
+    ) -> str:
         keys = sorted(bands) if with_conditions else []
         params = {
             **self._common(window, ctx),
@@ -244,5 +307,7 @@ class PostgresReadingsSource:
             "cond_crit_below": [bands[k].critical_below for k in keys],
             "cond_crit_above": [bands[k].critical_above for k in keys],
         }
-        sql = self._render("stage_daily")
+        path = "hour_values" if self.hours_current(conn, window) else "raw"
+        sql = self._render("stage_daily_hours" if path == "hour_values" else "stage_daily")
         self._stage(conn, "stage_daily", sql, params)
+        return path

@@ -695,6 +695,14 @@ def raw_readings(
             for day in safe:
                 n = _delete_day(conn, raw, day, zone, policy.batch_rows)
                 result.rows += n
+                # The day's kept hour values (migration 023) stood for its raw rows: no
+                # level reads them once the day is released.
+                conn.execute(
+                    sa.text(
+                        "DELETE FROM bi.hour_values WHERE hour_start >= :s AND hour_start < :e"
+                    ),
+                    {"s": _day_start(day, zone), "e": _day_start(day + timedelta(days=1), zone)},
+                )
                 if day not in dropped_days:
                     _record_release(conn, source.table, day, n, "delete")
                 elif n:

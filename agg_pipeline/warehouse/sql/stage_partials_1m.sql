@@ -15,7 +15,11 @@
 -- Output rows: kind = 'minute' (one per window with valid readings: the partials),
 -- kind = 'hour' (one per hour group with valid readings: the hour's exact median, from
 -- the same de-duplicated values - so the hourly rollup needs no second raw pass) and
--- kind = 'rejects' (one per hour group: rows read and rejected, by reason). The reject
+-- kind = 'rejects' (one per hour group: rows read and rejected, by reason). The hour row
+-- also carries, when {hour_values} asks for them, the group's raw row count (hour_rows)
+-- and its valid, de-duplicated readings in time order (times, vals: bi.hour_values, from
+-- which the daily, weekly and monthly levels take medians without reading raw again);
+-- otherwise NULLs. The reject
 -- counts are count(x.t), not count(*): an aggregate whose filter only names the outer
 -- group would belong to the outer query. {restrict} is TRUE, or (after the plain path,
 -- stage_partials_1m_plain.sql) limits the pass to the hours that path could not prove
@@ -72,13 +76,17 @@ CROSS JOIN LATERAL (
            NULL::bigint AS inf,
            NULL::bigint AS out_of_bounds,
            NULL::bigint AS bad_device,
-           NULL::float8 AS median_value
+           NULL::float8 AS median_value,
+           NULL::bigint AS hour_rows,
+           NULL::timestamptz[] AS times,
+           NULL::float8[] AS vals
     FROM d
     GROUP BY 2
     UNION ALL
     SELECT 'hour', g.hour, count(*), NULL, NULL, NULL, NULL, NULL, NULL, NULL,
            NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY d.v)
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY d.v),
+           {hour_values}
     FROM d
     HAVING count(*) > 0
     UNION ALL
@@ -91,7 +99,7 @@ CROSS JOIN LATERAL (
            count(*) FILTER (WHERE b.status = 5),
            count(*) FILTER (WHERE b.status = 6),
            count(*) FILTER (WHERE b.status = 7),
-           NULL
+           NULL, NULL, NULL, NULL
     FROM (
         -- Only the rejected rows reach the CASE (all rows valid is the common case).
         SELECT CASE

@@ -72,7 +72,9 @@ SELECT m.device, m.field, m.known, 'minute' AS kind, m.window_start,
        NULL::bigint AS raw_rows, NULL::bigint AS unknown_field, NULL::bigint AS future,
        NULL::bigint AS "null", NULL::bigint AS nan, NULL::bigint AS inf,
        NULL::bigint AS out_of_bounds, NULL::bigint AS bad_device,
-       NULL::float8 AS median_value, m.clean
+       NULL::float8 AS median_value, m.clean,
+       -- The plain path keeps no hour values (the levels above then read raw).
+       NULL::bigint AS hour_rows, NULL::timestamptz[] AS times, NULL::float8[] AS vals
 FROM judged_minutes AS m
 WHERE m.n > 0 AND NOT m.bad_name
 UNION ALL
@@ -86,13 +88,13 @@ SELECT m.device, m.field, m.known, 'rejects', m.window_start, NULL, NULL, NULL, 
        CASE WHEN m.bad_name OR NOT m.known THEN 0
             ELSE m.raw_rows - m.n - m.future - m."null" - m.nan - m.inf END,
        CASE WHEN m.bad_name THEN m.raw_rows ELSE 0 END,
-       NULL, TRUE
+       NULL, TRUE, NULL, NULL, NULL
 FROM judged_minutes AS m
 UNION ALL
 SELECT h.device, h.field, TRUE, 'hour', h.hour, cardinality(h.vs), NULL, NULL, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x.v) FROM unnest(h.vs) AS x (v)),
-       TRUE
+       TRUE, NULL, NULL, NULL
 FROM (
     -- The hour's valid values gathered by a hash aggregate, each array sorted on its own:
     -- measured 1.3 s against 8.7 s for percentile_cont over a sorted GROUP BY (a day of

@@ -73,6 +73,9 @@ class WriteReport:
     # The 1-minute pass per chunk: 'plain', 'exact', 'plain+exact' chunks, and
     # 'exact_hours' (the (device, field, hour) groups re-read exactly after a plain pass).
     stage_paths: Counter = field(default_factory=Counter)
+    # Where each chunk's medians / condition shares were read: 'hour_values' (kept by
+    # readings_1m, bi.hour_values), 'raw', or 'source' (a source with one path).
+    read_from: Counter = field(default_factory=Counter)
     first_reading_at: datetime | None = None
     last_reading_at: datetime | None = None
     chunks: int = 0
@@ -211,6 +214,14 @@ SELECT s.id, st.window_start, st.sample_count, st.median_value
 FROM stage_1m AS st {_JOIN_SENSORS}
 WHERE st.kind = 'hour'
 """
+# The hour's valid readings, for the levels above (migration 023; sources that keep none
+# stage NULLs).
+_INSERT_HOUR_VALUES = f"""
+INSERT INTO bi.hour_values (sensor_id, hour_start, reading_count, raw_rows, times, vals)
+SELECT s.id, st.window_start, st.sample_count, st.hour_rows, st.times, st.vals
+FROM stage_1m AS st {_JOIN_SENSORS}
+WHERE st.kind = 'hour' AND st.vals IS NOT NULL
+"""
 
 
 def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
@@ -295,6 +306,14 @@ def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
                 bounds,
             )
             conn.execute(sa.text(_INSERT_HOURLY_MEDIANS))
+            # Always cleared (values kept by an earlier run would no longer match raw);
+            # refilled when the source keeps them (stage_1m has the columns then).
+            conn.execute(
+                sa.text("DELETE FROM bi.hour_values WHERE hour_start >= :s AND hour_start < :e"),
+                bounds,
+            )
+            if _stage_has_hour_values(conn):
+                conn.execute(sa.text(_INSERT_HOUR_VALUES))
             now = conn.execute(sa.text("SELECT now()")).scalar_one()
             realtime.advance(conn, report.table, chunk.end, _floor(now, timedelta(minutes=1)))
             report.sensors.update(
@@ -310,6 +329,19 @@ def write_readings_1m(ctx: WriteContext, window: Window) -> WriteReport:
             report.preview = _preview(conn, hierarchy.LEVEL_1M, chunk, None)
             versions.record(conn, {"readings_1m": versions.hours_in(chunk)}, computed_from)
     return report.finish()
+
+
+def _stage_has_hour_values(conn: sa.Connection) -> bool:
+    """Whether this transaction's stage_1m carries hour values (the InfluxDB source's has
+    no such columns: its hours are aggregated in InfluxDB)."""
+    return bool(
+        conn.execute(
+            sa.text(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
+                "'pg_temp.stage_1m'::regclass AND attname = 'vals' AND NOT attisdropped)"
+            )
+        ).scalar_one()
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -515,7 +547,10 @@ def _raw_medians(ctx: WriteContext, level: Level, report: WriteReport) -> Median
                 "AGG_PIPELINE_MEDIAN_MAX_READINGS"
             )
             return False
-        ctx.source.stage_medians(conn, chunk, _SOURCE_GRAIN[level.bucket], ctx.stage_context(conn))
+        path = ctx.source.stage_medians(
+            conn, chunk, _SOURCE_GRAIN[level.bucket], ctx.stage_context(conn)
+        )
+        report.read_from[path or "source"] += 1
         return True
 
     return stage
@@ -766,7 +801,11 @@ def write_daily(
                 else {}
             )
             # One pass over the day's raw readings serves both halves.
-            ctx.source.stage_daily(conn, chunk, bands, ctx.stage_context(conn), rollup, conditions)
+            path = ctx.source.stage_daily(
+                conn, chunk, bands, ctx.stage_context(conn), rollup, conditions
+            )
+            for r in reports.values():
+                r.read_from[path or "source"] += 1
             if rollup:
                 _merge_chunk(conn, ctx, LEVEL_DAILY, chunk, reports["rollup_daily"], _daily_medians)
             if conditions:
