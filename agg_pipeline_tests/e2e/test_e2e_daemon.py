@@ -508,15 +508,8 @@ def test_api_run_launches_what_the_daemon_runs(deployment: Deployment, monkeypat
     finally:
         instance.dispose()
 
-    def finished():
-        result = graphql(deployment.port, POLL, {"id": backfill_id})["partitionBackfillOrError"]
-        if result["status"] in ("FAILED", "COMPLETED_FAILED", "CANCELED"):
-            raise AssertionError(f"backfill ended {result['status']}")
-        return result if result["status"] in ("COMPLETED_SUCCESS", "COMPLETED") else None
-
-    assert (
-        wait_for(finished, timeout=300, what="the API's backfill", interval=2)["numPartitions"] == 2
-    )
+    done = wait_for_backfill(deployment.port, backfill_id, "the API's backfill")
+    assert done["numPartitions"] == 2
 
     def cleaned():
         (run,) = [r for r in deployment.runs() if r["runId"] == run_id]
