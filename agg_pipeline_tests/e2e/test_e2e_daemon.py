@@ -27,7 +27,8 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -43,6 +44,7 @@ from agg_pipeline import launch
 from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.serving.api import create_app
 from agg_pipeline.serving.api.etl import RunRequest
+from agg_pipeline.warehouse.engine import WarehouseResource
 from agg_pipeline_tests import data, reference
 from agg_pipeline_tests.conftest import create_database, drop_database
 from agg_pipeline_tests.serving.test_api import serving
@@ -68,6 +70,12 @@ query Poll($id: String!) {
 RUNS = "{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }"
 HEALER_TAG = {"key": "dagster/sensor_name", "value": "self_healing_sensor"}
 LOCATION = "agg_pipeline"  # workspace.yaml's location name, as under `dagster dev`
+# AGG_PIPELINE_BACKFILL_PARTITIONS_PER_RUN of this deployment: a day of hours per run, so a
+# one-day backfill is still one run and a three-day one splits into three.
+PER_RUN = 24
+HOURLY = ("readings_1m", "readings_5m", "rollup_hourly")
+BACKFILL_DAYS = 3  # seeded from data.DAY0: three runs
+RAISED_POOL = "bi.readings_1m"  # readings_1m's pool, the table its writes lock
 
 
 def free_port() -> int:
@@ -203,7 +211,7 @@ def deployment(pg_server_url: str, project_root: Path, tmp_path_factory) -> Iter
     simulator.write_demo_crops(engine)  # the bands the pandas reference expects (BANDS)
     # History for the backfill (outside the healing window, so the healer leaves it to
     # the backfill) and last week's weekend for the healer's first fill.
-    data.seed(engine, start=data.DAY0, days=1, devices=2, hz=0.01)
+    data.seed(engine, start=data.DAY0, days=BACKFILL_DAYS, devices=2, hz=0.005)
     data.seed(engine, start=last_week(now) + timedelta(days=5), days=2, devices=2, hz=0.005)
 
     home = tmp / "dagster_home"
@@ -238,6 +246,9 @@ def deployment(pg_server_url: str, project_root: Path, tmp_path_factory) -> Iter
         # Ticks every 10 s instead of 30: a round (hour, then day, then week: three
         # ticks) takes a third of the time; the order the test proves is the same.
         "AGG_PIPELINE_HEALING_INTERVAL_SECONDS": "10",
+        # Backfills split into runs (test_backfill_through_the_daemon). The healer
+        # sends runs with range tags, not backfills: its runs are the same either way.
+        "AGG_PIPELINE_BACKFILL_PARTITIONS_PER_RUN": str(PER_RUN),
         "AGG_PIPELINE_SCHEDULE_RETENTION": "false",
         "AGG_PIPELINE_SCHEDULE_DASHBOARD_REFRESH": "false",
         "AGG_PIPELINE_SCHEDULE_PATTERNS": "false",
@@ -305,27 +316,24 @@ def equal_to_raw(engine: sa.Engine, start: datetime, end: datetime) -> bool:
     return True
 
 
-def test_backfill_through_the_daemon(deployment: Deployment):
-    port, engine = deployment.port, deployment.engine
-    hours = [f"2026-11-02-{h:02d}:00" for h in range(24)]
+def launch_backfill(port: int, assets: Sequence[str], partitions: list[str], title: str) -> str:
+    """Launch a partition backfill through GraphQL, as the UI's "Materialize > backfill"."""
     launched = graphql(
         port,
         LAUNCH,
         {
             "params": {
-                "assetSelection": [
-                    {"path": ["readings_1m"]},
-                    {"path": ["readings_5m"]},
-                    {"path": ["rollup_hourly"]},
-                ],
-                "partitionNames": hours,
-                "title": "e2e test backfill",
+                "assetSelection": [{"path": [name]} for name in assets],
+                "partitionNames": partitions,
+                "title": title,
             }
         },
     )["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    backfill_id = launched["backfillId"]
+    return launched["backfillId"]
 
+
+def wait_for_backfill(port: int, backfill_id: str, what: str) -> dict:
     def finished():
         result = graphql(port, POLL, {"id": backfill_id})["partitionBackfillOrError"]
         assert result["__typename"] == "PartitionBackfill", result
@@ -333,22 +341,141 @@ def test_backfill_through_the_daemon(deployment: Deployment):
             raise AssertionError(f"backfill ended {result['status']}")
         return result if result["status"] in ("COMPLETED_SUCCESS", "COMPLETED") else None
 
-    done = wait_for(finished, timeout=300, what="the backfill to complete", interval=2)
-    assert done["numPartitions"] == 24
+    return wait_for(finished, timeout=300, what=what, interval=2)
 
-    # One run did it (single-run backfill policy), and the numbers are right.
-    backfill_runs = [
-        r
-        for r in deployment.runs()
-        if any(t["key"] == "dagster/backfill" and t["value"] == backfill_id for t in r["tags"])
-    ]
-    assert len(backfill_runs) == 1 and backfill_runs[0]["status"] == "SUCCESS"
-    raw = reference.load_raw(engine, data.DAY0, data.DAY0 + timedelta(days=1))
+
+def hour_keys(start: datetime, hours: int) -> list[str]:
+    return [(start + timedelta(hours=h)).strftime("%Y-%m-%d-%H:%M") for h in range(hours)]
+
+
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Seconds two [start, end] spans share (negative: the gap between them)."""
+    return min(a[1], b[1]) - max(a[0], b[0])
+
+
+def _step_spans(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[float, float]]:
+    """Each step's [STEP_START, end] in the run's event log (end: now while it runs)."""
+    spans: dict[str, tuple[float, float]] = {}
+    for entry in instance.all_logs(
+        run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS}
+    ):
+        if entry.dagster_event_type == dg.DagsterEventType.STEP_START:
+            spans[entry.step_key] = (entry.timestamp, time.time())
+        else:
+            spans[entry.step_key] = (spans[entry.step_key][0], entry.timestamp)
+    return spans
+
+
+def test_backfill_through_the_daemon(deployment: Deployment, monkeypatch):
+    """Issue 15, parallel backfills: a backfill of the hourly assets over BACKFILL_DAYS,
+    launched through GraphQL with AGG_PIPELINE_BACKFILL_PARTITIONS_PER_RUN=24, under the
+    shipped dagster.yaml except for one pool raised as README says (bi.readings_1m to 2, as
+    `dagster instance concurrency set` does):
+
+    (a) one run per day, the three assets in each, the runs' ranges disjoint;
+    (b) two runs in flight at once, both writing bi.readings_1m: the test holds the days'
+        advisory locks on it until both runs' 1m steps have started, so neither can end
+        first; while the 5m and hourly steps, whose pools keep the default limit 1, never
+        overlap across runs;
+    (c) every (asset, hour) materialized exactly once, and 1m, 5m and hourly over the
+        window equal pandas over raw.
+    """
+    port, engine = deployment.port, deployment.engine
+    start, end = data.DAY0, data.DAY0 + timedelta(days=BACKFILL_DAYS)
+    hours = hour_keys(start, 24 * BACKFILL_DAYS)
+    monkeypatch.setenv("DAGSTER_PG_URL", deployment.env["DAGSTER_PG_URL"])
+    instance = dg.DagsterInstance.from_config(deployment.env["DAGSTER_HOME"])
+    warehouse = WarehouseResource(database_url=deployment.env["DATABASE_URL"])
+    # The window's days, and one either side in case the local zone is not UTC.
+    days = [(start + timedelta(days=d)).date() for d in range(-1, BACKFILL_DAYS + 1)]
+    try:
+        instance.event_log_storage.set_concurrency_slots(RAISED_POOL, 2)
+        with warehouse.locked_transaction(RAISED_POOL, days):
+            backfill_id = launch_backfill(port, HOURLY, hours, "e2e parallel backfill")
+
+            def runs() -> list[dg.RunRecord]:
+                return list(
+                    instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+                )
+
+            def both_writing() -> list[dg.RunRecord]:
+                writing = [
+                    r
+                    for r in runs()
+                    if "readings_1m" in _step_spans(instance, r.dagster_run.run_id)
+                ]
+                return writing if len(writing) >= 2 else []
+
+            wait_for(both_writing, timeout=240, what="two runs writing bi.readings_1m", interval=1)
+            gated = time.monotonic()
+        # (the locks are released: the runs write, the rest of the backfill follows)
+        done = wait_for_backfill(port, backfill_id, "the backfill to complete")
+        print(f"backfill done {time.monotonic() - gated:.0f} s after the gate opened")
+        records = runs()
+        steps = {r.dagster_run.run_id: _step_spans(instance, r.dagster_run.run_id) for r in records}
+        written = {
+            name: Counter(
+                m.partition_key
+                for m in instance.fetch_materializations(
+                    dg.AssetRecordsFilter(dg.AssetKey(name), asset_partitions=hours), limit=1000
+                ).records
+            )
+            for name in HOURLY
+        }
+    finally:
+        # Back to dagster.yaml's default_limit for the tests after this one.
+        instance.event_log_storage.delete_concurrency_limit(RAISED_POOL)
+        instance.dispose()
+    assert done["numPartitions"] == len(hours)
+
+    # (a) ceil(hours / PER_RUN) runs, each of the three assets over its run's range: every
+    # (asset, hour) in exactly one run, no run over more than PER_RUN hours.
+    t0 = min(r.start_time for r in records)
+    timeline = []
+    covered: Counter[tuple[str, str]] = Counter()
+    for r in sorted(records, key=lambda r: r.start_time):
+        run = r.dagster_run
+        assert run.status == dg.DagsterRunStatus.SUCCESS, run.run_id
+        first = run.tags["dagster/asset_partition_range_start"]
+        last = run.tags["dagster/asset_partition_range_end"]
+        run_hours = hours[hours.index(first) : hours.index(last) + 1]
+        assert len(run_hours) <= PER_RUN
+        covered.update((a.to_user_string(), h) for a in run.asset_selection for h in run_hours)
+        timeline.append(
+            f"{first}..{last}: run {r.start_time - t0:.1f}..{r.end_time - t0:.1f} s ("
+            + ", ".join(
+                f"{k} {a - t0:.1f}..{b - t0:.1f}" for k, (a, b) in steps[run.run_id].items()
+            )
+            + ")"
+        )
+    print("; ".join(timeline))
+    assert len(records) == -(-len(hours) // PER_RUN), timeline
+    assert covered == Counter({(a, h): 1 for a in HOURLY for h in hours}), timeline
+    # (b) two runs in flight at once (run records), both in their 1m step at once; the
+    # steps whose pools keep limit 1 never overlap across runs.
+    spans = [(r.start_time, r.end_time) for r in records]
+    assert max(_overlap(a, b) for i, a in enumerate(spans) for b in spans[i + 1 :]) > 0
+    for name in HOURLY:
+        by_run = [s[name] for s in steps.values()]
+        overlaps = [_overlap(a, b) for i, a in enumerate(by_run) for b in by_run[i + 1 :]]
+        if name == "readings_1m":
+            assert max(overlaps) > 0, timeline
+        else:
+            assert max(overlaps) <= 0, (name, timeline)
+    # (c) every partition materialized once, and the numbers equal pandas over raw.
+    assert written == {name: Counter(dict.fromkeys(hours, 1)) for name in HOURLY}
+    raw = reference.load_raw(engine, start, end)
     valid = reference.valid_readings(raw, load_catalogue("hydroponics"), datetime.now(UTC))
-    got = table(engine, "bi.hourly_sensor_agg", "hour_start")
-    # (the healer's first fill of last week shares the table)
-    got = got[(got["bucket"] >= data.DAY0) & (got["bucket"] < data.DAY0 + timedelta(days=1))]
-    assert_matches(got, reference.grouped_stats(valid, valid["time"].dt.floor("1h")))
+    for name, key, mean, freq in (
+        ("bi.readings_1m", "window_start", "mean_value", "1min"),
+        ("bi.readings_5m", "window_start", "mean_value", "5min"),
+        ("bi.hourly_sensor_agg", "hour_start", "avg_value", "1h"),
+    ):
+        got = table(engine, name, key, mean=mean)
+        # (the healer's first fill of last week shares the tables)
+        got = got[(got["bucket"] >= start) & (got["bucket"] < end)]
+        expected = reference.grouped_stats(valid, valid["time"].dt.floor(freq))
+        assert_matches(got, expected, median=freq == "1h")
 
 
 def test_api_run_launches_what_the_daemon_runs(deployment: Deployment, monkeypatch):
@@ -381,15 +508,8 @@ def test_api_run_launches_what_the_daemon_runs(deployment: Deployment, monkeypat
     finally:
         instance.dispose()
 
-    def finished():
-        result = graphql(deployment.port, POLL, {"id": backfill_id})["partitionBackfillOrError"]
-        if result["status"] in ("FAILED", "COMPLETED_FAILED", "CANCELED"):
-            raise AssertionError(f"backfill ended {result['status']}")
-        return result if result["status"] in ("COMPLETED_SUCCESS", "COMPLETED") else None
-
-    assert (
-        wait_for(finished, timeout=300, what="the API's backfill", interval=2)["numPartitions"] == 2
-    )
+    done = wait_for_backfill(deployment.port, backfill_id, "the API's backfill")
+    assert done["numPartitions"] == 2
 
     def cleaned():
         (run,) = [r for r in deployment.runs() if r["runId"] == run_id]
