@@ -5,7 +5,10 @@
 -- (sources/postgres.py: readings_1m current for every hour and the raw row counts equal);
 -- otherwise they read raw, as before. About 16 bytes per reading; retention deletes a
 -- day's hours with the day's raw rows. AGG_PIPELINE_HOUR_VALUES=false stops writing it.
-CREATE TABLE IF NOT EXISTS bi.hour_values (
+-- UNLOGGED: it is derived from raw, and writing it through the WAL nearly doubled its
+-- cost in the 1-minute pass. A crash empties it (and a standby never has it): the counts
+-- then differ from raw, so the levels read raw until readings_1m rewrites the hours.
+CREATE UNLOGGED TABLE IF NOT EXISTS bi.hour_values (
     sensor_id     integer NOT NULL,  -- iot.sensors.id (no FK, as the other high-volume tables: 011)
     hour_start    timestamptz NOT NULL,
     reading_count integer NOT NULL,  -- valid, de-duplicated readings (= cardinality(vals))

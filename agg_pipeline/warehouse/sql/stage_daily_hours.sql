@@ -2,7 +2,8 @@
 -- the valid, de-duplicated readings readings_1m kept per sensor-hour, in time order. Used
 -- only when those hours are current (sources/postgres.py, _HOURS_CURRENT); each local
 -- day is the union of its hours (a zone whose days do not start on a UTC hour never gets
--- here). Medians and held durations exactly as in stage_daily.sql.
+-- here). Medians and held durations exactly as in stage_daily.sql; the reading after
+-- each one is found from the hours' own order instead of a window over the sorted day.
 -- {device} / {time} name the raw table's columns only so that _stage's {shard} (a hash
 -- of r.{device}) applies here too.
 WITH ranges AS (
@@ -52,13 +53,21 @@ CROSS JOIN LATERAL (
                x.v >= k.opt_min AND x.v <= k.opt_max AS optimal,
                x.v < k.crit_below OR x.v > k.crit_above AS critical,
                CASE WHEN k.field IS NOT NULL THEN extract(epoch FROM least(
-                   lead(x.t) OVER (ORDER BY x.t),
+                   x.t_next,
                    x.t + make_interval(secs => :max_gap_seconds),
                    ((g.day + 1)::timestamp AT TIME ZONE :tz)
                ) - x.t) END AS held
-        FROM bi.hour_values AS h
-        CROSS JOIN LATERAL unnest(h.times, h.vals) AS x (t, v)
-        WHERE h.sensor_id = g.sensor_id AND h.hour_start = ANY (g.hours)
+        FROM (
+            -- Each hour's next reading after its last: the next kept hour's first (the
+            -- hours are disjoint and each is in time order, so no sort of the day).
+            SELECT hv.times, hv.vals,
+                   lead(hv.times[1]) OVER (ORDER BY hv.hour_start) AS next_first
+            FROM bi.hour_values AS hv
+            WHERE hv.sensor_id = g.sensor_id AND hv.hour_start = ANY (g.hours)
+        ) AS h
+        -- t_next: the reading after t (NULL after the day's last: least() skips it).
+        CROSS JOIN LATERAL unnest(h.times, h.vals, h.times[2:] || h.next_first)
+            AS x (t, v, t_next)
     ) AS z
 ) AS s
 WHERE s.reading_count > 0
