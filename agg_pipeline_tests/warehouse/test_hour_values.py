@@ -169,6 +169,13 @@ def test_stale_hours_send_the_levels_to_raw(warehouse_url, engine):
     assert writers.write_daily(ctx, window)["conditions_daily"].read_from == {"hour_values": 1}
     assert conditions_count() == before + 1
 
+    # A crash empties the UNLOGGED table: the counts differ, the day reads raw.
+    with engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE bi.hour_values"))
+    assert writers.write_daily(ctx, window)["conditions_daily"].read_from == {"raw": 1}
+    assert conditions_count() == before + 1
+    writers.write_readings_1m(ctx, window)
+
     # A corrected value keeps the counts; the drained change log makes the hour stale.
     with engine.begin() as conn:
         conn.execute(
