@@ -46,6 +46,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
+import yaml
 
 from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.config.settings import PACKAGE_DIR, get_settings
@@ -128,9 +129,12 @@ class BenchEnv:
         self.warehouse_url = url.set(database=self.names[0]).render_as_string(False)
         self.dagster_url = url.set(database=self.names[1]).render_as_string(False)
         self.home = Path(tempfile.mkdtemp(prefix="aggbench_home_"))
+        # The project's storage section (its pooled, batching storage: what a deployment
+        # runs), without its run queue and monitoring (`dagster asset materialize` runs
+        # in-process).
+        project = yaml.safe_load((PACKAGE_DIR.parent / "dagster.yaml").read_text())
         (self.home / "dagster.yaml").write_text(
-            "storage:\n  postgres:\n    postgres_url:\n      env: DAGSTER_PG_URL\n"
-            "telemetry:\n  enabled: false\n"
+            yaml.safe_dump({"storage": project["storage"], "telemetry": {"enabled": False}})
         )
         self.engine = sa.create_engine(self.warehouse_url)
 

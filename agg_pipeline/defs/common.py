@@ -214,25 +214,37 @@ def _previous_materializations(
     return latest
 
 
+def _late_hours(
+    conn: sa.Connection, windows: dict[str, Window]
+) -> dict[str, list[tuple[datetime, int, datetime]]]:
+    """Per partition: the late rows recorded for its hours (hour, rows, last arrival)."""
+    if not windows:
+        return {}
+    keys = list(windows)
+    starts = [windows[k].start for k in keys]
+    out: dict[str, list[tuple[datetime, int, datetime]]] = {}
+    for hour, rows, last in table_figures.late_hours(
+        conn, min(starts), max(w.end for w in windows.values())
+    ):
+        i = bisect.bisect_right(starts, hour) - 1
+        if i >= 0 and hour < windows[keys[i]].end:
+            out.setdefault(keys[i], []).append((hour, rows, last))
+    return out
+
+
 def _late_rows(
-    conn: sa.Connection, windows: dict[str, Window], previous: dict[str, float]
+    hours: dict[str, list[tuple[datetime, int, datetime]]], previous: dict[str, float]
 ) -> dict[str, tuple[int, datetime]]:
     """Per partition: late rows recorded for its hours that arrived after it was last
     materialized. A partition never materialized before has none: its rows, however late
     they were loaded, are read for the first time (a first backfill corrects nothing)."""
-    keys = [k for k in windows if k in previous]
-    if not keys:
-        return {}
-    starts = [windows[k].start for k in keys]
     out: dict[str, tuple[int, datetime]] = {}
-    for hour, rows, last in table_figures.late_hours(
-        conn, min(starts), max(windows[k].end for k in keys)
-    ):
-        i = bisect.bisect_right(starts, hour) - 1
-        if i < 0 or hour >= windows[keys[i]].end or last.timestamp() <= previous[keys[i]]:
-            continue
-        n, latest = out.get(keys[i], (0, last))
-        out[keys[i]] = (n + int(rows), max(latest, last))
+    for key, found in hours.items():
+        for _, rows, last in found:
+            if key not in previous or last.timestamp() <= previous[key]:
+                continue
+            n, latest = out.get(key, (0, last))
+            out[key] = (n + int(rows), max(latest, last))
     return out
 
 
@@ -301,8 +313,12 @@ def materialize_result(
         metadata["bad_devices"] = dg.MetadataValue.json(dict(report.bad_devices))
     windows = _run_partitions(context)
     with warehouse.get_engine().connect() as conn:
-        late = _late_rows(conn, windows, _previous_materializations(context, key, list(windows)))
+        hours = _late_hours(conn, windows)
         figures = _partition_figures(conn, report.table, windows) if len(windows) > 1 else {}
+    # Only partitions with late rows recorded need their last materialization: asking the
+    # instance for every partition of a range run read back (and deserialized) each
+    # one's previous materialization event, ~0.4-0.8 s per asset for a week of hours.
+    late = _late_rows(hours, _previous_materializations(context, key, list(hours)))
     late_rows = sum(n for n, _ in late.values())
     if late_rows:
         # Why a correction ran: readings that arrived after their hour had settled.
