@@ -1053,7 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "machine": machine(),
         }
-        if args.interleave:
+        if args.interleave and (want("floor") or want("pipeline")):
             # Floor, pipeline, floor, pipeline, ...: each ratio from neighbours in time, so
             # a load change on a shared machine moves both sides of it.
             pairs = []
