@@ -24,6 +24,10 @@ PostgreSQL, or the server of DATABASE_URL), then measures, side by side in one r
    and the old per-hour Python job (bench_events.py).
 9. HTTP API - each endpoint under 32 concurrent clients (p50 / p99, requests/s) against
    `agg-pipeline serve`, and the same question from raw for the speedup (bench_api.py).
+10. fleet - the main set's readings a day over 100x the series (2,000 devices x 5 fields
+   at 0.01 Hz), own databases, pipeline / floor (bench_scale.py; only with --only);
+11. curve - floor and pipeline per reading at 1, 7 and 30 days of window, a whole month
+   with the monthly run and the floor's monthly median (bench_scale.py; only with --only).
 
 Absolute times on a shared machine drift; the ratios, measured in the same run, hold.
 """
@@ -52,7 +56,7 @@ from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.config.settings import PACKAGE_DIR, get_settings
 from agg_pipeline.demo import readings as simulator
 from agg_pipeline.warehouse import localdb, migrate
-from benchmarks import bench_events, bench_heal, bench_influx
+from benchmarks import bench_events, bench_heal, bench_influx, bench_scale
 
 SECTIONS = (
     "floor",
@@ -67,7 +71,12 @@ SECTIONS = (
     "incremental",
     "events",
     "healing",
+    "fleet",
+    "curve",
 )
+# Measured only when named in --only (each seeds and measures data sets of its own):
+# `make bench-scale` runs them.
+SCALE_SECTIONS = ("fleet", "curve")
 BENCH_FIELDS = ("temperature", "humidity", "ph", "ec", "light")
 TARGETS = {
     "pipeline_over_floor": ("<=", 1.5),
@@ -84,7 +93,12 @@ TARGETS = {
     "heal_trials_wrong": ("<=", 0),
     "events_pipeline_over_floor": ("<=", 1.5),
     "events_old_way_over_pipeline": (">=", 20.0),
+    "fleet_pipeline_over_floor": ("<=", 1.5),
+    "fleet_worker_peak_rss_mb": ("<=", 500.0),
+    "curve_worst_pipeline_over_floor": ("<=", 1.5),
+    "curve_worker_peak_rss_mb": ("<=", 500.0),
 }
+RSS_TARGET_MB = TARGETS["worker_peak_rss_mb"][1]
 
 
 def progress(message: str) -> None:
@@ -182,13 +196,39 @@ def run_dagster(
             stderr=err,
             cwd=PACKAGE_DIR.parent,
         )
-        _, status, usage = os.wait4(proc.pid, 0)
+        hwm_kb, status, usage = 0, 0, None
+        while usage is None:
+            hwm_kb = max(hwm_kb, _vm_hwm_kb(proc.pid))
+            pid, status, got = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                usage = got
+            else:
+                time.sleep(0.05)
         seconds = time.perf_counter() - start
         if os.waitstatus_to_exitcode(status) != 0:
             err.seek(0)
             tail = err.read().decode(errors="replace")[-3000:]
             raise RuntimeError(f"{' '.join(argv[2:])} failed:\n{tail}")
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
+    # The worker's own high-water mark (VmHWM, polled while it runs). wait4's ru_maxrss is
+    # not it: Popen starts the child with vfork, and exec carries the bench process's own
+    # peak into the child's maxrss (every run showed the seeding's 282 MB). Kept beside it.
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": hwm_kb / 1024 if hwm_kb else usage.ru_maxrss / 1024,
+        "rusage_maxrss_mb": usage.ru_maxrss / 1024,
+    }
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    """The process's peak resident set since its exec, from /proc (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 _STEP_TIMES = """
@@ -237,14 +277,18 @@ FLOOR_MEDIANS = {
     "hourly_median": "date_trunc('hour', time)",
     "daily_median": "(time AT TIME ZONE 'UTC')::date",
     "weekly_median": "date_trunc('week', (time AT TIME ZONE 'UTC')::date)::date",
+    "monthly_median": "date_trunc('month', (time AT TIME ZONE 'UTC')::date)::date",
 }
 
 
 def measure_floor(env: BenchEnv, start: datetime, end: datetime, reps: int) -> dict:
     """What PostgreSQL itself needs for the same answers: the 1-minute partials and the
     exact hourly, daily and (when the data holds a whole week) weekly medians, four plain
-    GROUP BY statements over raw, each into a temp table (so nothing is pruned)."""
+    GROUP BY statements over raw, each into a temp table (so nothing is pruned); and the
+    monthly medians of the whole months the data holds (the monthly run's partitions),
+    over those months only."""
     params = {"s": start, "e": end}
+    months = closed_months(start, end)
     statements_ = {
         "partials_1m": (
             "CREATE TEMP TABLE floor_1m ON COMMIT DROP AS "
@@ -256,12 +300,17 @@ def measure_floor(env: BenchEnv, start: datetime, end: datetime, reps: int) -> d
         **{
             name: _FLOOR_MEDIAN.format(name=name, bucket=bucket)
             for name, bucket in FLOOR_MEDIANS.items()
-            if name != "weekly_median" or closed_weeks(start, end)
+            if {"weekly_median": closed_weeks(start, end), "monthly_median": months}.get(name, True)
         },
     }
     out: dict = {"samples": {}}
     for name, sql in statements_.items():
-        value, samples = median_of(lambda sql=sql: sql_time(env.engine, sql, params), reps)
+        where = params
+        if name == "monthly_median":
+            where = {"s": _utc(months[0]), "e": _utc(_next_month(months[-1]))}
+        value, samples = median_of(
+            lambda sql=sql, where=where: sql_time(env.engine, sql, where), reps
+        )
         out[f"{name}_s"] = value
         out["samples"][name] = samples
     out["total_s"] = sum(out[f"{name}_s"] for name in statements_)
@@ -278,6 +327,28 @@ def closed_weeks(start: datetime, end: datetime) -> list[date]:
             weeks.append(day - timedelta(days=6))
         day += timedelta(days=1)
     return weeks
+
+
+def _utc(day: date) -> datetime:
+    return datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+
+
+def _next_month(first: date) -> date:
+    return (first.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def closed_months(start: datetime, end: datetime) -> list[date]:
+    """The 1sts of the (UTC, as the floor's days) months wholly inside [start, end): the
+    monthly run's partitions (its median reads the month's raw readings, so a month the
+    data holds only part of would not be the month's answer)."""
+    months = []
+    first = start.date().replace(day=1)
+    if first < start.date() or start != _utc(start.date()):
+        first = _next_month(first)
+    while _utc(_next_month(first)) <= end:
+        months.append(first)
+        first = _next_month(first)
+    return months
 
 
 def pipeline_runs(start: datetime, end: datetime) -> list[tuple[str, list[str]]]:
@@ -300,6 +371,14 @@ def pipeline_runs(start: datetime, end: datetime) -> list[tuple[str, list[str]]]
             (
                 "rollup_weekly",
                 ["--partition-range", f"{weeks[0]:%Y-%m-%d}...{weeks[-1]:%Y-%m-%d}"],
+            )
+        )
+    months = closed_months(start, end)
+    if months:  # the same way as the weekly run, one run over the whole months
+        runs.append(
+            (
+                "rollup_monthly",
+                ["--partition-range", f"{months[0]:%Y-%m-%d}...{months[-1]:%Y-%m-%d}"],
             )
         )
     return runs
@@ -688,6 +767,37 @@ def measure_incremental(env: BenchEnv, day_start: datetime, devices: int, hz: fl
 # --------------------------------------------------------------------------------------
 
 
+def seed(
+    env: BenchEnv,
+    start: datetime,
+    days: float,
+    devices: int,
+    hz: float,
+    duplicate_rate: float | None = None,
+) -> tuple[int, simulator.SimulationSpec]:
+    """Migrate ``env``'s warehouse and write the bench's readings (devices x BENCH_FIELDS at
+    hz from start) and diagnostics; return the reading count and the spec."""
+    progress(f"databases {env.names}; migrating")
+    migrate.migrate(env.engine)
+    simulator.write_demo_crops(env.engine)  # as before: conditions against the demo batch
+    progress(f"seeding {devices} devices x {len(BENCH_FIELDS)} fields at {hz:g} Hz, {days:g} d")
+    spec = simulator.SimulationSpec(
+        start=start,
+        days=days,
+        devices=devices,
+        hz=hz,
+        seed=42,
+        fields=BENCH_FIELDS,
+        **({} if duplicate_rate is None else {"duplicate_rate": duplicate_rate}),
+    )
+    catalogue = load_catalogue("hydroponics")
+    readings = simulator.write(env.engine, catalogue, spec)
+    simulator.write_diagnostics(env.engine, catalogue, start, days, devices)
+    with env.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE raw.readings"))
+    return readings, spec
+
+
 def machine() -> dict:
     mem = None
     try:
@@ -735,6 +845,7 @@ def ratios(r: dict) -> dict:
     out["events_pipeline_over_floor"] = events.get("pipeline_over_floor")
     out["events_old_way_over_pipeline"] = events.get("old_way_over_pipeline")
     out["events_graph_sql_over_floor"] = events.get("graph_sql_over_floor")  # no Dagster
+    out.update(bench_scale.ratios(r))
     return out
 
 
@@ -753,10 +864,14 @@ def verdicts(ratios_: dict) -> dict:
 def render(result: dict) -> str:
     r, v = result["ratios"], result["verdicts"]
     d = result["dataset"]
+    main_set = (
+        f"{d['readings']:,} readings ({d['devices']} devices x {len(d['fields'])} fields at "
+        f"{d['hz']:g} Hz, {d['days']:g} day(s))"
+        if d["readings"]
+        else "scale sections only (no main data set)"
+    )
     lines = [
-        f"agg_pipeline benchmark - {d['readings']:,} readings ({d['devices']} devices x "
-        f"{len(d['fields'])} fields at {d['hz']:g} Hz, {d['days']:g} day(s)), "
-        f"{result['machine']['cpus']} CPUs",
+        f"agg_pipeline benchmark - {main_set}, {result['machine']['cpus']} CPUs",
         "",
         f"{'measure':<44}{'value':>14}  target   verdict",
     ]
@@ -782,6 +897,10 @@ def render(result: dict) -> str:
     row("heal trials ending in a wrong state", "heal_trials_wrong", "d")
     row("events: graph / floor", "events_pipeline_over_floor", ".2f")
     row("events: old way / graph", "events_old_way_over_pipeline", ".1f")
+    row("fleet: pipeline / floor", "fleet_pipeline_over_floor", ".2f")
+    row("fleet: run worker peak RSS (MB)", "fleet_worker_peak_rss_mb", ".0f")
+    row("curve: worst pipeline / floor", "curve_worst_pipeline_over_floor", ".2f")
+    row("curve: run worker peak RSS (MB)", "curve_worker_peak_rss_mb", ".0f")
     f, p = result.get("floor"), result.get("pipeline")
     o, b = result.get("old_way"), result.get("backfill")
     lines.append("")
@@ -803,18 +922,14 @@ def render(result: dict) -> str:
             + " + ".join(f"{x['assets'].split(',')[0]}.. {x['seconds']:.2f} s" for x in p["runs"])
             + f" = {p['total_s']:.2f} s"
         )
-        for x in p["runs"]:
-            steps = ", ".join(f"{k} {v:.2f} s" for k, v in x.get("steps_s", {}).items())
-            lines.append(f"  {x['assets'].split(',')[0]} run {x['seconds']:.2f} s: {steps}")
+        lines += run_lines(p["runs"])
     pe = result.get("pipeline_exact_1m")
     if pe and f:
         lines.append(
             f"pipeline, exact 1m path only (AGG_PIPELINE_PLAIN_1M=false): {pe['total_s']:.2f} s "
             f"= {pe['total_s'] / f['total_s']:.2f}x the floor"
         )
-        for x in pe["runs"]:
-            steps = ", ".join(f"{k} {v:.2f} s" for k, v in x.get("steps_s", {}).items())
-            lines.append(f"  {x['assets'].split(',')[0]} run {x['seconds']:.2f} s: {steps}")
+        lines += run_lines(pe["runs"])
     par = result.get("parallel")
     if par:
         lines.append(
@@ -867,7 +982,23 @@ def render(result: dict) -> str:
             f"{h['minutes_timed']} minutes timed, p50 {h['minute_p50_s']} s, max "
             f"{h['minute_max_s']} s ({h['hour_end_minutes_timed']} last minutes of an hour)"
         )
+    lines += bench_scale.render(result)
     return "\n".join(lines)
+
+
+def run_lines(runs: list[dict]) -> list[str]:
+    """One line per Dagster run: its seconds, its worker's peak RSS against the target,
+    and its steps."""
+    out = []
+    for x in runs:
+        rss = x["peak_rss_mb"]
+        verdict = "met" if rss <= RSS_TARGET_MB else "MISSED"
+        steps = ", ".join(f"{k} {v:.2f} s" for k, v in x.get("steps_s", {}).items())
+        out.append(
+            f"  {x['assets'].split(',')[0]} run {x['seconds']:.2f} s, peak RSS {rss:.0f} MB "
+            f"(<={RSS_TARGET_MB:g} {verdict}): {steps}"
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -920,9 +1051,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         type=lambda v: set(v.split(",")),
-        default=set(SECTIONS),
-        help=f"comma-separated sections to measure (default all): {','.join(SECTIONS)}",
+        default=set(SECTIONS) - set(SCALE_SECTIONS),
+        help=f"comma-separated sections to measure: {','.join(SECTIONS)} (default all but "
+        f"{','.join(SCALE_SECTIONS)}, which `make bench-scale` runs)",
     )
+    bench_scale.add_arguments(parser)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark databases")
     args = parser.parse_args(argv)
@@ -936,25 +1069,10 @@ def main(argv: list[str] | None = None) -> int:
     end = start + timedelta(days=args.days)
     env = BenchEnv(args.keep)
     try:
-        progress(f"databases {env.names}; migrating")
-        migrate.migrate(env.engine)
-        simulator.write_demo_crops(env.engine)  # as before: conditions against the demo batch
-        progress(f"seeding {args.devices} devices x {len(BENCH_FIELDS)} fields at {args.hz:g} Hz")
-        spec = simulator.SimulationSpec(
-            start=start,
-            days=args.days,
-            devices=args.devices,
-            hz=args.hz,
-            seed=42,
-            fields=BENCH_FIELDS,
-            **({} if args.duplicate_rate is None else {"duplicate_rate": args.duplicate_rate}),
-        )
-        readings = simulator.write(env.engine, load_catalogue("hydroponics"), spec)
-        simulator.write_diagnostics(
-            env.engine, load_catalogue("hydroponics"), start, args.days, args.devices
-        )
-        with env.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(sa.text("VACUUM ANALYZE raw.readings"))
+        # The main data set serves every section but the scale ones (own databases each).
+        readings, spec = 0, None
+        if args.only - set(SCALE_SECTIONS):
+            readings, spec = seed(env, start, args.days, args.devices, args.hz, args.duplicate_rate)
         result: dict = {
             "dataset": {
                 "readings": readings,
@@ -963,11 +1081,11 @@ def main(argv: list[str] | None = None) -> int:
                 "hz": args.hz,
                 "days": args.days,
                 "start": start.isoformat(),
-                "duplicate_rate": spec.duplicate_rate,
+                "duplicate_rate": spec.duplicate_rate if spec else None,
             },
             "machine": machine(),
         }
-        if args.interleave:
+        if args.interleave and (want("floor") or want("pipeline")):
             # Floor, pipeline, floor, pipeline, ...: each ratio from neighbours in time, so
             # a load change on a shared machine moves both sides of it.
             pairs = []
@@ -1044,6 +1162,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.heal_trials and want("healing"):
             progress(f"healing through the daemon: {args.heal_trials} trials")
             result["healing"] = bench_heal.measure_healing(env, args.heal_trials)
+        if want("fleet"):
+            result["fleet"] = bench_scale.measure_fleet(args)
+        if want("curve"):
+            result["curve"] = bench_scale.measure_curve(args)
         result["ratios"] = ratios(result)
         result["verdicts"] = verdicts(result["ratios"])
     finally:

@@ -107,10 +107,12 @@ def _gaps(spec: SimulationSpec, devices: list[str]) -> dict[int, list[tuple[floa
     return gaps
 
 
-def generate(
+def _generate_codes(
     catalogue: Catalogue, spec: SimulationSpec, chunk: timedelta = timedelta(hours=1)
-) -> Iterator[pd.DataFrame]:
-    """DataFrames of (time, device, field, value), in time order, one per chunk."""
+) -> Iterator[tuple[pd.DataFrame, np.ndarray, list[str], list[str]]]:
+    """Per chunk, in time order: a frame of (epoch, device index, field index, value), the
+    readings' times (datetime64[ns], UTC), and the device and field names the indexes
+    point into. generate() and write() both read this, so they write the same rows."""
     fields = list(spec.fields or catalogue.fields)
     unknown = [f for f in fields if f not in catalogue.fields]
     if unknown:
@@ -167,13 +169,16 @@ def generate(
                 "value": values.reshape(-1),
             }
         )
-        keep = np.ones(len(frame), dtype=bool)
+        # Gaps on the (tick, device) grid, then repeated per field: the frame's rows are
+        # that grid in order, n_fld rows per cell. (Masking the whole frame once per gap
+        # cost O(devices x rows): minutes per day for a fleet of thousands of devices.)
+        silent = np.zeros(times.shape, dtype=bool)
         for d, spans in gaps.items():
             for g0, g1 in spans:
                 if g1 < c_start.timestamp() or g0 > c_end.timestamp():
                     continue
-                keep &= ~((frame["device"].to_numpy() == d) & frame["epoch"].between(g0, g1))
-        frame = frame[keep].reset_index(drop=True)
+                silent[:, d] |= (times[:, d] >= g0) & (times[:, d] <= g1)
+        frame = frame[~np.repeat(silent.reshape(-1), n_fld)].reset_index(drop=True)
 
         n = len(frame)
         for kind in ("nan", "inf", "oob"):
@@ -187,16 +192,65 @@ def generate(
                 frame.loc[idx, "value"] = hi[f_idx] + (hi[f_idx] - lo[f_idx]) + 1.0
         dup_idx = rng.choice(n, size=rng.binomial(n, spec.duplicate_rate), replace=False)
         frame = pd.concat([frame, frame.loc[dup_idx]]).sort_values("epoch", kind="stable")
+        stamps = pd.to_datetime(np.round(frame["epoch"].to_numpy(), 6), unit="s", utc=True)
+        yield frame, stamps, devices, fields
 
-        out = pd.DataFrame(
+
+def generate(
+    catalogue: Catalogue, spec: SimulationSpec, chunk: timedelta = timedelta(hours=1)
+) -> Iterator[pd.DataFrame]:
+    """DataFrames of (time, device, field, value), in time order, one per chunk."""
+    for frame, stamps, devices, fields in _generate_codes(catalogue, spec, chunk):
+        yield pd.DataFrame(
             {
-                "time": pd.to_datetime(np.round(frame["epoch"].to_numpy(), 6), unit="s", utc=True),
+                "time": stamps,
                 "device": np.array(devices, dtype=object)[frame["device"].to_numpy()],
                 "field": np.array(fields, dtype=object)[frame["field"].to_numpy()],
                 "value": frame["value"].to_numpy(),
             }
         )
-        yield out
+
+
+# PostgreSQL's binary COPY: the signature, flags and header extension; the trailer.
+_PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
+_PGCOPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
+# One staged row: 4 columns, each a length then big-endian data (timestamptz: int8
+# microseconds since 2000-01-01 UTC; the device and field indexes: int4; value: float8).
+_STAGE_ROW = np.dtype(
+    [
+        ("ncols", ">i2"),
+        ("t_len", ">i4"),
+        ("t", ">i8"),
+        ("d_len", ">i4"),
+        ("d", ">i4"),
+        ("f_len", ">i4"),
+        ("f", ">i4"),
+        ("v_len", ">i4"),
+        ("v", ">f8"),
+    ]
+)
+_PG_EPOCH_S = 946_684_800  # 2000-01-01 00:00:00 UTC in Unix seconds
+
+
+def _pg_microseconds(stamps: pd.DatetimeIndex) -> np.ndarray:
+    """PostgreSQL's timestamp of each nanosecond time as it reads the text form: whole
+    seconds, plus rint(fraction x 1e6) of the fraction parsed as a double (datetime.c's
+    ParseFractionalSecond), so the rows equal what the CSV path wrote."""
+    ns = stamps.asi8
+    seconds, frac_ns = np.divmod(ns, 1_000_000_000)
+    micro = np.rint((frac_ns / 1e9) * 1_000_000).astype(np.int64)
+    return (seconds - _PG_EPOCH_S) * 1_000_000 + micro
+
+
+def _copy_payload(frame: pd.DataFrame, stamps: pd.DatetimeIndex) -> bytes:
+    rows = np.empty(len(frame), dtype=_STAGE_ROW)
+    rows["ncols"] = 4
+    rows["t_len"], rows["d_len"], rows["f_len"], rows["v_len"] = 8, 4, 4, 8
+    rows["t"] = _pg_microseconds(stamps)
+    rows["d"] = frame["device"].to_numpy() + 1  # SQL arrays count from 1
+    rows["f"] = frame["field"].to_numpy() + 1
+    rows["v"] = frame["value"].to_numpy()
+    return _PGCOPY_HEADER + rows.tobytes() + _PGCOPY_TRAILER
 
 
 def write(
@@ -205,7 +259,13 @@ def write(
     spec: SimulationSpec,
     progress: Callable[[int, datetime], None] | None = None,
 ) -> int:
-    """COPY the simulated readings into the catalogue's raw table; return the row count."""
+    """Write the simulated readings into the catalogue's raw table; return the row count.
+
+    Each chunk is built as binary COPY rows by numpy (times, device and field indexes,
+    values) into a temporary table, then moved into the raw table in one INSERT ... SELECT
+    that names the device and field: the same rows, in the same order, one statement per
+    chunk as a COPY per chunk was. Formatting CSV in pandas cost ~5 us a reading, most of
+    a seed's time (a day of 20 devices x 5 fields at 1 Hz: 8.6 M readings)."""
     src = catalogue.source
     table = statements.quote_ident(src.table)
     cols = ", ".join(
@@ -216,19 +276,36 @@ def write(
     raw = engine.raw_connection()
     try:
         with raw.cursor() as cur:
-            # Naive UTC timestamps format ~3x faster than aware ones; the session zone makes
-            # PostgreSQL read them as UTC.
+            # The session zone UTC: a raw table whose time column is a timestamp without
+            # time zone gets the UTC wall clock, as it did from the naive CSV times.
             cur.execute("SET TIME ZONE 'UTC'")
-            for frame in generate(catalogue, spec):
-                buf = io.StringIO()
-                naive = frame.assign(time=frame["time"].dt.tz_localize(None))
-                # NaN as 'NaN' and inf as 'inf': PostgreSQL's float8 input reads both.
-                naive.to_csv(buf, header=False, index=False, na_rep="NaN")
-                buf.seek(0)
-                cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv)", buf)
+            # The INSERT reads the staging table in the order COPY wrote it: a synchronized
+            # scan could start it mid-table.
+            cur.execute("SET synchronize_seqscans = off")
+            cur.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS _simulated_readings "
+                "(t timestamptz, d int4, f int4, v float8)"
+            )
+            cur.execute("TRUNCATE _simulated_readings")
+            for frame, stamps, devices, fields in _generate_codes(catalogue, spec):
+                cur.copy_expert(
+                    "COPY _simulated_readings FROM STDIN WITH (FORMAT binary)",
+                    io.BytesIO(_copy_payload(frame, stamps)),
+                )
+                # name[], not text[]: a name is fixed-width (64 bytes), so the subscript is
+                # O(1); in a text[] it walks the array (4x slower for 2,000 devices).
+                if max(len(n.encode()) for n in (*devices, *fields)) > 63:
+                    raise ValueError("device and field names of the simulator: 63 bytes at most")
+                cur.execute(
+                    f"INSERT INTO {table} ({cols}) SELECT t, (%(devices)s::name[])[d]::text, "
+                    "(%(fields)s::name[])[f]::text, v FROM _simulated_readings",
+                    {"devices": devices, "fields": fields},
+                )
+                cur.execute("TRUNCATE _simulated_readings")
                 total += len(frame)
                 if progress:
-                    progress(total, frame["time"].iloc[-1].floor("us").to_pydatetime())
+                    progress(total, stamps[-1].floor("us").to_pydatetime())
+            cur.execute("DROP TABLE _simulated_readings")
         raw.commit()
     finally:
         raw.close()

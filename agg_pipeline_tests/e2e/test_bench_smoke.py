@@ -67,3 +67,62 @@ def test_benchmark_runs_end_to_end(pg_server_url, monkeypatch, tmp_path, capsys)
     assert "pipeline / floor" in table and "verdict" in table
     assert "events: graph / floor" in table
     assert result["events"]["dataset"]["executions"] > 3000  # and the redelivered 0.5 %
+
+
+def test_closed_months_and_the_monthly_run():
+    """A month is the monthly run's (and the floor's monthly median's) only when the window
+    holds all of it; the weekly run is untouched."""
+    from datetime import UTC, date, datetime, timedelta
+
+    def at(day: str) -> datetime:
+        return datetime.combine(date.fromisoformat(day), datetime.min.time(), tzinfo=UTC)
+
+    assert bench.closed_months(at("2026-10-01"), at("2026-10-01") + timedelta(days=31)) == [
+        date(2026, 10, 1)
+    ]
+    assert bench.closed_months(at("2026-10-01"), at("2026-10-31")) == []  # a day short
+    assert bench.closed_months(at("2026-10-02"), at("2026-11-30")) == []
+    assert bench.closed_months(at("2026-10-02"), at("2026-12-01")) == [date(2026, 11, 1)]
+    assert bench.closed_months(at("2026-09-01"), at("2026-11-01")) == [
+        date(2026, 9, 1),
+        date(2026, 10, 1),
+    ]
+    assert bench.closed_months(at("2026-12-01") + timedelta(hours=1), at("2027-02-01")) == [
+        date(2027, 1, 1)
+    ]
+    runs = dict(bench.pipeline_runs(at("2026-11-01"), at("2026-12-01")))
+    assert runs["rollup_monthly"] == ["--partition-range", "2026-11-01...2026-11-01"]
+    assert runs["rollup_weekly"] == ["--partition-range", "2026-10-26...2026-11-23"]
+    assert "rollup_monthly" not in dict(bench.pipeline_runs(at("2026-11-02"), at("2026-11-09")))
+
+
+def test_scale_sections_run_end_to_end(pg_server_url, monkeypatch, tmp_path, capsys):
+    """fleet and curve (off in the default run) at a tiny size: own databases, floor and
+    pipeline, ratios and the table."""
+    monkeypatch.setenv("DATABASE_URL", pg_server_url)
+    out = tmp_path / "scale.json"
+    argv = ["--only", "fleet,curve", "--start", "2026-11-02", "--reps", "1", "--hz", "0.005",
+            "--fleet-devices", "4", "--fleet-hz", "0.002", "--curve-days", "1",
+            "--curve-devices", "1", "--json", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    fleet, point = result["fleet"], result["curve"]["points"]["1"]
+    # 4 x 5 series x 0.002 Hz x 86,400 s, less the simulated outages (and plus duplicates)
+    assert 0.8 * 3456 < fleet["dataset"]["readings"] <= 3456 * 1.01
+    assert fleet["dataset"]["series"] == 20
+    for w in (fleet, point):
+        assert w["pipeline_over_floor"] == w["pipeline"]["total_s"] / w["floor"]["total_s"]
+        assert [r["assets"].split(",")[0] for r in w["pipeline"]["runs"]] == [
+            "readings_1m",
+            "rollup_daily",
+        ]
+        # the worker's own VmHWM: never above its rusage maxrss (which also holds the
+        # bench process's peak, carried over by vfork + exec)
+        assert all(0 < r["peak_rss_mb"] <= r["rusage_maxrss_mb"] for r in w["pipeline"]["runs"])
+    ratios = result["ratios"]
+    assert ratios["fleet_pipeline_over_floor"] == fleet["pipeline_over_floor"]
+    assert ratios["curve_1d_pipeline_us_per_reading"] == point["pipeline_us_per_reading"]
+    assert result["verdicts"]["curve_worker_peak_rss_mb"] in ("met", "MISSED")
+    table = capsys.readouterr().out
+    assert "fleet: pipeline / floor" in table and "curve (days)" in table
+    assert table.count("peak RSS") >= 4  # each run's line, fleet's and the curve point's
