@@ -55,7 +55,7 @@ import yaml
 from agg_pipeline.config.catalogue import load_catalogue
 from agg_pipeline.config.settings import PACKAGE_DIR, get_settings
 from agg_pipeline.demo import readings as simulator
-from agg_pipeline.warehouse import localdb, migrate
+from agg_pipeline.warehouse import late_data, localdb, migrate
 from benchmarks import bench_events, bench_heal, bench_influx, bench_scale
 
 SECTIONS = (
@@ -793,6 +793,9 @@ def seed(
     catalogue = load_catalogue("hydroponics")
     readings = simulator.write(env.engine, catalogue, spec)
     simulator.write_diagnostics(env.engine, catalogue, start, days, devices)
+    # The seeding's change-log entries become raw versions, as the healer's next tick would
+    # make them (a deployment's daemon drains the log every 30 s).
+    late_data.drain(env.engine, start - timedelta(days=1), timedelta(0))
     with env.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("VACUUM ANALYZE raw.readings"))
     return readings, spec

@@ -137,9 +137,12 @@ FROM stage_1m_exact
 """
 
 
-# Hours of [start, end) whose bi.hour_values may stand for raw: stale ones (no readings_1m
-# version, or raw changed after it was computed), the raw rows they were computed from,
-# and the raw rows of the catalogue's fields there now.
+# Whether bi.hour_values may stand for raw over [start, end): the hours that are stale (no
+# readings_1m version, or raw changed after it was computed); whether the change log holds
+# a change to the window not yet folded into raw's versions (the healer drains it each
+# tick); and the hours whose kept raw row count differs from what raw holds now for the
+# catalogue's fields (per hour, so that a surplus in one hour cannot hide a shortfall in
+# another).
 _HOURS_CURRENT = """
 SELECT
     (SELECT count(*)
@@ -147,11 +150,22 @@ SELECT
                           - interval '1 hour', interval '1 hour') AS h (t)
      LEFT JOIN ops.partition_versions AS m ON m.asset = :minutes AND m.partition_start = h.t
      LEFT JOIN ops.partition_versions AS r ON r.asset = :raw AND r.partition_start = h.t
-     WHERE m.computed_from IS NULL OR r.version > m.computed_from),
-    (SELECT coalesce(sum(raw_rows), 0) FROM bi.hour_values
-     WHERE hour_start >= :start AND hour_start < :end),
-    (SELECT count(*) FROM {raw_table} AS r
-     WHERE r.{time} >= :start AND r.{time} < :end AND r.{field} = ANY (CAST(:fields AS text[])))
+     WHERE m.computed_from IS NULL OR r.version > m.computed_from) AS stale_hours,
+    EXISTS (SELECT 1 FROM raw.readings_change_log
+            WHERE bucket_start >= :start AND bucket_start < :end) AS undrained,
+    (SELECT count(*) FROM (
+        SELECT x.hour FROM (
+            SELECT hour_start AS hour, raw_rows AS kept, 0::bigint AS raw
+            FROM bi.hour_values WHERE hour_start >= :start AND hour_start < :end
+            UNION ALL
+            SELECT date_bin('1 hour', r.{time}, CAST(:start AS timestamptz)), 0, count(*)
+            FROM {raw_table} AS r
+            WHERE r.{time} >= :start AND r.{time} < :end
+              AND r.{field} = ANY (CAST(:fields AS text[]))
+            GROUP BY 1
+        ) AS x
+        GROUP BY x.hour HAVING sum(x.kept) <> sum(x.raw)
+    ) AS d) AS uneven_hours
 """
 
 
@@ -161,7 +175,12 @@ def _on_hour(t: datetime) -> bool:
 
 # The hour row's raw row count and its valid, de-duplicated readings in time order
 # (stage_partials_1m.sql; written to bi.hour_values), or NULLs when none are kept.
-_HOUR_VALUES = "cardinality(g.ts), array_agg(d.t ORDER BY d.t), array_agg(d.v ORDER BY d.t)"
+# hour_rows leaves out the rows rejected as future: raw then holds more than the hour
+# values stand for, and the levels above read raw (where they may be valid by then).
+_HOUR_VALUES = (
+    "(SELECT count(*) FROM unnest(g.ts) AS f (t) WHERE f.t <= :latest_allowed), "
+    "array_agg(d.t ORDER BY d.t), array_agg(d.v ORDER BY d.t)"
+)
 _NO_HOUR_VALUES = "NULL::bigint, NULL::timestamptz[], NULL::float8[]"
 
 
@@ -256,13 +275,15 @@ class PostgresReadingsSource:
         """Whether ``bi.hour_values`` holds exactly what raw holds for ``window``, so the
         levels above may read it instead of raw: every hour of the window has a
         readings_1m version computed after raw's latest change to that hour (versions.py),
-        and the raw rows those hours were computed from are as many as raw holds now (a
-        write the change log has not reported yet, or an hour whose every reading was
-        rejected, sends the window to raw). Hours are UTC hours: a window that does not
+        the change log holds no change to the window that is not in those versions yet,
+        and every hour's raw rows (those not rejected as future when it was computed) are
+        as many as raw holds there now (a write to a table without the change-log trigger,
+        a reading that was in the future then, or an hour whose every reading was rejected
+        sends the window to raw). Hours are UTC hours: a window that does not
         start and end on one (a zone offset of :30) always reads raw."""
         if not self.hour_values or not (_on_hour(window.start) and _on_hour(window.end)):
             return False
-        stale, kept, raw = conn.execute(
+        stale, undrained, uneven = conn.execute(
             sa.text(_HOURS_CURRENT.format(**self.columns.as_dict())),
             {
                 "start": window.start,
@@ -272,7 +293,7 @@ class PostgresReadingsSource:
                 "minutes": "readings_1m",
             },
         ).one()
-        return stale == 0 and kept == raw
+        return stale == 0 and not undrained and uneven == 0
 
     def stage_medians(
         self, conn: sa.Connection, window: Window, grain: str, ctx: StageContext

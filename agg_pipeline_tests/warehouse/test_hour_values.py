@@ -3,6 +3,8 @@ instead of raw, only while those hours are current, and write the same rows eith
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -47,6 +49,12 @@ def seed_week(engine: sa.Engine) -> None:
     data.insert(engine, data.bad_rows(datetime(2026, 10, 21, 9, tzinfo=UTC)))
     data.insert(engine, data.bad_rows(datetime(2026, 10, 25, 1, 30, tzinfo=UTC)))
     data.insert(engine, [(datetime(2026, 10, 23, 8, 20, tzinfo=UTC), "lonely_1", "ph", None)])
+    drain(engine)
+
+
+def drain(engine: sa.Engine) -> None:
+    """Fold the change log into raw versions, as the healer's tick does."""
+    late_data.drain(engine, week_window().start - timedelta(days=30), timedelta(0))
 
 
 def levels(engine: sa.Engine) -> dict[str, pd.DataFrame]:
@@ -97,6 +105,10 @@ def test_levels_from_hour_values_equal_raw_path_and_pandas(warehouse_url, engine
     # Without that row every window is covered by its hours.
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM raw.readings WHERE device = 'lonely_1'"))
+    # Undrained, that delete is a change the kept hours may not hold: raw again.
+    assert write_above_hours(ctx)["rollup_weekly"].read_from == {"raw": 1}
+    drain(engine)  # its hour's raw version is now newer than the 1m pass: recompute it
+    writers.write_readings_1m(ctx, day_window(date(2026, 10, 23), ZONE))
     reports = write_above_hours(ctx)
     assert reports["rollup_daily"].read_from == {"hour_values": 7}
     assert reports["conditions_daily"].read_from == {"hour_values": 7}
@@ -164,7 +176,9 @@ def test_stale_hours_send_the_levels_to_raw(warehouse_url, engine):
     assert report.read_from == {"raw": 1}
     assert conditions_count() == before + 1
 
-    # Once readings_1m has re-run, its hours are current again: hour values, same answer.
+    # Once the change is drained and readings_1m has re-run, its hours are current again:
+    # hour values, same answer.
+    drain(engine)
     writers.write_readings_1m(ctx, window)
     assert writers.write_daily(ctx, window)["conditions_daily"].read_from == {"hour_values": 1}
     assert conditions_count() == before + 1
@@ -176,7 +190,8 @@ def test_stale_hours_send_the_levels_to_raw(warehouse_url, engine):
     assert conditions_count() == before + 1
     writers.write_readings_1m(ctx, window)
 
-    # A corrected value keeps the counts; the drained change log makes the hour stale.
+    # A corrected value keeps the counts: undrained, the change log says so; drained, the
+    # hour's raw version does. Raw both times.
     with engine.begin() as conn:
         conn.execute(
             sa.text(
@@ -185,7 +200,8 @@ def test_stale_hours_send_the_levels_to_raw(warehouse_url, engine):
             ),
             {"t": late_at},
         )
-    late_data.drain(engine, window.start - timedelta(days=30), timedelta(0))
+    assert writers.write_daily(ctx, window)["conditions_daily"].read_from == {"raw": 1}
+    drain(engine)
     report = writers.write_daily(ctx, window)["conditions_daily"]
     assert report.read_from == {"raw": 1}
     with engine.connect() as conn:
@@ -220,3 +236,43 @@ def test_hour_values_off_keeps_none(warehouse_url, engine):
     writers.write_readings_1m(ctx, window)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM bi.hour_values")).scalar_one() == 0
+
+
+def test_readings_in_the_future_then_send_the_day_to_raw(warehouse_url, engine):
+    seed_week(engine)
+    day = WEEK + timedelta(days=1)
+    window = day_window(day, ZONE)
+    # A device clock ahead: stamped late in the day, rejected as future while the 1m pass
+    # runs (its clock is pinned before them), valid by the time the day is written.
+    ahead = window.end - timedelta(minutes=30)
+    data.insert(engine, [(ahead, "arduino_001", "temperature", 21.5)])
+    drain(engine)
+    ctx = context(warehouse_url)
+    writers.write_readings_1m(_pinned(ctx, ahead - timedelta(minutes=1)), window)
+    report = writers.write_daily(ctx, window)["conditions_daily"]
+    assert report.read_from == {"raw": 1}
+    with engine.connect() as conn:
+        n = conn.execute(
+            sa.text(
+                "SELECT c.reading_count FROM bi.daily_sensor_conditions c JOIN iot.sensors s "
+                "ON s.id = c.sensor_id JOIN iot.devices dv ON dv.id = s.device_id "
+                "WHERE c.metric_date = :d AND dv.device_code = 'arduino_001' "
+                "AND s.field = 'temperature'"
+            ),
+            {"d": day},
+        ).scalar_one()
+    raw = reference.load_raw(engine, window.start, window.end)
+    valid = reference.valid_readings(raw, CATALOGUE, datetime.now(UTC))
+    mine = valid[(valid["device"] == "arduino_001") & (valid["field"] == "temperature")]
+    assert n == len(mine)
+
+
+def _pinned(ctx: writers.WriteContext, latest: datetime) -> writers.WriteContext:
+    """``ctx`` whose passes over raw take ``latest`` as the last allowed reading time (the
+    database clock as it was then)."""
+    pinned = copy.copy(ctx)
+    base = ctx.stage_context
+    object.__setattr__(
+        pinned, "stage_context", lambda conn: dataclasses.replace(base(conn), latest_allowed=latest)
+    )
+    return pinned
