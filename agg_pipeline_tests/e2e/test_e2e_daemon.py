@@ -461,7 +461,9 @@ def test_backfill_through_the_daemon(deployment: Deployment, monkeypatch):
         if name == "readings_1m":
             assert max(overlaps) > 0, timeline
         else:
-            assert max(overlaps) <= 0, (name, timeline)
+            # Step times are event timestamps: with event batching a step's end is stamped
+            # when its batch is stored, a moment after the pool slot is given back.
+            assert max(overlaps) <= 1.0, (name, timeline)
     # (c) every partition materialized once, and the numbers equal pandas over raw.
     assert written == {name: Counter(dict.fromkeys(hours, 1)) for name in HOURLY}
     raw = reference.load_raw(engine, start, end)
