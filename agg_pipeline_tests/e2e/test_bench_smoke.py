@@ -39,6 +39,10 @@ def test_benchmark_runs_end_to_end(pg_server_url, monkeypatch, tmp_path, capsys)
                 "9",
                 "--event-old-way-hours",
                 "1",
+                "--curve-days",  # the curve is in the default run: its smallest point here
+                "1",
+                "--curve-devices",
+                "1",
                 "--json",
                 str(out),
             ]
@@ -57,6 +61,7 @@ def test_benchmark_runs_end_to_end(pg_server_url, monkeypatch, tmp_path, capsys)
         "pattern_write_1000_s",
         "events_pipeline_over_floor",
         "events_old_way_over_pipeline",
+        "curve_1d_pipeline_over_floor",
     ):
         assert key in ratios
     assert ratios["pipeline_over_floor"] > 0 and ratios["worker_peak_rss_mb"] > 0
@@ -96,14 +101,39 @@ def test_closed_months_and_the_monthly_run():
     assert "rollup_monthly" not in dict(bench.pipeline_runs(at("2026-11-02"), at("2026-11-09")))
 
 
+def test_curve_points():
+    """The curve's default points: a day, a week and the whole last complete month."""
+    from datetime import date
+
+    from benchmarks import bench_scale
+
+    assert bench_scale.last_complete_month(date(2026, 12, 4)) == date(2026, 11, 1)
+    assert bench_scale.last_complete_month(date(2027, 1, 1)) == date(2026, 12, 1)
+    assert bench_scale.last_complete_month(date(2027, 3, 31)) == date(2027, 2, 1)
+    assert bench_scale.curve_windows(date(2026, 11, 1), [1, 7, "month"]) == [
+        ("1", 1),
+        ("7", 7),
+        ("month", 30),
+    ]
+    assert bench_scale.curve_windows(date(2028, 2, 1), ["month"]) == [("month", 29)]
+    args = bench_scale._curve_days("1, 7,month")
+    assert args == [1, 7, "month"]
+    import argparse
+
+    import pytest
+
+    with pytest.raises(argparse.ArgumentTypeError, match="'0' is neither"):
+        bench_scale._curve_days("0")
+
+
 def test_scale_sections_run_end_to_end(pg_server_url, monkeypatch, tmp_path, capsys):
-    """fleet and curve (off in the default run) at a tiny size: own databases, floor and
+    """fleet (off in the default run) and curve at a tiny size: own databases, floor and
     pipeline, ratios and the table."""
     monkeypatch.setenv("DATABASE_URL", pg_server_url)
     out = tmp_path / "scale.json"
     argv = ["--only", "fleet,curve", "--start", "2026-11-02", "--reps", "1", "--hz", "0.005",
             "--fleet-devices", "4", "--fleet-hz", "0.002", "--curve-days", "1",
-            "--curve-devices", "1", "--json", str(out)]  # fmt: skip
+            "--curve-start", "2026-11-02", "--curve-devices", "1", "--json", str(out)]  # fmt: skip
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     fleet, point = result["fleet"], result["curve"]["points"]["1"]
