@@ -183,6 +183,64 @@ _HOUR_VALUES = (
 )
 _NO_HOUR_VALUES = "NULL::bigint, NULL::timestamptz[], NULL::float8[]"
 
+# stage_daily.sql and stage_daily_hours.sql read their readings differently (raw, or the
+# hour values) but aggregate them the same way; these fragments are that shared part.
+# {daily_totals}: per (device, field, day) group, the totals over its rows z (the median
+# only when :with_medians). {reading_terms}: per reading of the row alias {r}, whether it
+# is optimal / critical under band k and how long it holds ({after}: the reading after
+# it, NULL after the day's last; least() skips it). Continuation lines are indented as in
+# the files, so that the statement text is what it was when the block was written there.
+_DAILY_TOTALS = """count(*) AS reading_count,
+           CASE WHEN :with_medians
+                THEN percentile_cont(0.5) WITHIN GROUP (ORDER BY z.v) END AS median,
+           count(*) FILTER (WHERE z.optimal) AS optimal_count,
+           count(*) FILTER (WHERE z.critical) AS critical_count,
+           coalesce(sum(z.held), 0) AS covered_seconds,
+           coalesce(sum(z.held) FILTER (WHERE z.optimal), 0) AS optimal_seconds,
+           coalesce(sum(z.held) FILTER (WHERE z.critical), 0) AS critical_seconds,
+           min(z.t) AS first_reading_at,
+           max(z.t) AS last_reading_at"""
+_READING_TERMS = """{r}.v >= k.opt_min AND {r}.v <= k.opt_max AS optimal,
+               {r}.v < k.crit_below OR {r}.v > k.crit_above AS critical,
+               CASE WHEN k.field IS NOT NULL THEN extract(epoch FROM least(
+                   {after},
+                   {r}.t + make_interval(secs => :max_gap_seconds),
+                   ((g.day + 1)::timestamp AT TIME ZONE :tz)
+               ) - {r}.t) END AS held"""
+# Per path: the statement, its reading rows' alias and the reading after each one (raw
+# sorts the day; the hour values carry it, see stage_daily_hours.sql).
+_DAILY = {
+    "raw": ("stage_daily", "d", "lead(d.t) OVER (ORDER BY d.t)"),
+    "hour_values": ("stage_daily_hours", "x", "x.t_next"),
+}
+
+# The groups CTE of stage_daily_hours.sql and stage_medians_hours.sql: per (device, field,
+# sensor, {bucket}) the hours of bi.hour_values to read, named as raw's columns are
+# ({device} / {time}) so that _stage's {shard} (a hash of r.{device}) applies here too.
+# {bucket} is an expression of r.{time} (the hour's start: an hour lies in one bucket, as a
+# zone whose days do not start on a UTC hour never gets here), {fields} the fields to read.
+_HOUR_GROUPS = """groups AS (
+    SELECT r.{device}::text AS device,
+           r.hv_field AS field,
+           r.hv_sensor AS sensor_id,
+           {bucket} AS {bucket_name},
+           array_agg(r.{time}) AS hours
+    FROM (
+        SELECT dv.device_code AS {device}, s.field AS hv_field, hv.sensor_id AS hv_sensor,
+               hv.hour_start AS {time}
+        FROM bi.hour_values AS hv
+        JOIN iot.sensors AS s ON s.id = hv.sensor_id
+        JOIN iot.devices AS dv ON dv.id = s.device_id
+        WHERE hv.hour_start >= :start AND hv.hour_start < :end
+    ) AS r
+    WHERE {shard}
+      AND r.hv_field = ANY ({fields})
+    GROUP BY 1, 2, 3, 4
+)"""
+# stage_daily's fields: the catalogue's, or only those with a band when no medians are due.
+_DAILY_FIELDS = """CASE WHEN :with_medians THEN CAST(:fields AS text[])
+                              ELSE CAST(:cond_field AS text[]) END"""
+
 
 class PostgresReadingsSource:
     """Raw readings in a PostgreSQL table of the warehouse database (the catalogue's source)."""
@@ -211,6 +269,16 @@ class PostgresReadingsSource:
     def _render(self, name: str, **fragments: str) -> str:
         # {shard} is left for _stage to fill.
         return statements.render(name, shard="{shard}", **fragments, **self.columns.as_dict())
+
+    def _hour_groups(self, bucket: str, bucket_name: str, fields: str) -> str:
+        # {shard} is left for _stage to fill, as in _render.
+        return _HOUR_GROUPS.format(
+            bucket=bucket,
+            bucket_name=bucket_name,
+            fields=fields,
+            shard="{shard}",
+            **self.columns.as_dict(),
+        )
 
     def _stage(self, conn: sa.Connection, name: str, sql: str, params: dict) -> None:
         _stage(
@@ -300,10 +368,12 @@ class PostgresReadingsSource:
     ) -> str:
         bucket = statements.bucket_expression(grain, self.columns.time)
         path = "hour_values" if self.hours_current(conn, window) else "raw"
-        name = "stage_medians_hours" if path == "hour_values" else "stage_medians"
-        self._stage(
-            conn, "stage_medians", self._render(name, bucket=bucket), self._common(window, ctx)
-        )
+        if path == "hour_values":
+            groups = self._hour_groups(bucket, "bucket", "CAST(:fields AS text[])")
+            sql = self._render("stage_medians_hours", hour_groups=groups)
+        else:
+            sql = self._render("stage_medians", bucket=bucket)
+        self._stage(conn, "stage_medians", sql, self._common(window, ctx))
         return path
 
     def stage_daily(
@@ -329,6 +399,14 @@ class PostgresReadingsSource:
             "cond_crit_above": [bands[k].critical_above for k in keys],
         }
         path = "hour_values" if self.hours_current(conn, window) else "raw"
-        sql = self._render("stage_daily_hours" if path == "hour_values" else "stage_daily")
+        name, row, after = _DAILY[path]
+        fragments = {
+            "daily_totals": _DAILY_TOTALS,
+            "reading_terms": _READING_TERMS.format(r=row, after=after),
+        }
+        if path == "hour_values":
+            day = statements.bucket_expression("day", self.columns.time)
+            fragments["hour_groups"] = self._hour_groups(day, "day", _DAILY_FIELDS)
+        sql = self._render(name, **fragments)
         self._stage(conn, "stage_daily", sql, params)
         return path

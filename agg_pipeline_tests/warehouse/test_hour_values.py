@@ -76,6 +76,21 @@ def levels(engine: sa.Engine) -> dict[str, pd.DataFrame]:
         }  # fmt: skip
 
 
+def conditions_row(engine: sa.Engine, day: date, device: str, field: str) -> sa.Row:
+    """The one bi.daily_sensor_conditions row of ``device``'s ``field`` on ``day``."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT c.reading_count, c.critical_pct_by_count, c.critical_below, "
+                "c.critical_above FROM bi.daily_sensor_conditions c "
+                "JOIN iot.sensors s ON s.id = c.sensor_id JOIN iot.devices dv "
+                "ON dv.id = s.device_id WHERE c.metric_date = :d "
+                "AND dv.device_code = :device AND s.field = :field"
+            ),
+            {"d": day, "device": device, "field": field},
+        ).one()
+
+
 def write_above_hours(ctx: writers.WriteContext) -> dict[str, writers.WriteReport]:
     window = week_window()
     daily = writers.write_daily(ctx, window)
@@ -204,17 +219,7 @@ def test_stale_hours_send_the_levels_to_raw(warehouse_url, engine):
     drain(engine)
     report = writers.write_daily(ctx, window)["conditions_daily"]
     assert report.read_from == {"raw": 1}
-    with engine.connect() as conn:
-        row = conn.execute(
-            sa.text(
-                "SELECT c.reading_count, c.critical_pct_by_count, c.critical_below, "
-                "c.critical_above FROM bi.daily_sensor_conditions c "
-                "JOIN iot.sensors s ON s.id = c.sensor_id JOIN iot.devices dv "
-                "ON dv.id = s.device_id WHERE c.metric_date = :d "
-                "AND dv.device_code = 'arduino_001' AND s.field = 'temperature'"
-            ),
-            {"d": day},
-        ).one()
+    row = conditions_row(engine, day, "arduino_001", "temperature")
     raw = reference.load_raw(engine, window.start, window.end)
     valid = reference.valid_readings(raw, CATALOGUE, datetime.now(UTC))
     v = valid[(valid["device"] == "arduino_001") & (valid["field"] == "temperature")]["value"]
@@ -251,16 +256,7 @@ def test_readings_in_the_future_then_send_the_day_to_raw(warehouse_url, engine):
     writers.write_readings_1m(_pinned(ctx, ahead - timedelta(minutes=1)), window)
     report = writers.write_daily(ctx, window)["conditions_daily"]
     assert report.read_from == {"raw": 1}
-    with engine.connect() as conn:
-        n = conn.execute(
-            sa.text(
-                "SELECT c.reading_count FROM bi.daily_sensor_conditions c JOIN iot.sensors s "
-                "ON s.id = c.sensor_id JOIN iot.devices dv ON dv.id = s.device_id "
-                "WHERE c.metric_date = :d AND dv.device_code = 'arduino_001' "
-                "AND s.field = 'temperature'"
-            ),
-            {"d": day},
-        ).scalar_one()
+    n = conditions_row(engine, day, "arduino_001", "temperature").reading_count
     raw = reference.load_raw(engine, window.start, window.end)
     valid = reference.valid_readings(raw, CATALOGUE, datetime.now(UTC))
     mine = valid[(valid["device"] == "arduino_001") & (valid["field"] == "temperature")]

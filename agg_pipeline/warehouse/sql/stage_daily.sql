@@ -5,10 +5,10 @@
 --     (conditions_daily; NULL otherwise).
 -- Validity and duplicates as in stage_partials_1m.sql. The cond_* parameters are parallel
 -- arrays (day, field, optimal min / max, critical below / above): the bands in force.
--- Time-weighted: a reading holds until the next reading, at most max_gap_seconds and
--- never past the end of its local day.
--- with_medians / with_conditions switch the two halves off when only one is wanted
--- (conditions then only read the fields that have bands).
+-- Time-weighted: a reading holds until the next reading, at most max_gap_seconds and never
+-- past the end of its local day. with_medians / with_conditions switch the two halves off
+-- when only one is wanted (conditions then only read the fields that have bands).
+-- {daily_totals}, {reading_terms}: sources/postgres.py (shared with stage_daily_hours.sql).
 WITH catalogue AS (
     SELECT *
     FROM unnest(CAST(:fields AS text[]), CAST(:lo AS float8[]), CAST(:hi AS float8[]))
@@ -41,25 +41,10 @@ FROM groups AS g
 JOIN catalogue AS c ON c.field = g.field
 LEFT JOIN ranges AS k ON k.day = g.day AND k.field = g.field AND :with_conditions
 CROSS JOIN LATERAL (
-    SELECT count(*) AS reading_count,
-           CASE WHEN :with_medians
-                THEN percentile_cont(0.5) WITHIN GROUP (ORDER BY z.v) END AS median,
-           count(*) FILTER (WHERE z.optimal) AS optimal_count,
-           count(*) FILTER (WHERE z.critical) AS critical_count,
-           coalesce(sum(z.held), 0) AS covered_seconds,
-           coalesce(sum(z.held) FILTER (WHERE z.optimal), 0) AS optimal_seconds,
-           coalesce(sum(z.held) FILTER (WHERE z.critical), 0) AS critical_seconds,
-           min(z.t) AS first_reading_at,
-           max(z.t) AS last_reading_at
+    SELECT {daily_totals}
     FROM (
         SELECT d.t, d.v,
-               d.v >= k.opt_min AND d.v <= k.opt_max AS optimal,
-               d.v < k.crit_below OR d.v > k.crit_above AS critical,
-               CASE WHEN k.field IS NOT NULL THEN extract(epoch FROM least(
-                   lead(d.t) OVER (ORDER BY d.t),
-                   d.t + make_interval(secs => :max_gap_seconds),
-                   ((g.day + 1)::timestamp AT TIME ZONE :tz)
-               ) - d.t) END AS held
+               {reading_terms}
         FROM (
             SELECT x.t, avg(x.v) AS v
             FROM unnest(g.ts, g.vs) AS x (t, v)
