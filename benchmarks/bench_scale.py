@@ -122,9 +122,18 @@ def floor_and_pipeline(env, start: datetime, end: datetime, reps: int, interleav
     }
 
 
-def _measure_window(args, start: datetime, days: float, devices: int, hz: float, reps: int) -> dict:
-    """Fresh databases, the bench's readings over [start, start + days), floor and pipeline."""
-    from benchmarks.bench import BENCH_FIELDS, BenchEnv, seed
+def _measure_window(
+    args,
+    start: datetime,
+    days: float,
+    devices: int,
+    hz: float,
+    reps: int,
+    parallel: bool = False,
+) -> dict:
+    """Fresh databases, the bench's readings over [start, start + days), floor and pipeline
+    (and with ``parallel`` the parallel section's hourly run, one vs --parallel-runs)."""
+    from benchmarks.bench import BENCH_FIELDS, BenchEnv, measure_parallel, progress, seed
 
     env = BenchEnv(args.keep)
     try:
@@ -146,6 +155,12 @@ def _measure_window(args, start: datetime, days: float, devices: int, hz: float,
             "seed_s": seed_s,
             **floor_and_pipeline(env, start, end, reps, args.interleave),
         }
+        if parallel:
+            progress(f"parallel: the hourly run vs {args.parallel_runs} concurrent runs")
+            out["parallel"] = {
+                **measure_parallel(env, start, end, args.parallel_runs),
+                "on": f"the curve's {days:g} days",
+            }
     finally:
         env.close()
     floor_s, pipeline_s = out["floor"]["total_s"], out["pipeline"]["total_s"]
@@ -185,7 +200,13 @@ def measure_curve(args) -> dict:
             f"curve: {label} ({days} day(s)) of {args.curve_devices} device(s) at {args.hz:g} Hz"
         )
         points[label] = _measure_window(
-            args, start, days, args.curve_devices, args.hz, args.curve_reps
+            args,
+            start,
+            days,
+            args.curve_devices,
+            args.hz,
+            args.curve_reps,
+            parallel=getattr(args, "parallel_on_curve", False) and label == "7",
         )
     return {"start": start.isoformat(), "points": points}
 

@@ -131,12 +131,18 @@ def test_scale_sections_run_end_to_end(pg_server_url, monkeypatch, tmp_path, cap
     pipeline, ratios and the table."""
     monkeypatch.setenv("DATABASE_URL", pg_server_url)
     out = tmp_path / "scale.json"
-    argv = ["--only", "fleet,curve", "--start", "2026-11-02", "--reps", "1", "--hz", "0.005",
-            "--fleet-devices", "4", "--fleet-hz", "0.002", "--curve-days", "1",
-            "--curve-start", "2026-11-02", "--curve-devices", "1", "--json", str(out)]  # fmt: skip
+    # parallel too: the main set's one day has nothing to split, so it runs on the week.
+    argv = ["--only", "fleet,curve,parallel", "--start", "2026-11-02", "--reps", "1",
+            "--hz", "0.005", "--devices", "1", "--fleet-devices", "4", "--fleet-hz", "0.002",
+            "--curve-days", "1,7", "--curve-start", "2026-11-02", "--curve-devices", "1",
+            "--json", str(out)]  # fmt: skip
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     fleet, point = result["fleet"], result["curve"]["points"]["1"]
+    assert "parallel" not in result and "parallel" not in point
+    week = result["curve"]["points"]["7"]["parallel"]
+    assert week["runs"] == 2 and week["on"] == "the curve's 7 days"
+    assert result["ratios"]["parallel_backfill_speedup"] == week["speedup"] > 0
     # 4 x 5 series x 0.002 Hz x 86,400 s, less the simulated outages (and plus duplicates)
     assert 0.8 * 3456 < fleet["dataset"]["readings"] <= 3456 * 1.01
     assert fleet["dataset"]["series"] == 20
@@ -155,4 +161,5 @@ def test_scale_sections_run_end_to_end(pg_server_url, monkeypatch, tmp_path, cap
     assert result["verdicts"]["curve_worker_peak_rss_mb"] in ("met", "MISSED")
     table = capsys.readouterr().out
     assert "fleet: pipeline / floor" in table and "curve (days)" in table
+    assert "parallel backfill (the curve's 7 days)" in table
     assert table.count("peak RSS") >= 4  # each run's line, fleet's and the curve point's
