@@ -207,6 +207,54 @@ def test_diagnostic_summary_matches_pandas(warehouse_url, engine):
 # ------------------------------------------------------------------ dashboard queries
 
 
+def test_hourly_read_plans_no_parallel_workers(warehouse_url, engine):
+    """The real-time view's live half reads raw from a watermark the planner cannot see, and
+    on a large raw table it planned a parallel scan whose workers' start-up was most of the
+    read (bench: p50 16 ms for ~1 ms of work). The hourly read turns workers off for its
+    own transaction. Planner costs that make every scan parallel here, on a few rows, show
+    both sides: the read's own statement, explained inside its transaction, has no Gather;
+    the same statement in a plain transaction has one."""
+    _oil_well_hour(engine, warehouse_url)
+    cheap = {
+        "parallel_setup_cost": "0",
+        "parallel_tuple_cost": "0",
+        "min_parallel_table_scan_size": "0",
+        "min_parallel_index_scan_size": "0",
+        "max_parallel_workers_per_gather": "2",
+    }
+    costly = sa.create_engine(
+        warehouse_url,
+        connect_args={"options": " ".join(f"-c {k}={v}" for k, v in cheap.items())},
+    )
+    plans: list[str] = []
+
+    def explain(conn, cursor, statement, parameters, context, executemany):
+        if "hourly_sensor_agg_realtime" in statement and not statement.startswith("EXPLAIN"):
+            # Another cursor of the same connection: same transaction, rows left intact.
+            with conn.connection.dbapi_connection.cursor() as other:
+                other.execute("EXPLAIN " + statement, parameters)
+                plans.append("\n".join(row[0] for row in other.fetchall()))
+
+    sa.event.listen(costly, "after_cursor_execute", explain)
+    try:
+        rows = dashboard.hourly_for_device(
+            costly, "WELL-002", hours=3, now=DAY + timedelta(hours=2)
+        )
+        assert len(rows) == 7 * 2 and len(plans) == 1
+        assert "Gather" not in plans[0]
+        sa.event.remove(costly, "after_cursor_execute", explain)
+        with costly.connect() as conn:  # the control: without the setting, workers
+            plain = "\n".join(
+                r[0]
+                for r in conn.execute(
+                    sa.text("EXPLAIN SELECT * FROM bi.hourly_sensor_agg_realtime")
+                )
+            )
+        assert "Gather" in plain
+    finally:
+        costly.dispose()
+
+
 def test_dashboard_queries_validate_and_answer(warehouse_url, engine):
     ctx, window = _oil_well_hour(engine, warehouse_url)
     writers_devices.write_device_performance(ctx, window)
