@@ -79,6 +79,8 @@ SECTIONS = (
 # Measured only when named in --only (it seeds and measures a data set of its own):
 # `make bench-scale` runs it.
 SCALE_SECTIONS = ("fleet",)
+# The sections with data sets of their own: the main set is seeded only for the others.
+OWN_DATA_SECTIONS = ("fleet", "curve")
 BENCH_FIELDS = ("temperature", "humidity", "ph", "ec", "light")
 TARGETS = {
     "pipeline_over_floor": ("<=", 1.5),
@@ -1092,7 +1094,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # The main data set serves every section but the scale ones (own databases each).
         readings, spec = 0, None
-        if args.only - set(SCALE_SECTIONS):
+        if args.only - set(OWN_DATA_SECTIONS):
             readings, spec = seed(env, start, args.days, args.devices, args.hz, args.duplicate_rate)
         result: dict = {
             "dataset": {
@@ -1149,10 +1151,10 @@ def main(argv: list[str] | None = None) -> int:
             if whole_days >= args.parallel_runs:
                 progress(f"parallel: the hourly run vs {args.parallel_runs} concurrent runs")
                 result["parallel"] = measure_parallel(env, start, end, args.parallel_runs)
-            elif want("curve"):
+            elif want("curve") and bench_scale.parallel_point(args) is not None:
                 progress(
                     f"parallel: {whole_days} whole day(s) < {args.parallel_runs} runs here: "
-                    "measured on the curve's week"
+                    f"measured on the curve's {bench_scale.parallel_point(args)[0]} point"
                 )
                 args.parallel_on_curve = True
             else:

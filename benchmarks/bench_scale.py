@@ -96,6 +96,16 @@ def curve_windows(start: date, points: list[int | str]) -> list[tuple[str, int]]
     return out
 
 
+def parallel_point(args) -> tuple[str, int] | None:
+    """The curve point the parallel section runs on when the main set is too short: the
+    first with at least --parallel-runs whole days (None: none has)."""
+    first = args.curve_start or last_complete_month(datetime.now(UTC).date())
+    for label, days in curve_windows(first, args.curve_days):
+        if days >= args.parallel_runs:
+            return label, days
+    return None
+
+
 def floor_and_pipeline(env, start: datetime, end: datetime, reps: int, interleave: bool) -> dict:
     """The main sections' floor and pipeline over env's data: --reps of each, or with
     --interleave that many (floor, pipeline) pairs and the median pair."""
@@ -193,7 +203,12 @@ def measure_curve(args) -> dict:
     from benchmarks.bench import progress
 
     first = args.curve_start or last_complete_month(datetime.now(UTC).date())
+    if MONTH in args.curve_days and first.day != 1:
+        raise SystemExit(
+            f"--curve-days {MONTH}: --curve-start must be the 1st of a month, not {first}"
+        )
     start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    parallel_on = parallel_point(args) if getattr(args, "parallel_on_curve", False) else None
     points = {}
     for label, days in curve_windows(first, args.curve_days):
         progress(
@@ -206,7 +221,7 @@ def measure_curve(args) -> dict:
             args.curve_devices,
             args.hz,
             args.curve_reps,
-            parallel=getattr(args, "parallel_on_curve", False) and label == "7",
+            parallel=parallel_on is not None and label == parallel_on[0],
         )
     return {"start": start.isoformat(), "points": points}
 
@@ -295,5 +310,5 @@ def render(result: dict) -> list[str]:
                 f"{p['pipeline']['worker_peak_rss_mb']:>13.0f}"
             )
         for days, p in curve["points"].items():
-            lines += _window_lines(f"curve {days} d", p)
+            lines += _window_lines(f"curve {days} d" if days.isdigit() else f"curve {days}", p)
     return lines

@@ -255,7 +255,13 @@ def apply_selection(page: Page, selection: str, attempts: int = 3) -> None:
     types again and checks the text before Enter."""
     editor = page.get_by_label("Search and filter assets")
     seen: list[str] = []
+    welcome = page.get_by_text("Join the Dagster community")
     for attempt in range(1, attempts + 1):
+        # A forced click skips Playwright's pre-action checks, and with them new_page's
+        # handler for the community dialog: dismiss it here should it be up.
+        if welcome.is_visible():
+            page.get_by_role("button", name="Skip", exact=True).click()
+            welcome.wait_for(state="hidden")
         editor.click(force=True)
         page.keyboard.press("ControlOrMeta+a")
         page.keyboard.press("Backspace")
@@ -270,7 +276,7 @@ def apply_selection(page: Page, selection: str, attempts: int = 3) -> None:
             continue
         page.keyboard.press("Enter")
         try:
-            page.wait_for_url(re.compile(r"/asset-groups~"), timeout=15_000)
+            page.wait_for_url(re.compile(r"/asset-groups~"), timeout=20_000)
             if seen:
                 print(f"the lineage filter took {selection!r} after: {'; '.join(seen)}")
             return

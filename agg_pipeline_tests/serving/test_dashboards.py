@@ -227,9 +227,11 @@ def test_hourly_read_plans_no_parallel_workers(warehouse_url, engine):
         connect_args={"options": " ".join(f"-c {k}={v}" for k, v in cheap.items())},
     )
     plans: list[str] = []
+    reads: list[tuple[str, object]] = []
 
     def explain(conn, cursor, statement, parameters, context, executemany):
         if "hourly_sensor_agg_realtime" in statement and not statement.startswith("EXPLAIN"):
+            reads.append((statement, parameters))
             # Another cursor of the same connection: same transaction, rows left intact.
             with conn.connection.dbapi_connection.cursor() as other:
                 other.execute("EXPLAIN " + statement, parameters)
@@ -243,13 +245,13 @@ def test_hourly_read_plans_no_parallel_workers(warehouse_url, engine):
         assert len(rows) == 7 * 2 and len(plans) == 1
         assert "Gather" not in plans[0]
         sa.event.remove(costly, "after_cursor_execute", explain)
-        with costly.connect() as conn:  # the control: without the setting, workers
-            plain = "\n".join(
-                r[0]
-                for r in conn.execute(
-                    sa.text("EXPLAIN SELECT * FROM bi.hourly_sensor_agg_realtime")
-                )
-            )
+        # The control: the very statement and parameters of the read, explained in a plain
+        # transaction of the same engine (no setting), plans workers.
+        ((statement, parameters),) = reads
+        with costly.connect() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()
+            cursor.execute("EXPLAIN " + statement, parameters)
+            plain = "\n".join(row[0] for row in cursor.fetchall())
         assert "Gather" in plain
     finally:
         costly.dispose()
