@@ -1086,6 +1086,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}; known: {', '.join(SECTIONS)}")
     want = args.only.__contains__
+    if want("curve"):
+        bench_scale.check_arguments(parser, args)
 
     first = args.start or (datetime.now(UTC).date() - timedelta(days=math.ceil(args.days)))
     start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)

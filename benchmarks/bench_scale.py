@@ -69,6 +69,8 @@ def _curve_days(value: str) -> list[int | str]:
     points: list[int | str] = []
     for part in value.split(","):
         part = part.strip()
+        if part in {str(p) for p in points}:
+            raise argparse.ArgumentTypeError(f"--curve-days: {part!r} is given twice")
         if part == MONTH:
             points.append(MONTH)
         elif part.isdigit() and int(part) > 0:
@@ -78,6 +80,22 @@ def _curve_days(value: str) -> list[int | str]:
                 f"--curve-days: {part!r} is neither a whole number of days nor {MONTH!r}"
             )
     return points
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, before anything is seeded, curve options that could only fail at the end
+    of the run (the curve is measured last)."""
+    today = datetime.now(UTC).date()
+    first = args.curve_start or last_complete_month(today)
+    if MONTH in args.curve_days:
+        if first.day != 1:
+            parser.error(f"--curve-days {MONTH}: --curve-start must be a 1st, not {first}")
+        days = calendar.monthrange(first.year, first.month)[1]
+        if first + timedelta(days=days) > today:
+            parser.error(f"--curve-days {MONTH}: the month of {first} has not ended yet")
+    longest = max(days for _, days in curve_windows(first, args.curve_days))
+    if first + timedelta(days=longest) > today:
+        parser.error(f"--curve-start {first}: a {longest}-day window would end after today")
 
 
 def last_complete_month(today: date) -> date:
@@ -203,10 +221,6 @@ def measure_curve(args) -> dict:
     from benchmarks.bench import progress
 
     first = args.curve_start or last_complete_month(datetime.now(UTC).date())
-    if MONTH in args.curve_days and first.day != 1:
-        raise SystemExit(
-            f"--curve-days {MONTH}: --curve-start must be the 1st of a month, not {first}"
-        )
     start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
     parallel_on = parallel_point(args) if getattr(args, "parallel_on_curve", False) else None
     points = {}

@@ -124,6 +124,17 @@ def test_curve_points():
 
     with pytest.raises(argparse.ArgumentTypeError, match="'0' is neither"):
         bench_scale._curve_days("0")
+    with pytest.raises(argparse.ArgumentTypeError, match="'7' is given twice"):
+        bench_scale._curve_days("7,7")
+    # refused at the start, not after the other sections (the curve is measured last)
+    for argv in (
+        ["--only", "curve", "--curve-start", "2026-11-02"],  # a month from a 2nd
+        ["--only", "curve", "--curve-start", "2999-01-01"],  # a month not ended
+        ["--only", "curve", "--curve-days", "7", "--curve-start", "2999-01-01"],
+    ):
+        with pytest.raises(SystemExit) as refused:
+            bench.main(argv)
+        assert refused.value.code == 2
 
 
 def test_scale_sections_run_end_to_end(pg_server_url, monkeypatch, tmp_path, capsys):

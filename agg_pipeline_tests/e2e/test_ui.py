@@ -260,7 +260,9 @@ def apply_selection(page: Page, selection: str, attempts: int = 3) -> None:
         # A forced click skips Playwright's pre-action checks, and with them new_page's
         # handler for the community dialog: dismiss it here should it be up.
         if welcome.is_visible():
-            page.get_by_role("button", name="Skip", exact=True).click()
+            # new_page's handler may dismiss it first (this click is not forced).
+            with suppress(PlaywrightTimeout):
+                page.get_by_role("button", name="Skip", exact=True).click(timeout=5_000)
             welcome.wait_for(state="hidden")
         editor.click(force=True)
         page.keyboard.press("ControlOrMeta+a")
