@@ -33,22 +33,23 @@ def invalid_buckets(
             f"AND median_value <= max_value + {EPS}))"
         )
     )
-    bad = conn.execute(
+    # One scan counts the rows and finds the bad ones. (A separate count(*) after a large
+    # write took the window index, unvacuumed, and fetched every heap row at random:
+    # 6.7-8.4 s for a fleet day of 2.8 M 5-minute rows, against ~1.6 s for this scan.)
+    per_bucket = conn.execute(
         sa.text(
-            f"SELECT {k}::text AS bucket, count(*) AS rows FROM {t} "
-            f"WHERE {k} >= :lo AND {k} < :hi AND NOT ("
+            f"SELECT {k}::text AS bucket, count(*) AS rows, count(*) FILTER (WHERE NOT ("
             f"sample_count > 0 AND min_value <= {mean} + {EPS} "
-            f"AND {mean} <= max_value + {EPS} AND {spread}) "
-            "GROUP BY 1 ORDER BY 1 LIMIT 20"
+            f"AND {mean} <= max_value + {EPS} AND {spread})) AS bad FROM {t} "
+            f"WHERE {k} >= :lo AND {k} < :hi GROUP BY 1"
         ),
         params,
     ).all()
     # One row per (sensor_id, key): every table's primary key guarantees it, so it is
     # asserted once (tests), not re-counted with a sort over the window on every run.
-    total = conn.execute(
-        sa.text(f"SELECT count(*) FROM {t} WHERE {k} >= :lo AND {k} < :hi"), params
-    ).scalar_one()
-    return [(b, int(n)) for b, n in bad], int(total)
+    total = sum(int(r.rows) for r in per_bucket)
+    bad = sorted((r.bucket, int(r.bad)) for r in per_bucket if r.bad)[:20]
+    return bad, total
 
 
 def mismatches_below(

@@ -1,25 +1,19 @@
 -- Merge (n, mean, M2, min, max) partials into coarser buckets, exactly.
 -- {parts} yields (sensor_id, bucket, n, mean, mn, mx, m2, first_at, last_at).
--- Chan et al.'s parallel formula, k-way: M2 = sum(M2_i) + sum(n_i * (mean_i - mean)^2)
--- with mean = sum(n_i * mean_i) / n. Deviations are taken from the merged mean, never
--- from a naive sum of squares, so no precision is lost to cancellation.
-WITH parts AS MATERIALIZED (
-    {parts}
-),
-totals AS (
-    SELECT sensor_id, bucket,
-           sum(n) AS n,
-           sum(n * mean) / sum(n) AS mean,
-           min(mn) AS mn,
-           max(mx) AS mx,
-           min(first_at) AS first_at,
-           max(last_at) AS last_at
-    FROM parts
-    GROUP BY sensor_id, bucket
-)
-SELECT t.sensor_id, t.bucket, t.n, t.mean, t.mn, t.mx,
-       sum(p.m2 + p.n * (p.mean - t.mean) * (p.mean - t.mean)) AS m2,
-       t.first_at, t.last_at
-FROM totals AS t
-JOIN parts AS p USING (sensor_id, bucket)
-GROUP BY t.sensor_id, t.bucket, t.n, t.mean, t.mn, t.mx, t.first_at, t.last_at
+-- Chan et al.'s parallel formula, pairwise as the rows arrive: bi.merge_moments (migration
+-- 024) folds each part's (n, n * mean, M2) into the bucket's (N, Sx, Sxx) with
+-- PostgreSQL's float8_combine, M2 = M2_1 + M2_2 + n_1 n_2 (mean_1 - mean_2)^2 / n. The
+-- deviations are those of the means, never a naive sum of squares, so no precision is
+-- lost to cancellation; one hash aggregate, no join back to the parts.
+SELECT g.sensor_id, g.bucket, g.moments[1]::bigint AS n, g.moments[2] / g.moments[1] AS mean,
+       g.mn, g.mx, g.moments[3] AS m2, g.first_at, g.last_at
+FROM (
+    SELECT p.sensor_id, p.bucket,
+           bi.merge_moments(ARRAY[p.n::float8, p.n * p.mean, p.m2]) AS moments,
+           min(p.mn) AS mn,
+           max(p.mx) AS mx,
+           min(p.first_at) AS first_at,
+           max(p.last_at) AS last_at
+    FROM ({parts}) AS p
+    GROUP BY p.sensor_id, p.bucket
+) AS g
